@@ -1,0 +1,33 @@
+# qlite: `make run` runs the demo on a local SeaweedFS, `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help install run test check lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>/dev/null || true
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with qlite, test servers and tools
+
+run: $(STAMP) ## start SeaweedFS + a worker on examples/, enqueue demo jobs, keep running
+	$(PY) scripts/demo.py
+
+test: $(STAMP) ## run the suite (starts SeaweedFS and moto server on free ports)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check qlite tests scripts examples
+
+check: lint test ## lint and test
+
+clean: ## remove the venv and local data
+	rm -rf $(VENV) .qlite-dev .pytest_cache

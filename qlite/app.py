@@ -1,0 +1,108 @@
+"""Tasks: ``app = qlite.App()`` and ``@app.task``. Standard library only.
+
+Only registered names run: the worker looks a job's task name up in its App and nothing is
+ever imported from a payload. A task's name defaults to ``module.function`` (the function's
+``__module__`` and ``__qualname__``), which is stable as long as the code does not move; give
+``name=`` to decouple the wire name from the code layout.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from . import envelope
+from .errors import TaskError
+
+
+class Task:
+    """A registered function. Calling it runs it here; ``.put(...)`` enqueues it."""
+
+    def __init__(self, app: App, fn: Callable, name: str, *, queue: str = "default",
+                 max_attempts: int | None = None, priority: int | None = None,
+                 backoff: float = 1.0):
+        self.app = app
+        self.backoff = backoff
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.max_attempts = max_attempts
+        self.priority = priority
+        params = list(inspect.signature(fn).parameters)
+        # A handler that names a ``ctx`` parameter gets the job context: positionally when it
+        # is the first parameter, else by keyword.
+        self.wants_ctx = "ctx" in params
+        self.ctx_first = params[:1] == ["ctx"]
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        """Enqueue ``fn(*args, **kwargs)`` on the task's queue with the app's client."""
+        return self.put_with(args, kwargs)
+
+    def put_with(self, args: Any = (), kwargs: dict | None = None, **options: Any) -> Any:
+        """Enqueue with put options: ``queue=``, ``key=``, ``delay=``, ``at=``, ``priority=``."""
+        options.setdefault("queue", self.queue)
+        if self.priority is not None:
+            options.setdefault("priority", self.priority)
+        return self.app.client.put(self.name, args, kwargs, **options)
+
+
+class App:
+    """A registry of tasks. ``url`` (default ``QLITE_URL``) is used by ``task.put``."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url
+        self.tasks: dict[str, Task] = {}
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from .producer import Client
+
+            self._client = Client(self.url)
+        return self._client
+
+    def task(self, fn: Callable | None = None, *, name: str | None = None,
+             queue: str = "default", max_attempts: int | None = None,
+             priority: int | None = None, backoff: float = 1.0) -> Any:
+        """Register ``fn`` as a task: ``@app.task`` or ``@app.task(name="math.add")``.
+
+        ``max_attempts`` overrides the worker's default (3); ``backoff`` is the upper bound in
+        seconds of the first retry's delay, doubling per attempt up to 300 s (qlite.retry).
+        """
+
+        def register(fn: Callable) -> Task:
+            task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            if fn.__module__ == "__main__" and name is None:
+                raise TaskError(
+                    f"task {fn.__qualname__!r} is defined in __main__, so its default name is "
+                    "not stable. Try: @app.task(name='...') or move it to a module"
+                )
+            if not envelope.TASK_RE.match(task_name) or "<" in task_name:
+                raise TaskError(f"task name {task_name!r} is not valid (letters, digits, "
+                                "'_', '.', ':', '-'; at most 200). Try: name='area.action'")
+            if task_name in self.tasks and self.tasks[task_name].fn is not fn:
+                raise TaskError(f"task name {task_name!r} is registered twice")
+            if max_attempts is not None and not 1 <= max_attempts <= 1000:
+                raise TaskError(f"max_attempts: expected 1..1000 (got {max_attempts!r})")
+            if not backoff > 0:
+                raise TaskError(f"backoff: expected seconds > 0 (got {backoff!r})")
+            task = Task(self, fn, task_name, queue=queue, max_attempts=max_attempts,
+                        priority=priority, backoff=backoff)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def register(self, name: str, fn: Callable, **options: Any) -> Task:
+        """Register ``fn`` under ``name`` without a decorator."""
+        return self.task(fn, name=name, **options)

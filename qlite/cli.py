@@ -1,0 +1,270 @@
+"""The qlite CLI: parse, call the library, print. Errors become one ``Error: ...`` line and a
+non-zero exit; a traceback means a bug. ``qlite put`` is served by putcmd.py (no typer)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import putcmd
+from .errors import QliteError, TaskError, WaitTimeout
+from .settings import Settings
+
+app = typer.Typer(
+    help="qlite: background jobs on S3-compatible storage plus SQLite.\n\n"
+         "Producers run 'qlite put'; one worker VM runs 'qlite worker'; anyone with read "
+         "access to results/ runs 'qlite status' and 'qlite wait'.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+Url = Annotated[str | None, typer.Option("--url", help="s3://bucket[/prefix] (env QLITE_URL)")]
+Endpoint = Annotated[str | None, typer.Option(
+    "--endpoint-url", help="S3 endpoint (env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)")]
+Db = Annotated[str | None, typer.Option("--db", help="SQLite index file (env QLITE_DB)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _errors(fn: Any) -> Any:
+    """Turn qlite errors into one line on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except QliteError as e:
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command(help=putcmd.HELP + "\n\n" + putcmd.EPILOG.replace("\n  ", "\n\n  "))
+@_errors
+def put(
+    task: Annotated[str, typer.Argument(help="registered task name, e.g. math.add")],
+    payload: Annotated[str | None, typer.Argument(
+        help="JSON array (args) or object (kwargs); '-' reads stdin")] = None,
+    queue: Annotated[str, typer.Option(help="queue name")] = "default",
+    key: Annotated[str | None, typer.Option(help="idempotency key")] = None,
+    delay: Annotated[float | None, typer.Option(help="seconds before it may run")] = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+    max_payload: Annotated[int | None, typer.Option(
+        "--max-payload", help="largest envelope in bytes (env QLITE_MAX_PAYLOAD)")] = None,
+) -> None:
+    typer.echo(putcmd.put(task, payload, queue=queue, key=key, delay=delay, url=url,
+                          endpoint_url=endpoint_url, max_payload=max_payload))
+
+
+def load_app(spec: str) -> Any:
+    """``MODULE:ATTR`` to the App it names; the current directory is importable."""
+    from .app import App
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise TaskError(f"--app: expected MODULE:ATTR such as tasks:app (got {spec!r})")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise TaskError(f"--app {spec}: no module named {module_name!r}. Try: run from the "
+                            "folder that holds it, or set PYTHONPATH") from None
+        raise TaskError(f"--app {spec}: importing {module_name!r} failed: {e}") from None
+    except Exception as e:
+        raise TaskError(f"--app {spec}: importing {module_name!r} failed: "
+                        f"{type(e).__name__}: {e}") from None
+    target = getattr(module, attr, None)
+    if not isinstance(target, App):
+        found = "nothing" if target is None else f"a {type(target).__name__}"
+        raise TaskError(f"--app {spec}: {module_name}.{attr} is {found}, not a qlite.App. "
+                        "Try: app = qlite.App() in that module")
+    return target
+
+
+@app.command()
+@_errors
+def worker(
+    app_spec: Annotated[str, typer.Option("--app", help="MODULE:ATTR of your qlite.App")],
+    queue: Annotated[list[str] | None, typer.Option(
+        "--queue", help="queue to serve, repeatable, in priority order (env QLITE_QUEUES)")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        help="jobs run at once (env QLITE_CONCURRENCY, default 4)")] = None,
+    burst: Annotated[bool, typer.Option(help="exit 0 once no job is runnable now")] = False,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+    db: Db = None,
+    max_attempts: Annotated[int | None, typer.Option(
+        help="default attempts per job (env QLITE_MAX_ATTEMPTS, default 3)")] = None,
+    lease: Annotated[float | None, typer.Option(
+        help="lease seconds of a running job (env QLITE_LEASE, default 60)")] = None,
+    grace: Annotated[float | None, typer.Option(
+        help="seconds running jobs get after SIGTERM (env QLITE_GRACE, default 30)")] = None,
+    poll_min: Annotated[float | None, typer.Option(
+        help="seconds between LISTs while busy (env QLITE_POLL_MIN, default 0.5)")] = None,
+    poll_max: Annotated[float | None, typer.Option(
+        help="idle LIST back-off cap in seconds (env QLITE_POLL_MAX, default 10)")] = None,
+    max_payload: Annotated[int | None, typer.Option(
+        help="largest envelope in bytes (env QLITE_MAX_PAYLOAD)")] = None,
+    log_level: Annotated[str | None, typer.Option(
+        help="DEBUG, INFO, WARNING, ERROR (env QLITE_LOG_LEVEL)")] = None,
+) -> None:
+    """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
+
+    Example: qlite worker --app tasks:app --queue high --queue default --concurrency 8
+    """
+    settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
+                             concurrency=concurrency, max_attempts=max_attempts, lease=lease,
+                             grace=grace, poll_min=poll_min, poll_max=poll_max,
+                             max_payload=max_payload, log_level=log_level)
+    settings.require_url()
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    from .worker import Worker
+
+    w = Worker(load_app(app_spec), settings)
+    w.install_signals()
+    raise typer.Exit(w.run(burst=burst))
+
+
+def _client(url: str | None, endpoint_url: str | None) -> Any:
+    from .producer import Client
+
+    return Client(url, endpoint_url=endpoint_url)
+
+
+def _print_status(status: dict) -> None:
+    typer.echo(f"{status['id']}  {status['state']}  task={status.get('task')}  "
+               f"queue={status.get('queue')}  attempts={status.get('attempts')}")
+    if status.get("result") is not None:
+        typer.echo(f"result: {json.dumps(status['result'])}")
+    if status.get("error"):
+        typer.echo(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
+
+
+@app.command()
+@_errors
+def status(
+    job_id: Annotated[str, typer.Argument(help="the id printed by qlite put")],
+    as_json: AsJson = False,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Show a job's state and result from the bucket alone (needs read access to results/).
+
+    Example: qlite status 0192f1c4-8f3e-7abc-9def-0123456789ab --json
+    """
+    s = _client(url, endpoint_url).status(job_id)
+    typer.echo(json.dumps(s)) if as_json else _print_status(s)
+
+
+@app.command()
+def wait(
+    job_id: Annotated[str, typer.Argument(help="the id printed by qlite put")],
+    timeout: Annotated[float | None, typer.Option(help="give up after SECONDS")] = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Wait for a job to finish and print its status JSON.
+
+    Exit 0 if it succeeded, 1 if it failed or was cancelled, 2 on timeout, 3 on an error
+    (unknown job, unreachable bucket).
+
+    Example: qlite wait "$(qlite put math.add '[2, 3]')" --timeout 30
+    """
+    try:
+        s = _client(url, endpoint_url).wait(job_id, timeout)
+    except WaitTimeout as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except QliteError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(json.dumps(s))
+    raise typer.Exit(0 if s["state"] == "succeeded" else 1)
+
+
+def _index(db: str | None, url: str | None) -> Any:
+    from .index import Index
+
+    settings = Settings.load(db=db, url=url)
+    if not settings.db and settings.url is None:
+        settings.require_url()
+    path = settings.db_path()
+    if not Path(path).exists():
+        raise QliteError(f"no index at {path}. Try: run this on the worker VM, or set QLITE_DB "
+                         "(or --db) to the worker's index file")
+    return Index(path, readonly=True)
+
+
+@app.command("ls")
+@_errors
+def ls(
+    state: Annotated[str | None, typer.Option(
+        help="queued, scheduled, running, succeeded, failed or cancelled")] = None,
+    queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
+    limit: Annotated[int, typer.Option(help="at most N jobs, newest first")] = 50,
+    as_json: AsJson = False,
+    db: Db = None,
+    url: Url = None,
+) -> None:
+    """List jobs in the worker's index (run on the worker VM).
+
+    Example: qlite ls --state failed --limit 20
+    """
+    states = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+    if state is not None and state not in states:
+        raise QliteError(f"--state: expected one of {', '.join(states)} (got {state!r})")
+    rows = _index(db, url).list(state, queue, limit)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
+        typer.echo(f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
+                   f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
+                   + (f"  error={error['type']}" if error else ""))
+
+
+@app.command()
+@_errors
+def show(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    as_json: AsJson = False,
+    db: Db = None,
+    url: Url = None,
+) -> None:
+    """Show one job from the worker's index: attempts, errors with tracebacks, times, result.
+
+    Example: qlite show 0192f1c4-8f3e-7abc-9def-0123456789ab
+    """
+    job = _index(db, url).get(job_id)
+    if job is None:
+        raise QliteError(f"no job {job_id} in the index. Try: qlite status {job_id}")
+    if as_json:
+        typer.echo(json.dumps(job))
+        return
+    for name in ("id", "state", "task", "queue", "attempts", "max_attempts", "key",
+                 "enqueued_at", "started_at", "finished_at", "result"):
+        typer.echo(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
+    env = json.loads(job["envelope"])
+    typer.echo(f"{'args:':<14}{json.dumps(env['args'])}")
+    typer.echo(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
+    for a in job["attempt_log"]:
+        typer.echo(f"\nattempt {a['attempt']}: {a['outcome'] or 'running'}  "
+                   f"started={a['started_at']} finished={a['finished_at'] or '-'}")
+        if a["error_type"]:
+            typer.echo(f"  {a['error_type']}: {a['message']}")
+        if a["traceback"]:
+            typer.echo("  " + a["traceback"].rstrip().replace("\n", "\n  "))

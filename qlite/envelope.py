@@ -1,0 +1,252 @@
+"""The job envelope (version 1): fields, ids, strict encode/decode and object keys.
+
+An envelope is one UTF-8 JSON object, written by a producer to
+``{prefix}inbox/{queue}/{id}.json``. docs/envelope.schema.json publishes it for producers in
+other languages. Standard library only: this module is on the producer's import path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import EnvelopeError, PayloadTooLarge
+
+VERSION = 1
+REQUIRED = ("v", "id", "task", "args", "kwargs", "queue", "enqueued_at")
+OPTIONAL = ("not_before", "priority", "max_attempts", "timeout", "key", "expires_at", "meta")
+
+ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[78][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+TASK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$")
+QUEUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+_id_lock = threading.Lock()
+_last = [0, 0]  # last millisecond, sequence within it
+
+
+def new_id(now: float | None = None, rand: bytes | None = None) -> str:
+    """A UUIDv7: 48 bits of Unix milliseconds, a 12-bit sequence, 62 random bits.
+
+    Ids sort by creation time (as strings too), so LIST order is roughly FIFO. The sequence
+    keeps ids from one process strictly increasing within a millisecond.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    with _id_lock:
+        if ms <= _last[0]:
+            ms, seq = _last[0], _last[1] + 1
+            if seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+                ms, seq = ms + 1, 0
+        else:
+            seq = 0
+        _last[0], _last[1] = ms, seq
+    rand = os.urandom(8) if rand is None else rand
+    r = int.from_bytes(rand, "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | r
+    return _format(value)
+
+
+def key_id(key: str) -> str:
+    """The job id for idempotency key ``key``: a UUIDv8 from SHA-256, the same everywhere."""
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:16], "big")
+    value = (digest & ~(0xF << 76) & ~(0b11 << 62)) | (0x8 << 76) | (0b10 << 62)
+    return _format(value)
+
+
+def _format(value: int) -> str:
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def now_rfc3339(now: float | None = None) -> str:
+    t = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: str, field: str = "time") -> float:
+    """RFC 3339 (with Z or an offset) to Unix seconds."""
+    if not isinstance(value, str):
+        raise EnvelopeError(f"{field}: expected an RFC 3339 string (got {value!r})")
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise EnvelopeError(
+            f"{field}: expected an RFC 3339 time like 2026-01-31T12:00:00Z (got {value!r})"
+        ) from None
+    if t.tzinfo is None:
+        raise EnvelopeError(f"{field}: time needs a zone, e.g. a trailing Z (got {value!r})")
+    return t.timestamp()
+
+
+def make(
+    task: str,
+    args: Any = (),
+    kwargs: dict | None = None,
+    *,
+    queue: str = "default",
+    key: str | None = None,
+    not_before: float | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    meta: dict | None = None,
+    now: float | None = None,
+) -> dict:
+    """Build and validate an envelope dict."""
+    now = time.time() if now is None else now
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 512):
+        raise EnvelopeError(f"key: expected a non-empty string of at most 512 chars (got {key!r})")
+    env: dict[str, Any] = {
+        "v": VERSION,
+        "id": key_id(key) if key is not None else new_id(now),
+        "task": task,
+        "args": list(args) if isinstance(args, list | tuple) else args,
+        "kwargs": {} if kwargs is None else kwargs,
+        "queue": queue,
+        "enqueued_at": now_rfc3339(now),
+    }
+    optional = {
+        "not_before": now_rfc3339(not_before) if not_before is not None else None,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "timeout": timeout,
+        "key": key,
+        "meta": meta,
+    }
+    env.update({k: v for k, v in optional.items() if v is not None})
+    validate(env)
+    return env
+
+
+def encode(env: dict, max_size: int | None = None) -> bytes:
+    """Envelope dict to bytes: strict JSON (no NaN), UTF-8, within ``max_size``."""
+    try:
+        data = json.dumps(env, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        raw = data.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as e:
+        raise EnvelopeError(
+            f"job {env.get('task')!r}: arguments must be JSON (lists, objects, strings, "
+            f"finite numbers, booleans, null): {e}"
+        ) from None
+    if max_size is not None and len(raw) > max_size:
+        raise PayloadTooLarge(
+            f"job {env.get('task')!r}: envelope is {len(raw)} bytes, over the {max_size}-byte "
+            "limit (QLITE_MAX_PAYLOAD). Try: put the data in the bucket and pass its key"
+        )
+    return raw
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise EnvelopeError(f"duplicate key {k!r} in JSON object")
+        out[k] = v
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise EnvelopeError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def loads_strict(data: bytes, what: str = "envelope") -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, no duplicate keys, no lone surrogates."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EnvelopeError(f"{what} is not UTF-8: {e}") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+        # json.loads accepts "\ud800" escapes; a lone surrogate cannot be stored or re-sent.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except EnvelopeError:
+        raise
+    except RecursionError:
+        raise EnvelopeError(f"{what} is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise EnvelopeError(f"{what} holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    except ValueError as e:
+        raise EnvelopeError(f"{what} is not JSON: {e}") from None
+    return value
+
+
+def decode(data: bytes, max_size: int | None = None) -> dict:
+    """Bytes from the inbox to a validated envelope dict; raises EnvelopeError with the reason."""
+    if max_size is not None and len(data) > max_size:
+        raise PayloadTooLarge(f"envelope is {len(data)} bytes, over the {max_size}-byte limit")
+    env = loads_strict(data)
+    validate(env)
+    return env
+
+
+def validate(env: Any) -> None:
+    if not isinstance(env, dict):
+        raise EnvelopeError(f"envelope must be a JSON object (got {type(env).__name__})")
+    missing = [f for f in REQUIRED if f not in env]
+    if missing:
+        raise EnvelopeError(f"envelope misses field(s): {', '.join(missing)}")
+    v = env["v"]
+    if type(v) is not int or v != VERSION:
+        raise EnvelopeError(f"unknown envelope version v={v!r} (this worker reads v=1)")
+    checks = (
+        ("id", isinstance(env["id"], str) and ID_RE.match(env["id"]), "a UUIDv7/v8 string"),
+        ("task", isinstance(env["task"], str) and TASK_RE.match(env["task"]),
+         "a task name like 'math.add'"),
+        ("args", isinstance(env["args"], list), "a JSON array"),
+        ("kwargs", isinstance(env["kwargs"], dict), "a JSON object"),
+        ("queue", isinstance(env["queue"], str) and QUEUE_RE.match(env["queue"]),
+         "a queue name of letters, digits, '_', '-', '.'"),
+    )
+    for name, ok, expected in checks:
+        if not ok:
+            raise EnvelopeError(f"{name}: expected {expected} (got {env[name]!r:.80})")
+    parse_time(env["enqueued_at"], "enqueued_at")
+    for name in ("not_before", "expires_at"):
+        if env.get(name) is not None:
+            parse_time(env[name], name)
+    if env.get("priority") is not None and type(env["priority"]) is not int:
+        raise EnvelopeError(f"priority: expected an integer (got {env['priority']!r})")
+    attempts = env.get("max_attempts")
+    if attempts is not None and (type(attempts) is not int or not 1 <= attempts <= 1000):
+        raise EnvelopeError(f"max_attempts: expected an integer 1..1000 (got {attempts!r})")
+    timeout = env.get("timeout")
+    if timeout is not None and (
+        type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
+    ):
+        raise EnvelopeError(f"timeout: expected a positive number of seconds (got {timeout!r})")
+    if env.get("key") is not None and not isinstance(env["key"], str):
+        raise EnvelopeError(f"key: expected a string (got {env['key']!r})")
+    if env.get("meta") is not None and not isinstance(env["meta"], dict):
+        raise EnvelopeError(f"meta: expected a JSON object (got {env['meta']!r:.80})")
+
+
+# Object keys, relative to the queue's prefix.
+
+
+def inbox_key(queue: str, job_id: str) -> str:
+    return f"inbox/{queue}/{job_id}.json"
+
+
+def result_key(job_id: str) -> str:
+    return f"results/{job_id}.json"
+
+
+def quarantine_key(inbox_relative_key: str) -> str:
+    return "quarantine/" + inbox_relative_key.removeprefix("inbox/")
+
+
+def parse_inbox_key(relative_key: str) -> tuple[str, str] | None:
+    """``inbox/{queue}/{id}.json`` to (queue, id), or None if the key has another shape."""
+    parts = relative_key.split("/")
+    if len(parts) != 3 or parts[0] != "inbox" or not parts[2].endswith(".json"):
+        return None
+    job_id = parts[2][: -len(".json")]
+    if not QUEUE_RE.match(parts[1]) or not ID_RE.match(job_id):
+        return None
+    return parts[1], job_id

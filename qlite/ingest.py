@@ -1,0 +1,171 @@
+"""Ingest: inbox objects into index rows, or into quarantine with the reason.
+
+One pass LISTs a page (1,000 keys) per queue after a cursor, GETs the unknown objects
+concurrently, validates them and inserts the rows in one transaction. Nothing is deleted here
+except duplicates of jobs the index already holds (an idempotency key put again) and
+quarantined objects once their copy is safe: inbox objects of real jobs are deleted only after
+the job's terminal record is in results/ (guarantee 1 of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from . import envelope
+from .app import App
+from .errors import AlreadyExists, EnvelopeError, ObjectNotFound
+from .index import Index
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sweep:
+    """Where a queue's listing stands: the cursor of the next page, and whether the sweep that
+    started at the beginning of the inbox has found nothing new so far."""
+    cursor: str | None = None
+    clean: bool = False  # the last full sweep found nothing to take in
+    found: int = 0
+
+
+@dataclass
+class Pass:
+    taken: int = 0
+    quarantined: int = 0
+    deleted: list[str] = field(default_factory=list)
+
+
+class Ingest:
+    def __init__(self, app: App, settings: Settings, store: Store, index: Index, io: Executor,
+                 clock=time.time):
+        self.app = app
+        self.settings = settings
+        self.store = store
+        self.index = index
+        self.io = io
+        self.clock = clock
+        self.sweeps = {q: Sweep() for q in settings.queues}
+
+    def all_clean(self) -> bool:
+        """True when the latest full sweep of every queue found nothing to take in."""
+        return all(s.clean for s in self.sweeps.values())
+
+    def run(self) -> Pass:
+        result = Pass()
+        for queue in self.settings.queues:
+            self._queue(queue, result)
+        if result.deleted:
+            self.store.delete_many(result.deleted)
+        return result
+
+    def _queue(self, queue: str, result: Pass) -> None:
+        sweep = self.sweeps[queue]
+        prefix = f"inbox/{queue}/"
+        if sweep.cursor is None:
+            sweep.found = 0
+        page, truncated = self.store.list_page(prefix, start_after=sweep.cursor)
+        sweep.cursor = page[-1][0] if truncated and page else None
+
+        by_id: dict[str, tuple[str, int]] = {}
+        bad_names = []
+        for key, size in page:
+            parsed = envelope.parse_inbox_key(key)
+            if parsed is None:
+                bad_names.append((key, size))
+            else:
+                by_id[parsed[1]] = (key, size)
+        known = self.index.known(list(by_id))
+        quarantined = self.index.known_quarantine([k for k, _ in page])
+        fetch = []
+        for job_id, (key, size) in by_id.items():
+            row = known.get(job_id)
+            if row is None:
+                if key in quarantined:
+                    result.deleted.append(key)  # copied already; the earlier delete failed
+                else:
+                    fetch.append((queue, job_id, key, size))
+            elif row["published"] or row["inbox_key"] != key:
+                # The same idempotency key put again: the job exists, this object is a duplicate.
+                log.info("duplicate of job %s deleted key=%s", job_id, key)
+                result.deleted.append(key)
+        for key, size in bad_names:
+            if key in quarantined:
+                result.deleted.append(key)
+            else:
+                fetch.append((queue, None, key, size))
+
+        rows = []
+        for outcome in self.io.map(self._take_in, fetch):
+            if outcome is None:
+                continue
+            if outcome[0] == "job":
+                rows.append(outcome[1])
+            else:
+                _, key, reason, size = outcome
+                self.index.quarantine(key, reason, size, self.clock())
+                result.deleted.append(key)
+                result.quarantined += 1
+        if rows:
+            result.taken += self.index.insert_jobs(rows, self.clock())
+        sweep.found += len(fetch)
+        if sweep.cursor is None:
+            sweep.clean = sweep.found == 0
+
+    def _take_in(self, item: tuple[str, str | None, str, int]) -> tuple | None:
+        """GET and validate one inbox object (runs on the I/O pool; touches no SQLite)."""
+        queue, job_id, key, size = item
+        limit = self.settings.max_payload
+        try:
+            if job_id is None:
+                raise EnvelopeError(
+                    f"object key {key!r} is not inbox/QUEUE/JOB_ID.json with a UUID job id")
+            if size > limit:
+                raise EnvelopeError(f"object is {size} bytes, over the {limit}-byte limit "
+                                    "(QLITE_MAX_PAYLOAD)")
+            try:
+                raw = self.store.get(key)
+            except ObjectNotFound:
+                return None  # deleted since the LIST (another worker took it)
+            env = envelope.decode(raw, limit)
+            if env["id"] != job_id or env["queue"] != queue:
+                raise EnvelopeError(f"envelope id/queue ({env['id']}, {env['queue']}) do not "
+                                    f"match its object key {key!r}")
+        except EnvelopeError as e:
+            self._quarantine(key, job_id, str(e))
+            return ("quarantine", key, str(e), size)
+        task = self.app.tasks.get(env["task"])
+        max_attempts = (env.get("max_attempts")
+                        or (task.max_attempts if task else None)
+                        or self.settings.max_attempts)
+        run_at = (envelope.parse_time(env["not_before"])
+                  if env.get("not_before") else envelope.parse_time(env["enqueued_at"]))
+        return ("job", {
+            "id": job_id, "task": env["task"], "queue": queue,
+            "priority": env.get("priority") or 0, "max_attempts": max_attempts,
+            "run_at": run_at, "envelope": raw.decode("utf-8"), "inbox_key": key,
+            "key": env.get("key"), "enqueued_at": env["enqueued_at"],
+        })
+
+    def _quarantine(self, key: str, job_id: str | None, reason: str) -> None:
+        """Copy the object to quarantine/ with the reason; tell a waiting producer it failed."""
+        log.warning("quarantined key=%s reason=%s", key, reason)
+        safe = reason.encode("ascii", "backslashreplace").decode("ascii")[:1024]
+        self.store.copy(key, envelope.quarantine_key(key), metadata={"qlite-reason": safe})
+        if job_id is not None:
+            record = {"v": 1, "id": job_id, "state": "failed", "task": None,
+                      "queue": key.split("/")[1], "attempts": 0, "result": None,
+                      "error": {"type": "Quarantined", "message": reason,
+                                "traceback": None},
+                      "errors": [], "quarantine_key": envelope.quarantine_key(key),
+                      "finished_at": envelope.now_rfc3339(self.clock())}
+            try:
+                self.store.put(envelope.result_key(job_id), json.dumps(record).encode(),
+                               if_none_match=True)
+            except AlreadyExists:
+                pass

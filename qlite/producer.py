@@ -1,0 +1,183 @@
+"""The producer: put / put_many / status / wait. Standard library and boto3 only.
+
+A put is one PutObject of the envelope to ``inbox/{queue}/{id}.json`` with
+``If-None-Match: *``, so it never overwrites: with ``key=`` the id is derived from the key and
+a second put of the same key returns the same job (guarantee 4 of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import envelope
+from .errors import AlreadyExists, ConfigError, JobFailed, JobNotFound, WaitTimeout
+from .settings import Settings
+from .store import Store
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Client:
+    """Enqueue jobs and read their status. ``url`` defaults to ``QLITE_URL``."""
+
+    def __init__(self, url: str | None = None, *, endpoint_url: str | None = None,
+                 max_payload: int | None = None, store: Store | None = None):
+        self.settings = Settings.load(url=url, endpoint_url=endpoint_url, max_payload=max_payload)
+        self.store = store or Store(self.settings.require_url(), self.settings.endpoint_url)
+
+    def put(self, task: Any, args: Any = (), kwargs: dict | None = None, *,
+            queue: str = "default", key: str | None = None, delay: float | timedelta | None = None,
+            at: datetime | float | None = None, priority: int | None = None,
+            max_attempts: int | None = None, timeout: float | None = None,
+            meta: dict | None = None) -> Job:
+        """Enqueue one job and return its handle. The job is durable once this returns."""
+        env = self._envelope(task, args, kwargs, queue=queue, key=key, delay=delay, at=at,
+                             priority=priority, max_attempts=max_attempts, timeout=timeout,
+                             meta=meta)
+        return self._write(env, envelope.encode(env, self.settings.max_payload))
+
+    def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16) -> list[Job]:
+        """Enqueue many jobs concurrently; each item is a dict of ``put``'s arguments
+        (``{"task": "math.add", "args": [1, 2]}``) or a tuple ``(task, args[, kwargs])``.
+        Every envelope is validated before the first PUT, so bad input enqueues nothing."""
+        envs = []
+        for item in jobs:
+            if isinstance(item, tuple):
+                item = dict(zip(("task", "args", "kwargs"), item, strict=False))
+            if not isinstance(item, dict) or "task" not in item:
+                raise ConfigError(f"put_many: expected dicts with a 'task' (got {item!r:.80})")
+            env = self._envelope(**item)
+            envs.append((env, envelope.encode(env, self.settings.max_payload)))
+        if not envs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(workers, len(envs))) as pool:
+            return list(pool.map(lambda pair: self._write(*pair), envs))
+
+    def job(self, job_id: str, queue: str | None = None) -> Job:
+        return Job(self, job_id, queue)
+
+    def status(self, job_id: str, queue: str | None = None) -> dict:
+        """The job's status from the bucket alone: results/ if finished, else inbox/."""
+        if not envelope.ID_RE.match(job_id or ""):
+            raise JobNotFound(f"job id {job_id!r} is not a qlite job id (a UUID like "
+                              "0192f1c4-8f3e-7abc-9def-0123456789ab)")
+        record = self._result(job_id)
+        if record is not None:
+            return record
+        queues = [queue] if queue else self.store.list_dirs("inbox/")
+        for q in queues:
+            raw = self.store.get_or_none(envelope.inbox_key(q, job_id))
+            if raw is not None:
+                return _pending(job_id, q, raw)
+        # The worker may have finished it between our two reads.
+        record = self._result(job_id)
+        if record is not None:
+            return record
+        raise JobNotFound(f"no job {job_id} in {self.store.url}: not in results/ nor inbox/ "
+                          "(mistyped id, wrong QLITE_URL, or purged)")
+
+    def wait(self, job_id: str, timeout: float | None = None, queue: str | None = None,
+             poll: float = 0.2, poll_max: float = 2.0) -> dict:
+        """Poll until the job is terminal; raise WaitTimeout after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        status = self.status(job_id, queue)
+        while status["state"] not in TERMINAL:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(f"job {job_id} is still {status['state']} after {timeout:g}s")
+            time.sleep(poll if left is None else min(poll, left))
+            poll = min(poll * 1.5, poll_max)
+            record = self._result(job_id)
+            if record is not None:
+                status = record
+        return status
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _envelope(self, task: Any, args: Any = (), kwargs: dict | None = None, *,
+                  queue: str = "default", key: str | None = None, delay: Any = None,
+                  at: Any = None, priority: int | None = None, max_attempts: int | None = None,
+                  timeout: float | None = None, meta: dict | None = None) -> dict:
+        name = getattr(task, "name", task)
+        if not isinstance(name, str) or not envelope.TASK_RE.match(name):
+            raise ConfigError(f"task: expected a task name like 'math.add' (got {name!r})")
+        now = time.time()
+        return envelope.make(name, args, kwargs, queue=queue, key=key,
+                             not_before=_when(delay, at, now), priority=priority,
+                             max_attempts=max_attempts, timeout=timeout, meta=meta, now=now)
+
+    def _write(self, env: dict, raw: bytes) -> Job:
+        try:
+            self.store.put(envelope.inbox_key(env["queue"], env["id"]), raw, if_none_match=True)
+        except AlreadyExists:
+            if "key" not in env:
+                raise  # a fresh UUIDv7 collided: never expected, so never hidden
+            # Same idempotency key: the job already exists; return its handle.
+        return Job(self, env["id"], env["queue"])
+
+    def _result(self, job_id: str) -> dict | None:
+        raw = self.store.get_or_none(envelope.result_key(job_id))
+        return None if raw is None else json.loads(raw)
+
+
+class Job:
+    """A handle on an enqueued job."""
+
+    def __init__(self, client: Client, job_id: str, queue: str | None = None):
+        self.client = client
+        self.id = job_id
+        self.queue = queue
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} queue={self.queue}>"
+
+    def status(self) -> dict:
+        return self.client.status(self.id, self.queue)
+
+    def wait(self, timeout: float | None = None) -> dict:
+        return self.client.wait(self.id, timeout, self.queue)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's JSON result. Waits up to ``timeout`` seconds (None: do not wait); raises
+        JobFailed if it failed or was cancelled, WaitTimeout if it has not finished."""
+        status = self.client.wait(self.id, timeout or 0, self.queue)
+        if status["state"] != "succeeded":
+            error = status.get("error") or {}
+            raise JobFailed(f"job {self.id} {status['state']}: {error.get('type', '')}: "
+                            f"{error.get('message', '')}", status)
+        return status.get("result")
+
+
+def _when(delay: Any, at: Any, now: float) -> float | None:
+    if delay is not None and at is not None:
+        raise ConfigError("give delay= or at=, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if not isinstance(seconds, int | float) or seconds != seconds or seconds < 0:
+            raise ConfigError(f"delay: expected seconds >= 0 (got {delay!r})")
+        return now + seconds if seconds else None
+    if at is not None:
+        if isinstance(at, datetime):
+            if at.tzinfo is None:
+                raise ConfigError(f"at: needs a time zone, e.g. datetime.now(UTC) (got {at!r})")
+            return at.timestamp()
+        if isinstance(at, int | float):
+            return float(at)
+        raise ConfigError(f"at: expected an aware datetime or Unix seconds (got {at!r})")
+    return None
+
+
+def _pending(job_id: str, queue: str, raw: bytes) -> dict:
+    try:
+        env = json.loads(raw)
+    except ValueError:
+        env = {}
+    env = env if isinstance(env, dict) else {}
+    return {"id": job_id, "state": "pending", "task": env.get("task"), "queue": queue,
+            "attempts": 0, "result": None, "error": None,
+            "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before")}

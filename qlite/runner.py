@@ -1,0 +1,92 @@
+"""Run one claimed job's handler and describe what happened, as an Outcome.
+
+Runs on a handler thread; touches neither SQLite nor S3. The worker's loop turns the Outcome
+into one index transition.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from .app import App
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    envelope: dict
+    enqueued_at: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # "succeeded", or "error" (retry if attempts are left), or "failed" (no retry)
+    result: str | None = None  # JSON text
+    error: dict | None = None  # {type, message, traceback}
+
+
+@dataclass
+class Context:
+    """What a handler that takes a ``ctx`` parameter receives."""
+    job_id: str
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    enqueued_at: str
+    logger: logging.Logger
+    client: Any = None
+
+    def put(self, task: Any, args: Any = (), kwargs: dict | None = None, **options: Any) -> Any:
+        """Enqueue a follow-up job from inside a handler."""
+        return self.client.put(task, args, kwargs, **options)
+
+
+def _error(kind: str, message: str, tb: str | None = None) -> dict:
+    return {"type": kind, "message": message, "traceback": tb}
+
+
+def run(app: App, claim: Claim, client: Any = None) -> Outcome:
+    task = app.tasks.get(claim.task)
+    if task is None:
+        names = ", ".join(sorted(app.tasks)) or "none"
+        return Outcome("failed", error=_error(
+            "UnknownTask", f"unknown task {claim.task!r}: this worker's app registers: {names}"))
+    args, kwargs = list(claim.envelope["args"]), dict(claim.envelope["kwargs"])
+    if task.wants_ctx:
+        ctx = Context(claim.id, claim.task, claim.queue, claim.attempt, claim.max_attempts,
+                      claim.enqueued_at,
+                      logging.getLogger(f"qlite.task.{claim.task}"), client)
+        if task.ctx_first:
+            args.insert(0, ctx)
+        else:
+            kwargs["ctx"] = ctx
+    try:
+        inspect.signature(task.fn).bind(*args, **kwargs)
+    except TypeError as e:
+        return Outcome("failed", error=_error(
+            "BadArguments", f"{claim.task} cannot take args={claim.envelope['args']!r:.200} "
+            f"kwargs={claim.envelope['kwargs']!r:.200}: {e}"))
+    try:
+        value = task.fn(*args, **kwargs)
+    except Exception as e:
+        return Outcome("error", error=_error(
+            f"{type(e).__module__}.{type(e).__qualname__}".removeprefix("builtins."),
+            str(e), traceback.format_exc()))
+    try:
+        result = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        result.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as e:
+        return Outcome("failed", error=_error(
+            "ResultNotJSON", f"{claim.task} returned a {type(value).__name__}, which is not "
+            f"JSON-serialisable ({e}). Try: return lists, dicts, strings, numbers, bools, None"))
+    return Outcome("succeeded", result=result)

@@ -1,0 +1,190 @@
+"""One table of settings: name, environment variable, CLI option, default, help.
+
+The table drives the env vars, the CLI defaults and docs/settings.md (a test keeps them in
+agreement). boto3 keeps reading the AWS settings it already reads (credentials, region,
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``); ``endpoint_url`` is listed here so that it
+also has a CLI option.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    option: str
+    default: Any
+    kind: str  # "str", "int", "float", "list", "url"
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("url", "QLITE_URL", "--url", None, "url",
+            "Where the queue lives: s3://bucket[/prefix]. Required."),
+    Setting("endpoint_url", "AWS_ENDPOINT_URL_S3", "--endpoint-url", None, "str",
+            "S3 endpoint for S3-compatible servers (boto3 also reads AWS_ENDPOINT_URL). "
+            "Unset means AWS S3."),
+    Setting("db", "QLITE_DB", "--db", None, "str",
+            "The worker's SQLite index file. Default: "
+            "$XDG_DATA_HOME/qlite/BUCKET[_PREFIX].db (~/.local/share/qlite/...)."),
+    Setting("queues", "QLITE_QUEUES", "--queue", ("default",), "list",
+            "Queues the worker serves, in priority order (comma-separated in the env var; "
+            "repeat --queue on the CLI)."),
+    Setting("concurrency", "QLITE_CONCURRENCY", "--concurrency", 4, "int",
+            "Jobs the worker runs at once (threads)."),
+    Setting("max_attempts", "QLITE_MAX_ATTEMPTS", "--max-attempts", 3, "int",
+            "Attempts a job gets before it fails, unless its task or envelope says otherwise."),
+    Setting("lease", "QLITE_LEASE", "--lease", 60.0, "float",
+            "Seconds a running job's lease lasts; renewed by heartbeat every third of it. A job "
+            "whose worker died runs again once the lease expires (at once if the dead worker "
+            "was on this machine)."),
+    Setting("grace", "QLITE_GRACE", "--grace", 30.0, "float",
+            "Seconds running jobs get to finish after SIGTERM/SIGINT before the worker exits."),
+    Setting("poll_min", "QLITE_POLL_MIN", "--poll-min", 0.5, "float",
+            "Seconds between inbox LISTs while jobs keep arriving."),
+    Setting("poll_max", "QLITE_POLL_MAX", "--poll-max", 10.0, "float",
+            "Cap in seconds of the idle back-off between inbox LISTs (one LIST per queue per "
+            "poll): the worst-case pickup delay after a quiet spell."),
+    Setting("max_payload", "QLITE_MAX_PAYLOAD", "--max-payload", 262144, "int",
+            "Largest envelope in bytes; producers refuse larger ones, the worker quarantines "
+            "them."),
+    Setting("log_level", "QLITE_LOG_LEVEL", "--log-level", "INFO", "str",
+            "Log level of the worker: DEBUG, INFO, WARNING or ERROR."),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+_URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
+
+
+@dataclass(frozen=True)
+class QueueURL:
+    bucket: str
+    prefix: str  # "" or "some/prefix/" (always ends with a slash when not empty)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def parse_url(value: str | None) -> QueueURL:
+    """Parse ``s3://bucket[/prefix]``."""
+    if not value:
+        raise ConfigError(
+            "QLITE_URL is not set: expected s3://bucket[/prefix]. "
+            "Try: export QLITE_URL=s3://my-bucket/jobs (or pass --url)"
+        )
+    m = _URL.match(value.strip())
+    if not m:
+        raise ConfigError(
+            f"QLITE_URL: expected s3://bucket[/prefix] with a valid bucket name (got {value!r})"
+        )
+    prefix = (m.group("prefix") or "").strip("/")
+    return QueueURL(m.group("bucket"), f"{prefix}/" if prefix else "")
+
+
+def _convert(setting: Setting, raw: Any, source: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        if setting.kind == "int":
+            value = int(raw)
+            if value < 1:
+                raise ValueError
+            return value
+        if setting.kind == "float":
+            value = float(raw)
+            if not value > 0 or value == float("inf"):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        expected = "a positive integer" if setting.kind == "int" else "a positive number"
+        raise ConfigError(f"{source}: expected {expected} (got {raw!r})") from None
+    if setting.kind == "list":
+        items = [raw] if isinstance(raw, str) else list(raw)
+        names = [q.strip() for item in items for q in item.split(",") if q.strip()]
+        for q in names:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", q):
+                raise ConfigError(
+                    f"{source}: queue name {q!r} is not valid "
+                    "(use letters, digits, '_', '-', '.'; at most 64)"
+                )
+        if not names:
+            raise ConfigError(f"{source}: expected at least one queue name (got {raw!r})")
+        return tuple(names)
+    if setting.kind == "url":
+        return parse_url(raw)
+    if setting.name == "log_level":
+        level = str(raw).upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"{source}: expected DEBUG, INFO, WARNING or ERROR (got {raw!r})")
+        return level
+    return str(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: QueueURL | None = None
+    endpoint_url: str | None = None
+    db: str | None = None
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 4
+    max_attempts: int = 3
+    lease: float = 60.0
+    grace: float = 30.0
+    poll_min: float = 0.5
+    poll_max: float = 10.0
+    max_payload: int = 262144
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, env: dict | None = None, **overrides: Any) -> Settings:
+        """Settings from ``overrides`` (CLI options, arguments), else the environment, else
+        the defaults. ``url`` stays None when unset; ``require_url`` reports it."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            given = overrides.get(s.name)
+            if given is not None and given != ():
+                source = s.option
+                raw = given
+            elif env.get(s.env):
+                source, raw = s.env, env[s.env]
+            elif s.name == "endpoint_url" and env.get("AWS_ENDPOINT_URL"):
+                source, raw = "AWS_ENDPOINT_URL", env["AWS_ENDPOINT_URL"]
+            else:
+                values[s.name] = s.default
+                continue
+            if s.kind == "url" and isinstance(raw, QueueURL):
+                values[s.name] = raw
+            else:
+                values[s.name] = _convert(s, raw, source)
+        if values["endpoint_url"] and not re.match(r"^https?://[^\s/]+", values["endpoint_url"]):
+            raise ConfigError(
+                f"endpoint URL: expected http://host:port or https://host "
+                f"(got {values['endpoint_url']!r})"
+            )
+        if values["poll_min"] > values["poll_max"]:
+            values["poll_min"] = values["poll_max"]
+        return cls(**values)
+
+    def require_url(self) -> QueueURL:
+        if self.url is None:
+            parse_url(None)  # raises the standard message
+        return self.url  # type: ignore[return-value]
+
+    def db_path(self) -> Path:
+        if self.db:
+            return Path(self.db).expanduser()
+        url = self.require_url()
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        name = url.bucket + ("_" + url.prefix.strip("/").replace("/", "_") if url.prefix else "")
+        return base / "qlite" / f"{name}.db"
+

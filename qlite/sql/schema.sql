@@ -1,0 +1,52 @@
+-- The worker's index. The bucket is the source of truth; this file is its fast index.
+-- States: queued | scheduled -> running -> succeeded | failed | cancelled (docs/states.md).
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id           TEXT PRIMARY KEY,
+    task         TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    priority     INTEGER NOT NULL DEFAULT 0,
+    attempts     INTEGER NOT NULL DEFAULT 0,   -- counted inside the claim, before the handler runs
+    max_attempts INTEGER NOT NULL,             -- envelope, else task, else worker default
+    run_at       REAL NOT NULL,                -- Unix seconds: runnable once run_at <= now
+    lease_until  REAL,                         -- running only: renewed by heartbeat
+    owner        TEXT,                         -- running only: host:pid:start of the worker
+    envelope     TEXT NOT NULL,                -- the envelope as ingested
+    inbox_key    TEXT NOT NULL,
+    key          TEXT,                         -- idempotency key, if any
+    result       TEXT,                         -- JSON result of the successful attempt
+    error        TEXT,                         -- JSON {type, message, traceback} of the last failure
+    enqueued_at  TEXT NOT NULL,
+    ingested_at  TEXT NOT NULL,
+    started_at   TEXT,
+    finished_at  TEXT,
+    published    INTEGER NOT NULL DEFAULT 0    -- 1: results/ has the terminal record, inbox object deleted
+);
+
+CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, run_at, id)
+    WHERE state IN ('queued', 'scheduled');
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (owner, lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs (finished_at)
+    WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, queue, id);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    owner       TEXT,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    outcome     TEXT,            -- succeeded | retry | failed | lost
+    error_type  TEXT,
+    message     TEXT,
+    traceback   TEXT,
+    PRIMARY KEY (job_id, attempt)
+);
+
+CREATE TABLE IF NOT EXISTS quarantine (
+    key    TEXT PRIMARY KEY,     -- the inbox key it came from (relative to the prefix)
+    reason TEXT NOT NULL,
+    size   INTEGER,
+    at     TEXT NOT NULL
+);

@@ -1,0 +1,242 @@
+"""Object storage: put/get/list/delete of bytes under the queue's prefix, conditional writes.
+
+The only module that speaks to boto3. botocore errors are translated here, at the boundary,
+into qlite's own (``s3: get KEY: cause``) so nothing above sees a ClientError. Keys passed in
+and out are relative to the queue's prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import (
+    AccessDenied,
+    AlreadyExists,
+    BucketNotFound,
+    EndpointUnreachable,
+    ObjectNotFound,
+    StorageError,
+)
+from .settings import QueueURL
+
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+           "ExpiredToken", "AllAccessDisabled", "InvalidSecurity", "403"}
+
+
+class Store:
+    """One bucket + prefix. Thread-safe (boto3 clients are)."""
+
+    def __init__(self, url: QueueURL, endpoint_url: str | None = None, client: Any = None):
+        self.url = url
+        self.bucket = url.bucket
+        self.prefix = url.prefix
+        self.endpoint_url = (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        self._client = client
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()  # S3 requests by operation, for stats and bench
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _make_client(self.endpoint_url)
+        return self._client
+
+    def where(self) -> str:
+        return self.endpoint_url or "AWS S3"
+
+    # -- operations -------------------------------------------------------------------------
+
+    def put(self, key: str, body: bytes, *, if_none_match: bool = False,
+            metadata: dict | None = None) -> None:
+        """PUT ``key``; with ``if_none_match`` it never overwrites (AlreadyExists instead)."""
+        extra: dict[str, Any] = {"ContentType": "application/json"}
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        if metadata:
+            extra["Metadata"] = metadata
+        self._call("put", key, "put_object", Key=self.prefix + key, Body=body, **extra)
+
+    def get(self, key: str) -> bytes:
+        resp = self._call("get", key, "get_object", Key=self.prefix + key)
+        try:
+            return resp["Body"].read()
+        except Exception as e:  # a connection dropped mid-body
+            raise StorageError(f"s3: get {self._name(key)}: reading body: {e}") from e
+
+    def get_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.get(key)
+        except ObjectNotFound:
+            return None
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("head", key, "head_object", Key=self.prefix + key)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        """(relative key, size) under ``prefix``, in key order, one LIST per 1,000 keys."""
+        while True:
+            page, truncated = self.list_page(prefix, start_after)
+            yield from page
+            if not truncated or not page:
+                return
+            start_after = page[-1][0]
+
+    def list_page(self, prefix: str, start_after: str | None = None,
+                  max_keys: int = 1000) -> tuple[list[tuple[str, int]], bool]:
+        """One LIST: up to ``max_keys`` (relative key, size) after ``start_after``."""
+        kwargs: dict[str, Any] = {"Prefix": self.prefix + prefix, "MaxKeys": max_keys}
+        if start_after:
+            kwargs["StartAfter"] = self.prefix + start_after
+        resp = self._call("list", prefix, "list_objects_v2", **kwargs)
+        n = len(self.prefix)
+        page = [(item["Key"][n:], item["Size"]) for item in resp.get("Contents", ())]
+        return page, bool(resp.get("IsTruncated"))
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The 'directories' directly under ``prefix`` (names without slashes)."""
+        resp = self._call("list", prefix, "list_objects_v2", Prefix=self.prefix + prefix,
+                          Delimiter="/", MaxKeys=1000)
+        n = len(self.prefix + prefix)
+        return [p["Prefix"][n:].rstrip("/") for p in resp.get("CommonPrefixes", ())]
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete keys, up to 1,000 per request; a missing key is not an error."""
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            resp = self._call("delete", chunk[0], "delete_objects", Delete={
+                "Objects": [{"Key": self.prefix + k} for k in chunk], "Quiet": True})
+            errors = resp.get("Errors") or []
+            if errors:
+                e = errors[0]
+                raise StorageError(
+                    f"s3: delete {e.get('Key')}: {e.get('Code')}: {e.get('Message')} "
+                    f"({len(errors)} of {len(chunk)} keys failed)"
+                )
+
+    def copy(self, src: str, dst: str, metadata: dict | None = None) -> None:
+        """Server-side copy (no download), replacing metadata when given."""
+        extra: dict[str, Any] = {}
+        if metadata is not None:
+            extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+        self._call("copy", src, "copy_object", Key=self.prefix + dst,
+                   CopySource={"Bucket": self.bucket, "Key": self.prefix + src}, **extra)
+
+    def check(self) -> None:
+        """Fail fast with a clear error when the endpoint, bucket or credentials are wrong."""
+        self._call("list", "", "list_objects_v2", Prefix=self.prefix, MaxKeys=1)
+
+    def create_bucket(self) -> None:
+        try:
+            self._call("create", "", "create_bucket")
+        except StorageError as e:
+            if "BucketAlreadyOwnedByYou" not in str(e) and "BucketAlreadyExists" not in str(e):
+                raise
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def _call(self, op: str, key: str, method: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError,
+            NoCredentialsError,
+        )
+
+        self.requests[op] += 1
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+        except ClientError as e:
+            error = self._translate(op, key, e)
+            if isinstance(error, AccessDenied) and method != "head_bucket" and self._no_bucket():
+                error = self._translate(op, key, e, code="NoSuchBucket")
+            raise error from e
+        except NoCredentialsError as e:
+            raise AccessDenied(
+                "s3: no AWS credentials found. Try: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            ) from e
+        except ConnectionError as e:  # EndpointConnectionError, timeouts, dropped connections
+            raise EndpointUnreachable(
+                f"s3: {op} {self._name(key)}: cannot reach {self.where()}: {e}. "
+                "Try: check AWS_ENDPOINT_URL_S3 and that the server is running"
+            ) from e
+        except BotoCoreError as e:
+            raise StorageError(f"s3: {op} {self._name(key)}: {e}") from e
+
+    def _no_bucket(self) -> bool:
+        """Some servers answer a write to a missing bucket with AccessDenied (SeaweedFS tries
+        to create it): one HEAD tells the two apart when we may ask."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            return str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket")
+        except BotoCoreError:
+            return False
+        return False
+
+    def _translate(self, op: str, key: str, e: Any, code: str | None = None) -> StorageError:
+        err = e.response.get("Error", {})
+        code = code or str(err.get("Code")
+                           or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        message = (err.get("Message") or code).rstrip(".")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return ObjectNotFound(f"s3: {op} {self._name(key)}: no such key")
+        if code == "NoSuchBucket":
+            return BucketNotFound(
+                f"s3: bucket {self.bucket!r} does not exist at {self.where()}. "
+                f"Try: create it (aws s3 mb s3://{self.bucket}) or fix QLITE_URL"
+            )
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return AlreadyExists(f"s3: {op} {self._name(key)}: already exists")
+        if code in _DENIED:
+            return AccessDenied(
+                f"s3: {op} {self._name(key)}: {code}: {message}. "
+                "Try: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
+            )
+        return StorageError(f"s3: {op} {self._name(key)}: {code}: {message}")
+
+
+def _make_client(endpoint_url: str | None, **credentials: str) -> Any:
+    """A boto3 S3 client; ``credentials`` (aws_access_key_id=...) override the environment's."""
+    import boto3
+    from botocore.config import Config
+
+    options: dict[str, Any] = {
+        "connect_timeout": 3,
+        "read_timeout": 30,
+        "retries": {"mode": "standard", "max_attempts": 4},
+        "max_pool_connections": 32,
+    }
+    kwargs: dict[str, Any] = {}
+    if endpoint_url:
+        # S3-compatible servers: path-style addressing, and no checksum headers they may reject.
+        options.update(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        kwargs["endpoint_url"] = endpoint_url
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if not credentials.get("region_name") and not region:
+            kwargs["region_name"] = "us-east-1"
+    session = boto3.session.Session()
+    return session.client("s3", config=Config(**options), **{**kwargs, **credentials})

@@ -1,0 +1,317 @@
+"""The worker: ingest -> claim -> execute -> record -> publish, until told to stop.
+
+One loop on the main thread owns SQLite; handlers run on a thread pool and S3 requests on a
+second, small one. Signal handlers only set flags; the loop acts on them (graceful stop: no new
+claims, running jobs get ``grace`` seconds, outcomes are published, exit 0).
+
+Publishing is an outbox: a terminal row is written first, then ``results/{id}.json`` is PUT,
+then the inbox object is deleted, then the row is marked published. A crash anywhere in
+between repeats the remaining steps, which are idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from . import envelope
+from .app import App
+from .index import Index
+from .ingest import Ingest
+from .producer import Client
+from .retry import RetryPolicy
+from .runner import Claim, Outcome, run
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_id() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when ``owner`` ran on this host and that process is gone. Workers on other
+    hosts are judged by their lease alone."""
+    try:
+        host, pid_text, started = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    now_started = _start_time(pid)
+    return now_started is not None and started != "0" and now_started != started
+
+
+class Worker:
+    def __init__(self, app: App, settings: Settings, *, store: Store | None = None,
+                 clock=time.time, rng: random.Random | None = None):
+        self.app = app
+        self.settings = settings
+        self.store = store or Store(settings.require_url(), settings.endpoint_url)
+        self.index = Index(settings.db_path())
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.owner = owner_id()
+        self.handlers = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="qlite-job")
+        self.io = ThreadPoolExecutor(8, thread_name_prefix="qlite-io")
+        self.ingest = Ingest(app, settings, self.store, self.index, self.io, clock)
+        self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
+                             store=self.store)
+        self.running: dict[Future, Claim] = {}
+        self.wake = threading.Event()
+        self.stopping = False
+        self.deadline: float | None = None
+        self.poll_every = settings.poll_min
+        self.next_poll = 0.0
+        self.next_beat = 0.0
+        self.outage = 0.0  # back-off after a failed step, seconds
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            self.deadline = 0.0  # a second signal: stop waiting for running jobs
+        self.stopping = True
+        self.wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, burst: bool = False) -> int:
+        self.store.check()  # endpoint, bucket and credentials, before anything else
+        log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s",
+                 self.owner, ",".join(self.settings.queues), self.settings.concurrency,
+                 self.index.path, self.store.url)
+        self._reap()
+        while not self.stopping:
+            ok = self._step(burst)
+            if burst and ok and self._idle():
+                log.info("burst: no runnable job left; exiting")
+                break
+            self._sleep(burst)
+        return self._shutdown()
+
+    def _step(self, burst: bool) -> bool:
+        """One iteration; False when some part failed (S3 outage, disk trouble)."""
+        ok = True
+        for part in (self._collect, self._publish, self._maintain,
+                     lambda: self._poll(burst), self._claim):
+            try:
+                part()
+            except Exception as e:  # each part logs its own failure; the loop goes on
+                ok = False
+                log.warning("worker step failed: %s: %s", type(e).__name__, e,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+        self.outage = 0.0 if ok else min(max(self.outage * 2, 0.5), self.settings.poll_max)
+        return ok
+
+    def _idle(self) -> bool:
+        return (not self.running and self.ingest.all_clean()
+                and not self._runnable_now() and not self.index.unpublished(1))
+
+    def _runnable_now(self) -> bool:
+        at = self.index.next_run_at(self.settings.queues)
+        return at is not None and at <= self.clock()
+
+    def _sleep(self, burst: bool) -> None:
+        now = self.clock()
+        wait = self.next_poll - now if not burst else 0.05
+        at = self.index.next_run_at(self.settings.queues)
+        if at is not None and len(self.running) < self.settings.concurrency:
+            wait = min(wait, at - now)
+        wait = min(max(wait, self.outage, 0.01), self.next_beat - now, 1.0)
+        self.wake.wait(max(wait, 0.0))
+        self.wake.clear()
+
+    # -- parts ------------------------------------------------------------------------------
+
+    def _poll(self, burst: bool) -> None:
+        if self.stopping:
+            return
+        quiet = not self.running and not self._runnable_now()
+        if self.clock() < self.next_poll and not (burst and quiet):
+            return
+        # Do not LIST while plenty of jobs are runnable locally: the inbox waits, cheaply.
+        if self._runnable_now() and len(self.running) >= self.settings.concurrency:
+            return
+        result = self.ingest.run()
+        if result.taken or result.quarantined:
+            log.info("ingested %d job(s), quarantined %d", result.taken, result.quarantined)
+            self.poll_every = self.settings.poll_min
+        else:
+            self.poll_every = min(self.poll_every * 2, self.settings.poll_max)
+        self.next_poll = self.clock() + self.poll_every
+
+    def _claim(self) -> None:
+        free = self.settings.concurrency - len(self.running)
+        if self.stopping or free <= 0:
+            return
+        rows = self.index.claim(self.settings.queues, free, self.owner, self.settings.lease,
+                                self.clock())
+        for row in rows:
+            claim = Claim(row["id"], row["task"], row["queue"], row["attempts"],
+                          row["max_attempts"], json.loads(row["envelope"]), row["enqueued_at"])
+            log.info("job started job_id=%s task=%s queue=%s attempt=%d", claim.id, claim.task,
+                     claim.queue, claim.attempt)
+            future = self.handlers.submit(run, self.app, claim, self.client)
+            self.running[future] = claim
+            future.add_done_callback(lambda _: self.wake.set())
+
+    def _collect(self) -> None:
+        for future in [f for f in self.running if f.done()]:
+            claim = self.running[future]
+            try:
+                outcome = future.result()
+            except BaseException as e:  # run() catches Exception; this is SystemExit & co.
+                outcome = Outcome("error", error={"type": type(e).__name__, "message": str(e),
+                                                  "traceback": None})
+            self._record(claim, outcome)
+            del self.running[future]
+
+    def _record(self, claim: Claim, outcome: Outcome) -> None:
+        now = self.clock()
+        fields = f"job_id={claim.id} task={claim.task} queue={claim.queue} " \
+                 f"attempt={claim.attempt}"
+        if outcome.state == "succeeded":
+            ok = self.index.finish(claim.id, claim.attempt, self.owner, "succeeded",
+                                   result=outcome.result, now=now)
+            log.info("job succeeded %s", fields)
+        else:
+            task = self.app.tasks.get(claim.task)
+            policy = RetryPolicy(max_attempts=claim.max_attempts,
+                                 base=task.backoff if task else 1.0)
+            run_at = None if outcome.state == "failed" else policy.next_run(
+                claim.attempt, now, self.rng)
+            error = outcome.error or {}
+            if run_at is None:
+                ok = self.index.finish(claim.id, claim.attempt, self.owner, "failed",
+                                       error=error, now=now)
+                log.warning("job failed %s error=%s: %s", fields, error.get("type"),
+                            error.get("message"))
+            else:
+                ok = self.index.finish(claim.id, claim.attempt, self.owner, "retry",
+                                       error=error, run_at=run_at, now=now)
+                log.info("job will retry in %.1fs %s error=%s: %s", run_at - now, fields,
+                         error.get("type"), error.get("message"))
+        if not ok:
+            log.warning("stale attempt ignored (the job was taken over) %s", fields)
+
+    def _publish(self) -> None:
+        jobs = self.index.unpublished(500)
+        if not jobs:
+            return
+        futures = {self.io.submit(self.store.put, envelope.result_key(j["id"]),
+                                  json.dumps(result_record(j)).encode()): j for j in jobs}
+        done, failed = [], None
+        for future, job in futures.items():
+            try:
+                future.result()
+                done.append(job)
+            except Exception as e:
+                failed = e
+        if done:
+            self.store.delete_many([j["inbox_key"] for j in done])
+            self.index.mark_published([j["id"] for j in done])
+        if failed is not None:
+            raise failed
+
+    def _maintain(self) -> None:
+        now = self.clock()
+        if now < self.next_beat:
+            return
+        self.next_beat = now + self.settings.lease / 3
+        if self.running:
+            self.index.heartbeat(self.owner, self.settings.lease, now)
+        self._reap()
+
+    def _reap(self) -> None:
+        dead = [o for o in self.index.running_owners() if o != self.owner and owner_is_dead(o)]
+        for row in self.index.reap(dead, self.clock()):
+            log.warning("job %s after its worker stopped job_id=%s attempt=%d",
+                        "requeued" if row["state"] == "queued" else "failed", row["id"],
+                        row["attempts"])
+
+    def _shutdown(self) -> int:
+        if self.running:
+            log.info("stopping: waiting up to %.0fs for %d running job(s)",
+                     self.settings.grace, len(self.running))
+        self.deadline = self.clock() + self.settings.grace if self.deadline is None else 0.0
+        while self.running and self.clock() < self.deadline:
+            self.wake.wait(0.2)
+            self.wake.clear()
+            self._step_quietly(self._collect)
+            self._step_quietly(self._maintain)
+        self._step_quietly(self._publish)
+        left = len(self.running)
+        self.io.shutdown(wait=True)
+        self.index.close()
+        if left:
+            # Their rows stay 'running' under this (soon dead) owner: the next worker start
+            # requeues them at once.
+            log.warning("stopped with %d job(s) still running; they run again on restart", left)
+            logging.shutdown()
+            os._exit(0)  # handler threads cannot be interrupted; do not wait for them
+        self.handlers.shutdown(wait=True)
+        log.info("worker stopped")
+        return 0
+
+    def _step_quietly(self, part: Any) -> None:
+        try:
+            part()
+        except Exception as e:
+            log.warning("worker step failed during shutdown: %s: %s", type(e).__name__, e)
+
+
+def result_record(job: dict) -> dict:
+    """The public status record of a terminal job, as written to results/{id}.json."""
+    error = json.loads(job["error"]) if job.get("error") else None
+    return {
+        "v": 1,
+        "id": job["id"],
+        "state": job["state"],
+        "task": job["task"],
+        "queue": job["queue"],
+        "attempts": job["attempts"],
+        "max_attempts": job["max_attempts"],
+        "result": json.loads(job["result"]) if job.get("result") is not None else None,
+        "error": error if job["state"] != "succeeded" else None,
+        "errors": [
+            {"attempt": a["attempt"], "type": a["error_type"], "message": a["message"],
+             "traceback": a["traceback"], "at": a["finished_at"]}
+            for a in job.get("attempt_log", []) if a["outcome"] not in (None, "succeeded")
+        ],
+        "key": job.get("key"),
+        "enqueued_at": job["enqueued_at"],
+        "started_at": job["started_at"],
+        "finished_at": job["finished_at"],
+    }

@@ -1,0 +1,41 @@
+"""Tasks used by the suite's worker processes (``--app testapp:app``)."""
+
+import os
+import time
+from pathlib import Path
+
+import qlite
+
+app = qlite.App()
+
+
+@app.task(name="math.add")
+def add(a, b):
+    return a + b
+
+
+@app.task(name="test.flaky", backoff=0.05)
+def flaky(ctx, fail_times=1):
+    if ctx.attempt <= fail_times:
+        raise RuntimeError(f"failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@app.task(name="test.always_fail", max_attempts=2, backoff=0.05)
+def always_fail():
+    raise ValueError("boom")
+
+
+@app.task(name="test.not_json")
+def not_json():
+    return {1, 2}
+
+
+@app.task(name="test.sleep", max_attempts=5)
+def sleep(ctx, seconds, marker_dir):
+    """Marks its start (job id + attempt) in marker_dir, sleeps, then marks its end."""
+    d = Path(marker_dir)
+    (d / f"{ctx.job_id}.{ctx.attempt}.started").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    (d / f"{ctx.job_id}.{ctx.attempt}.done").write_text("")
+    return {"slept": seconds, "attempt": ctx.attempt}

@@ -1,0 +1,71 @@
+"""Real worker processes killed with SIGKILL, or stopped with SIGTERM/SIGINT."""
+
+import json
+import signal
+import time
+
+import pytest
+
+import qlite
+from conftest import qlite as run_qlite
+from conftest import start_worker
+
+
+def wait_for(path_glob, directory, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(directory.glob(path_glob))
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"nothing matched {path_glob} in {directory} within {timeout}s")
+
+
+def test_a_job_whose_worker_was_killed_runs_again_after_restart_and_completes(s3, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = qlite.Client().put("test.sleep", kwargs={"seconds": 2, "marker_dir": str(marks)})
+    worker = start_worker("--app", "testapp:app", env=s3.env, log=tmp_path / "w1.log")
+    wait_for(f"{job.id}.1.started", marks)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    assert not (marks / f"{job.id}.1.done").exists()
+    assert job.status()["state"] == "pending"  # not lost: still in the inbox
+
+    restarted = run_qlite("worker", "--app", "testapp:app", "--burst", env=s3.env, timeout=60)
+    assert restarted.returncode == 0, restarted.stderr
+    assert "requeued after its worker stopped" in restarted.stderr
+    status = job.wait(timeout=10)
+    assert (status["state"], status["attempts"], status["result"]["attempt"]) == \
+        ("succeeded", 2, 2)
+    assert status["errors"][0]["type"] == "WorkerLost"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_lets_running_jobs_finish_and_exits_0(s3, tmp_path, sig):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = qlite.Client().put("test.sleep", kwargs={"seconds": 1.5, "marker_dir": str(marks)})
+    worker = start_worker("--app", "testapp:app", env=s3.env, log=tmp_path / "w.log")
+    wait_for(f"{job.id}.1.started", marks)
+    worker.send_signal(sig)
+    assert worker.wait(30) == 0, (tmp_path / "w.log").read_text()
+    status = job.status()
+    assert (status["state"], status["attempts"]) == ("succeeded", 1)
+
+
+def test_a_job_still_running_after_the_grace_period_runs_again_on_restart(s3, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = qlite.Client().put("test.sleep", kwargs={"seconds": 3, "marker_dir": str(marks)})
+    worker = start_worker("--app", "testapp:app", "--grace", "0.5", env=s3.env,
+                          log=tmp_path / "w.log")
+    wait_for(f"{job.id}.1.started", marks)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    log = (tmp_path / "w.log").read_text()
+    assert "still running; they run again on restart" in log
+    restarted = run_qlite("worker", "--app", "testapp:app", "--burst", env=s3.env, timeout=60)
+    assert restarted.returncode == 0, restarted.stderr
+    status = json.loads(run_qlite("status", job.id, "--json", env=s3.env).stdout)
+    assert (status["state"], status["attempts"]) == ("succeeded", 2)

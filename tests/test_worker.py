@@ -1,0 +1,179 @@
+"""The worker against real S3 servers and a real SQLite file, in process."""
+
+import json
+import time
+
+import pytest
+
+import qlite
+from qlite import envelope
+from qlite.index import Index
+from qlite.worker import Worker
+
+app = qlite.App()
+calls: list[tuple] = []
+
+
+@app.task(name="math.add")
+def add(a, b):
+    calls.append(("add", a, b))
+    return a + b
+
+
+@app.task(name="t.flaky", backoff=0.02)
+def flaky(ctx, fail_times):
+    if ctx.attempt <= fail_times:
+        raise RuntimeError(f"failure on attempt {ctx.attempt}")
+    return ctx.attempt
+
+
+@app.task(name="t.always_fail", max_attempts=2, backoff=0.02)
+def always_fail():
+    raise ValueError("boom")
+
+
+@app.task(name="t.not_json")
+def not_json():
+    return {1, 2}
+
+
+@app.task(name="t.follow_up")
+def follow_up(ctx, n):
+    return ctx.put("math.add", [n, n]).id
+
+
+def drain(s3, jobs, timeout=30.0, **settings) -> list[dict]:
+    """Run burst workers until every job is terminal; return their statuses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        Worker(app, s3.settings(**settings)).run(burst=True)
+        statuses = [j.status() for j in jobs]
+        if all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses):
+            return statuses
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.05)
+
+
+def keys(s3, prefix: str) -> list[str]:
+    resp = s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"q/{prefix}")
+    return [o["Key"][2:] for o in resp.get("Contents", [])]
+
+
+def test_a_job_runs_and_its_result_is_readable_from_the_bucket(s3):
+    job = qlite.Client().put("math.add", kwargs={"a": 2, "b": 3})
+    [status] = drain(s3, [job])
+    assert (status["state"], status["result"], status["attempts"]) == ("succeeded", 5, 1)
+    assert keys(s3, "inbox/") == []
+    assert keys(s3, "results/") == [f"results/{job.id}.json"]
+    assert job.result() == 5
+    row = Index(s3.db).get(job.id)
+    assert (row["state"], row["published"], json.loads(row["result"])) == ("succeeded", 1, 5)
+
+
+def test_a_failing_handler_is_retried_then_succeeds(s3):
+    job = qlite.Client().put("t.flaky", kwargs={"fail_times": 2})
+    [status] = drain(s3, [job])
+    assert (status["state"], status["result"], status["attempts"]) == ("succeeded", 3, 3)
+    assert [e["message"] for e in status["errors"]] == ["failure on attempt 1",
+                                                       "failure on attempt 2"]
+    assert all("Traceback" in e["traceback"] for e in status["errors"])
+
+
+def test_a_handler_that_keeps_failing_ends_failed_with_every_attempt_recorded(s3):
+    job = qlite.Client().put("t.always_fail")
+    [status] = drain(s3, [job])
+    assert (status["state"], status["attempts"]) == ("failed", 2)
+    assert status["error"]["type"] == "ValueError" and status["error"]["message"] == "boom"
+    assert [e["attempt"] for e in status["errors"]] == [1, 2]
+    with pytest.raises(qlite.JobFailed, match="ValueError: boom"):
+        job.result()
+
+
+def test_max_attempts_from_the_envelope_wins(s3):
+    job = qlite.Client().put("t.flaky", kwargs={"fail_times": 5}, max_attempts=1)
+    [status] = drain(s3, [job])
+    assert (status["state"], status["attempts"]) == ("failed", 1)
+
+
+def test_an_unknown_task_fails_naming_it_and_the_registered_ones(s3):
+    job = qlite.Client().put("no.such_task", [1])
+    [status] = drain(s3, [job])
+    assert status["state"] == "failed"
+    assert status["error"]["type"] == "UnknownTask"
+    assert "unknown task 'no.such_task'" in status["error"]["message"]
+    assert "math.add" in status["error"]["message"]
+
+
+def test_a_result_that_is_not_json_fails_clearly(s3):
+    job = qlite.Client().put("t.not_json")
+    [status] = drain(s3, [job])
+    assert (status["state"], status["attempts"]) == ("failed", 1)
+    assert "returned a set, which is not JSON-serialisable" in status["error"]["message"]
+
+
+def test_arguments_that_do_not_fit_fail_without_retry(s3):
+    job = qlite.Client().put("math.add", [1, 2, 3])
+    [status] = drain(s3, [job])
+    assert (status["state"], status["attempts"]) == ("failed", 1)
+    assert status["error"]["type"] == "BadArguments"
+
+
+def test_a_handler_can_enqueue_a_follow_up_through_ctx(s3):
+    job = qlite.Client().put("t.follow_up", [21])
+    [status] = drain(s3, [job])
+    child = qlite.Client().job(status["result"])
+    assert drain(s3, [child])[0]["result"] == 42
+
+
+def test_an_idempotency_key_put_again_after_completion_does_not_run_again(s3):
+    calls.clear()
+    client = qlite.Client()
+    first = client.put("math.add", [20, 22], key="once")
+    drain(s3, [first])
+    again = client.put("math.add", [20, 22], key="once")
+    assert again.id == first.id
+    drain(s3, [again])
+    assert calls == [("add", 20, 22)]
+    assert keys(s3, "inbox/") == []
+
+
+def test_a_delayed_job_waits_for_its_time(s3):
+    job = qlite.Client().put("math.add", [1, 1], delay=1.5)
+    Worker(app, s3.settings()).run(burst=True)
+    assert Index(s3.db).get(job.id)["state"] == "scheduled"
+    assert job.status()["state"] == "pending"
+    time.sleep(1.6)
+    assert drain(s3, [job])[0]["result"] == 2
+
+
+def put_raw(s3, key: str, body: bytes) -> None:
+    s3.server.client().put_object(Bucket=s3.bucket, Key=f"q/{key}", Body=body)
+
+
+def test_malformed_inbox_objects_are_quarantined_with_a_reason_and_the_worker_goes_on(s3):
+    good = qlite.Client().put("math.add", [1, 2])
+    ids = {name: envelope.new_id() for name in ("not_json", "version", "fields", "big")}
+    put_raw(s3, f"inbox/default/{ids['not_json']}.json", b"{not json")
+    env = envelope.make("math.add", [1, 2])
+    put_raw(s3, f"inbox/default/{ids['version']}.json",
+            json.dumps({**env, "id": ids["version"], "v": 99}).encode())
+    put_raw(s3, f"inbox/default/{ids['fields']}.json", json.dumps({"v": 1}).encode())
+    put_raw(s3, f"inbox/default/{ids['big']}.json", b" " * 5000)
+    put_raw(s3, "inbox/default/hello.json", b"{}")
+    [status] = drain(s3, [good], max_payload=4096)
+    assert status["result"] == 3
+    assert keys(s3, "inbox/") == []
+    assert sorted(keys(s3, "quarantine/")) == sorted(
+        [f"quarantine/default/{i}.json" for i in ids.values()] + ["quarantine/default/hello.json"])
+    client = s3.server.client()
+    reasons = {
+        name: client.head_object(Bucket=s3.bucket, Key=f"q/quarantine/default/{i}.json")
+        ["Metadata"]["qlite-reason"] for name, i in ids.items()}
+    assert "not JSON" in reasons["not_json"]
+    assert "unknown envelope version v=99" in reasons["version"]
+    assert "misses field" in reasons["fields"]
+    assert "over the 4096-byte limit" in reasons["big"]
+    # A producer waiting on a quarantined job learns it failed, and why.
+    status = qlite.Client().status(ids["not_json"])
+    assert (status["state"], status["error"]["type"]) == ("failed", "Quarantined")
+    assert {r["key"] for r in Index(s3.db).quarantined()} >= {"inbox/default/hello.json"}

@@ -21,9 +21,13 @@ class Task:
 
     def __init__(self, app: App, fn: Callable, name: str, *, queue: str = "default",
                  max_attempts: int | None = None, priority: int | None = None,
-                 backoff: float = 1.0):
+                 backoff: Any = 1.0, retry_on: tuple[type, ...] = (Exception,),
+                 give_up_on: tuple[type, ...] = (), timeout: float | None = None):
         self.app = app
         self.backoff = backoff
+        self.retry_on = retry_on
+        self.give_up_on = give_up_on
+        self.timeout = timeout
         self.fn = fn
         self.name = name
         self.queue = queue
@@ -60,6 +64,7 @@ class App:
 
     def __init__(self, url: str | None = None):
         self.url = url
+        self.spec: str | None = None  # MODULE:ATTR, once loaded by name (child processes use it)
         self.tasks: dict[str, Task] = {}
         self._client: Any = None
 
@@ -73,11 +78,16 @@ class App:
 
     def task(self, fn: Callable | None = None, *, name: str | None = None,
              queue: str = "default", max_attempts: int | None = None,
-             priority: int | None = None, backoff: float = 1.0) -> Any:
+             priority: int | None = None, backoff: Any = 1.0,
+             retry_on: type | tuple[type, ...] = Exception,
+             give_up_on: type | tuple[type, ...] = (), timeout: float | None = None) -> Any:
         """Register ``fn`` as a task: ``@app.task`` or ``@app.task(name="math.add")``.
 
-        ``max_attempts`` overrides the worker's default (3); ``backoff`` is the upper bound in
-        seconds of the first retry's delay, doubling per attempt up to 300 s (qlite.retry).
+        ``max_attempts`` overrides the worker's default (3). ``backoff`` is the upper bound in
+        seconds of the first retry's delay, doubling per attempt up to 300 s, or a tenacity
+        wait strategy (qlite.retry). Only exceptions that are ``retry_on`` and not
+        ``give_up_on`` are retried; others fail the job at once. ``timeout`` (seconds) is a
+        hard limit: such a task runs in a child process that is killed when time is up.
         """
 
         def register(fn: Callable) -> Task:
@@ -94,10 +104,14 @@ class App:
                 raise TaskError(f"task name {task_name!r} is registered twice")
             if max_attempts is not None and not 1 <= max_attempts <= 1000:
                 raise TaskError(f"max_attempts: expected 1..1000 (got {max_attempts!r})")
-            if not backoff > 0:
-                raise TaskError(f"backoff: expected seconds > 0 (got {backoff!r})")
+            if not callable(backoff) and not (isinstance(backoff, int | float) and backoff > 0):
+                raise TaskError(f"backoff: expected seconds > 0 or a tenacity wait strategy "
+                                f"(got {backoff!r})")
+            if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+                raise TaskError(f"timeout: expected seconds > 0 (got {timeout!r})")
             task = Task(self, fn, task_name, queue=queue, max_attempts=max_attempts,
-                        priority=priority, backoff=backoff)
+                        priority=priority, backoff=backoff, retry_on=_types(retry_on),
+                        give_up_on=_types(give_up_on), timeout=timeout)
             self.tasks[task_name] = task
             return task
 
@@ -106,3 +120,41 @@ class App:
     def register(self, name: str, fn: Callable, **options: Any) -> Task:
         """Register ``fn`` under ``name`` without a decorator."""
         return self.task(fn, name=name, **options)
+
+
+def _types(value: type | tuple[type, ...]) -> tuple[type, ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TaskError(f"retry_on/give_up_on: expected exception classes (got {t!r})")
+    return types
+
+
+def load_app(spec: str) -> App:
+    """``MODULE:ATTR`` to the App it names; the current directory is importable."""
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise TaskError(f"--app: expected MODULE:ATTR such as tasks:app (got {spec!r})")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise TaskError(f"--app {spec}: no module named {module_name!r}. Try: run from the "
+                            "folder that holds it, or set PYTHONPATH") from None
+        raise TaskError(f"--app {spec}: importing {module_name!r} failed: {e}") from None
+    except Exception as e:
+        raise TaskError(f"--app {spec}: importing {module_name!r} failed: "
+                        f"{type(e).__name__}: {e}") from None
+    target = getattr(module, attr, None)
+    if not isinstance(target, App):
+        found = "nothing" if target is None else f"a {type(target).__name__}"
+        raise TaskError(f"--app {spec}: {module_name}.{attr} is {found}, not a qlite.App. "
+                        "Try: app = qlite.App() in that module")
+    target.spec = spec
+    return target

@@ -4,10 +4,8 @@ non-zero exit; a traceback means a bug. ``qlite put`` is served by putcmd.py (no
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from . import putcmd
-from .errors import QliteError, TaskError, WaitTimeout
+from .app import load_app
+from .errors import QliteError, WaitTimeout
 from .settings import Settings
 
 app = typer.Typer(
@@ -65,33 +64,6 @@ def put(
                           endpoint_url=endpoint_url, max_payload=max_payload))
 
 
-def load_app(spec: str) -> Any:
-    """``MODULE:ATTR`` to the App it names; the current directory is importable."""
-    from .app import App
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise TaskError(f"--app: expected MODULE:ATTR such as tasks:app (got {spec!r})")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            raise TaskError(f"--app {spec}: no module named {module_name!r}. Try: run from the "
-                            "folder that holds it, or set PYTHONPATH") from None
-        raise TaskError(f"--app {spec}: importing {module_name!r} failed: {e}") from None
-    except Exception as e:
-        raise TaskError(f"--app {spec}: importing {module_name!r} failed: "
-                        f"{type(e).__name__}: {e}") from None
-    target = getattr(module, attr, None)
-    if not isinstance(target, App):
-        found = "nothing" if target is None else f"a {type(target).__name__}"
-        raise TaskError(f"--app {spec}: {module_name}.{attr} is {found}, not a qlite.App. "
-                        "Try: app = qlite.App() in that module")
-    return target
-
-
 @app.command()
 @_errors
 def worker(
@@ -101,6 +73,9 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(
         help="jobs run at once (env QLITE_CONCURRENCY, default 4)")] = None,
     burst: Annotated[bool, typer.Option(help="exit 0 once no job is runnable now")] = False,
+    pool: Annotated[str | None, typer.Option(
+        help="thread (default) or process: run every job in a child process (env QLITE_POOL)"
+    )] = None,
     url: Url = None,
     endpoint_url: Endpoint = None,
     db: Db = None,
@@ -124,7 +99,8 @@ def worker(
     Example: qlite worker --app tasks:app --queue high --queue default --concurrency 8
     """
     settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
-                             concurrency=concurrency, max_attempts=max_attempts, lease=lease,
+                             concurrency=concurrency, pool=pool, max_attempts=max_attempts,
+                             lease=lease,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
                              max_payload=max_payload, log_level=log_level)
     settings.require_url()

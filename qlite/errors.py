@@ -15,6 +15,8 @@
         ├── ObjectNotFound        the key does not exist
         └── AlreadyExists         a conditional write (If-None-Match: *) lost
 
+Handlers steer their own job with Retry, Snooze and Fail (plain Exceptions, not QliteErrors).
+
 An exception's docstring is its default message. Every message names the value, the problem
 and, where there is one, the fix, so the CLI can print it on one line as ``Error: ...``.
 """
@@ -83,3 +85,35 @@ class JobFailed(QliteError):
     def __init__(self, message: str | None = None, status: dict | None = None) -> None:
         super().__init__(message)
         self.status = status or {}
+
+
+# Raised by handlers to steer their own job. Not errors of qlite, so not QliteErrors.
+
+
+class Retry(Exception):  # noqa: N818 - a signal, named for what the handler asks
+    """Run this job again after ``after`` seconds (or the task's back-off); spends an attempt.
+
+    Raise it to honour a server's Retry-After without sleeping in a worker slot.
+    """
+
+    def __init__(self, message: str = "retry requested", *, after: float | None = None):
+        super().__init__(message)
+        self.after = _seconds("Retry", after)
+
+
+class Snooze(Exception):  # noqa: N818
+    """Run this job again after ``after`` seconds without spending an attempt."""
+
+    def __init__(self, after: float, message: str = "snoozed"):
+        super().__init__(message)
+        self.after = _seconds("Snooze", after)
+
+
+class Fail(Exception):  # noqa: N818
+    """Fail this job now, whatever attempts are left."""
+
+
+def _seconds(what: str, value: float | None) -> float | None:
+    if value is not None and (not isinstance(value, int | float) or not 0 <= value < 1e9):
+        raise ValueError(f"{what}(after=...): expected seconds >= 0 (got {value!r})")
+    return value

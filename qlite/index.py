@@ -105,7 +105,8 @@ class Index:
     def finish(self, job_id: str, attempt: int, owner: str, outcome: str, *,
                result: str | None = None, error: dict | None = None,
                run_at: float | None = None, now: float | None = None) -> bool:
-        """Record an attempt's outcome: ``succeeded``, ``retry`` (at ``run_at``) or ``failed``.
+        """Record an attempt's outcome: ``succeeded``, ``retry`` (at ``run_at``), ``failed``, or
+        ``snooze`` (at ``run_at``, giving the attempt back).
 
         Returns False when the attempt is stale (the job was reaped and claimed again): its
         outcome is then ignored, fenced by (id, attempt, owner).
@@ -113,7 +114,8 @@ class Index:
         now, now_iso = self._now(now)
         error_json = json.dumps(error) if error else None
         with self.conn:
-            query = {"succeeded": "succeed", "retry": "retry", "failed": "fail"}[outcome]
+            query = {"succeeded": "succeed", "retry": "retry", "failed": "fail",
+                     "snooze": "snooze"}[outcome]
             done = self._rows(query, id=job_id,
                               attempt=attempt, owner=owner, result=result, error=error_json,
                               run_at=run_at, now_iso=now_iso)

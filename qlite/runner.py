@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .app import App
+from .errors import Fail, Retry, Snooze
+from .retry import retryable
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class Outcome:
-    state: str  # "succeeded", or "error" (retry if attempts are left), or "failed" (no retry)
+    # "succeeded"; "error" (retry if attempts are left); "failed" (no retry); "snooze" (run
+    # again after ``delay`` without spending the attempt)
+    state: str
     result: str | None = None  # JSON text
     error: dict | None = None  # {type, message, traceback}
+    delay: float | None = None  # seconds before the next attempt, when the handler named it
 
 
 @dataclass
@@ -78,10 +83,16 @@ def run(app: App, claim: Claim, client: Any = None) -> Outcome:
             f"kwargs={claim.envelope['kwargs']!r:.200}: {e}"))
     try:
         value = task.fn(*args, **kwargs)
+    except Snooze as e:
+        return Outcome("snooze", delay=e.after)
     except Exception as e:
-        return Outcome("error", error=_error(
-            f"{type(e).__module__}.{type(e).__qualname__}".removeprefix("builtins."),
-            str(e), traceback.format_exc()))
+        kind = f"{type(e).__module__}.{type(e).__qualname__}".removeprefix("builtins.")
+        error = _error(kind.removeprefix("qlite.errors."), str(e), traceback.format_exc())
+        if isinstance(e, Retry):
+            return Outcome("error", error=error, delay=e.after)
+        if isinstance(e, Fail) or not retryable(e, task.retry_on, task.give_up_on):
+            return Outcome("failed", error=error)
+        return Outcome("error", error=error)
     try:
         result = json.dumps(value, ensure_ascii=False, allow_nan=False)
         result.encode("utf-8")

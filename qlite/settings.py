@@ -40,7 +40,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Queues the worker serves, in priority order (comma-separated in the env var; "
             "repeat --queue on the CLI)."),
     Setting("concurrency", "QLITE_CONCURRENCY", "--concurrency", 4, "int",
-            "Jobs the worker runs at once (threads)."),
+            "Jobs the worker runs at once."),
+    Setting("pool", "QLITE_POOL", "--pool", "thread", "str",
+            "thread: jobs run in worker threads (I/O-bound work). process: every job runs in "
+            "its own child process (CPU-bound work; a crash cannot take the worker down). Tasks "
+            "with a timeout always run in a child process."),
     Setting("max_attempts", "QLITE_MAX_ATTEMPTS", "--max-attempts", 3, "int",
             "Attempts a job gets before it fails, unless its task or envelope says otherwise."),
     Setting("lease", "QLITE_LEASE", "--lease", 60.0, "float",
@@ -121,6 +125,10 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         return tuple(names)
     if setting.kind == "url":
         return parse_url(raw)
+    if setting.name == "pool":
+        if raw not in ("thread", "process"):
+            raise ConfigError(f"{source}: expected thread or process (got {raw!r})")
+        return raw
     if setting.name == "log_level":
         level = str(raw).upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -136,6 +144,7 @@ class Settings:
     db: str | None = None
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 4
+    pool: str = "thread"
     max_attempts: int = 3
     lease: float = 60.0
     grace: float = 30.0

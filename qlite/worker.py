@@ -26,6 +26,7 @@ from . import envelope
 from .app import App
 from .index import Index
 from .ingest import Ingest
+from .isolate import kill_children, run_in_child
 from .producer import Client
 from .retry import RetryPolicy
 from .runner import Claim, Outcome, run
@@ -183,7 +184,13 @@ class Worker:
                           row["max_attempts"], json.loads(row["envelope"]), row["enqueued_at"])
             log.info("job started job_id=%s task=%s queue=%s attempt=%d", claim.id, claim.task,
                      claim.queue, claim.attempt)
-            future = self.handlers.submit(run, self.app, claim, self.client)
+            task = self.app.tasks.get(claim.task)
+            timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
+            if task and (timeout or self.settings.pool == "process"):
+                future = self.handlers.submit(run_in_child, self.app, claim, timeout,
+                                              str(self.store.url), self.settings.endpoint_url)
+            else:
+                future = self.handlers.submit(run, self.app, claim, self.client)
             self.running[future] = claim
             future.add_done_callback(lambda _: self.wake.set())
 
@@ -206,12 +213,16 @@ class Worker:
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "succeeded",
                                    result=outcome.result, now=now)
             log.info("job succeeded %s", fields)
+        elif outcome.state == "snooze":
+            ok = self.index.finish(claim.id, claim.attempt, self.owner, "snooze",
+                                   run_at=now + (outcome.delay or 0), now=now)
+            log.info("job snoozed for %.1fs %s", outcome.delay or 0, fields)
         else:
             task = self.app.tasks.get(claim.task)
             policy = RetryPolicy(max_attempts=claim.max_attempts,
                                  base=task.backoff if task else 1.0)
             run_at = None if outcome.state == "failed" else policy.next_run(
-                claim.attempt, now, self.rng)
+                claim.attempt, now, self.rng, after=outcome.delay)
             error = outcome.error or {}
             if run_at is None:
                 ok = self.index.finish(claim.id, claim.attempt, self.owner, "failed",
@@ -278,6 +289,7 @@ class Worker:
         if left:
             # Their rows stay 'running' under this (soon dead) owner: the next worker start
             # requeues them at once.
+            kill_children()
             log.warning("stopped with %d job(s) still running; they run again on restart", left)
             logging.shutdown()
             os._exit(0)  # handler threads cannot be interrupted; do not wait for them

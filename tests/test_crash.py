@@ -69,3 +69,31 @@ def test_a_job_still_running_after_the_grace_period_runs_again_on_restart(s3, tm
     assert restarted.returncode == 0, restarted.stderr
     status = json.loads(run_qlite("status", job.id, "--json", env=s3.env).stdout)
     assert (status["state"], status["attempts"]) == ("succeeded", 2)
+
+
+def test_a_job_that_kills_its_worker_ends_failed_instead_of_a_crash_loop(s3):
+    poison = qlite.Client().put("test.poison")
+    runs = []
+    for _ in range(5):
+        result = run_qlite("worker", "--app", "testapp:app", "--burst", env=s3.env)
+        runs.append(result.returncode)
+        if result.returncode == 0:
+            break
+    assert runs == [1, 1, 0]
+    status = poison.status()
+    assert (status["state"], status["attempts"]) == ("failed", 2)
+    assert status["error"]["type"] == "WorkerLost"
+
+
+def test_two_worker_processes_share_the_index_without_running_a_job_twice(s3, tmp_path):
+    ledger = tmp_path / "ledger.txt"
+    jobs = qlite.Client().put_many(
+        [{"task": "test.ledger", "kwargs": {"path": str(ledger)}} for _ in range(150)])
+    workers = [start_worker("--app", "testapp:app", "--burst", "--concurrency", "4",
+                            env=s3.env, log=tmp_path / f"w{i}.log") for i in range(2)]
+    assert [w.wait(120) for w in workers] == [0, 0]
+    lines = [line.split() for line in ledger.read_text().splitlines()]
+    ran = [job_id for job_id, _, _ in lines]
+    assert sorted(ran) == sorted(j.id for j in jobs)  # each job once, none skipped
+    assert all(attempt == "1" for _, attempt, _ in lines)
+    assert all(j.status()["state"] == "succeeded" for j in jobs)

@@ -1,6 +1,7 @@
 """The worker against real S3 servers and a real SQLite file, in process."""
 
 import json
+import os
 import time
 
 import pytest
@@ -40,6 +41,58 @@ def not_json():
 @app.task(name="t.follow_up")
 def follow_up(ctx, n):
     return ctx.put("math.add", [n, n]).id
+
+
+@app.task(name="t.retry_after", backoff=60)
+def retry_after(ctx):
+    if ctx.attempt == 1:
+        raise qlite.Retry("server said 429", after=0.05)  # not the 30-60 s back-off
+    return ctx.attempt
+
+
+snoozed: set = set()
+
+
+@app.task(name="t.snooze", max_attempts=1)
+def snooze(ctx):
+    if ctx.job_id not in snoozed:
+        snoozed.add(ctx.job_id)
+        raise qlite.Snooze(after=0.05)
+    return ctx.attempt
+
+
+@app.task(name="t.fail_now", max_attempts=5)
+def fail_now():
+    raise qlite.Fail("the order no longer exists")
+
+
+@app.task(name="t.give_up", max_attempts=5, give_up_on=KeyError)
+def give_up():
+    raise KeyError("missing")
+
+
+@app.task(name="t.only_io", max_attempts=5, retry_on=OSError)
+def only_io():
+    raise ValueError("not an I/O error")
+
+
+@app.task(name="t.stuck", timeout=0.5, max_attempts=1)
+def stuck():
+    while True:  # never yields: only a hard kill stops it
+        pass
+
+
+@app.task(name="t.crash", timeout=30, max_attempts=2, backoff=0.01)
+def crash():
+    os._exit(3)
+
+
+@app.task(name="t.pid")
+def pid():
+    return os.getpid()
+
+
+app.spec = f"{__name__}:app"  # child processes load this app by name
 
 
 def drain(s3, jobs, timeout=30.0, **settings) -> list[dict]:
@@ -177,3 +230,51 @@ def test_malformed_inbox_objects_are_quarantined_with_a_reason_and_the_worker_go
     status = qlite.Client().status(ids["not_json"])
     assert (status["state"], status["error"]["type"]) == ("failed", "Quarantined")
     assert {r["key"] for r in Index(s3.db).quarantined()} >= {"inbox/default/hello.json"}
+
+
+def test_retry_after_reschedules_with_the_handlers_delay(s3):
+    job = qlite.Client().put("t.retry_after")
+    start = time.monotonic()
+    [status] = drain(s3, [job])
+    assert (status["state"], status["result"]) == ("succeeded", 2)
+    assert status["errors"][0]["type"] == "Retry"
+    assert time.monotonic() - start < 30  # generous: far below the 30 s task back-off
+
+
+def test_snooze_does_not_spend_an_attempt(s3):
+    job = qlite.Client().put("t.snooze")
+    [status] = drain(s3, [job])
+    assert (status["state"], status["attempts"], status["result"]) == ("succeeded", 1, 1)
+
+
+@pytest.mark.parametrize("task, kind", [
+    ("t.fail_now", "Fail"), ("t.give_up", "KeyError"), ("t.only_io", "ValueError")])
+def test_errors_that_should_not_be_retried_fail_at_once(s3, task, kind):
+    [status] = drain(s3, [qlite.Client().put(task)])
+    assert (status["state"], status["attempts"], status["error"]["type"]) == ("failed", 1, kind)
+
+
+def test_a_stuck_job_is_killed_at_its_timeout_and_the_worker_goes_on(s3):
+    stuck_job = qlite.Client().put("t.stuck")
+    other = qlite.Client().put("math.add", [1, 2])
+    statuses = drain(s3, [stuck_job, other], timeout=60)
+    assert (statuses[0]["state"], statuses[0]["error"]["type"]) == ("failed", "Timeout")
+    assert "longer than its 0.5s timeout" in statuses[0]["error"]["message"]
+    assert statuses[1]["result"] == 3
+
+
+def test_a_job_that_kills_its_process_fails_after_its_attempts_and_the_worker_goes_on(s3):
+    crash_job = qlite.Client().put("t.crash")
+    other = qlite.Client().put("math.add", [2, 2])
+    statuses = drain(s3, [crash_job, other], timeout=60)
+    assert (statuses[0]["state"], statuses[0]["attempts"]) == ("failed", 2)
+    assert statuses[0]["error"]["type"] == "ProcessCrashed"
+    assert "exit code 3" in statuses[0]["error"]["message"]
+    assert statuses[1]["result"] == 4
+
+
+def test_the_process_pool_runs_jobs_outside_the_worker_process(s3):
+    [status] = drain(s3, [qlite.Client().put("t.pid")], pool="process")
+    assert status["result"] != os.getpid()
+    [status] = drain(s3, [qlite.Client().put("t.pid")])
+    assert status["result"] == os.getpid()

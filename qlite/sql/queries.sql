@@ -42,6 +42,13 @@ UPDATE jobs SET state = 'scheduled', run_at = :run_at, error = :error,
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
 
+-- name: snooze
+-- The handler asked to run later: the attempt it was counted for is given back.
+UPDATE jobs SET state = 'scheduled', attempts = attempts - 1, run_at = :run_at,
+                lease_until = NULL, owner = NULL
+WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
+RETURNING id;
+
 -- name: fail
 UPDATE jobs SET state = 'failed', error = :error, finished_at = :now_iso,
                 lease_until = NULL, owner = NULL

@@ -39,3 +39,17 @@ def sleep(ctx, seconds, marker_dir):
     time.sleep(seconds)
     (d / f"{ctx.job_id}.{ctx.attempt}.done").write_text("")
     return {"slept": seconds, "attempt": ctx.attempt}
+
+
+@app.task(name="test.poison", max_attempts=2)
+def poison():
+    """Kills the worker process itself (it runs in a worker thread)."""
+    os._exit(1)
+
+
+@app.task(name="test.ledger")
+def ledger(ctx, path):
+    """Appends (job id, attempt, pid) to an effects ledger: one line per handler run."""
+    with open(path, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    return ctx.attempt

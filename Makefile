@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test check lint clean
+.PHONY: help install run test check lint clean bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,13 @@ lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check qlite tests scripts examples
 
 check: lint test ## lint and test
+
+chaos: $(STAMP) ## the long chaos tier: 5,000 jobs, 25 SIGKILLs, both servers
+	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py
+
+bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery (~10 min; bench/results.*)
+	bash bench/ensure.sh $(PY)
+	$(PY) -m bench
 
 clean: ## remove the venv and local data
 	rm -rf $(VENV) .qlite-dev .pytest_cache

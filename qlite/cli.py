@@ -73,6 +73,9 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(
         help="jobs run at once (env QLITE_CONCURRENCY, default 4)")] = None,
     burst: Annotated[bool, typer.Option(help="exit 0 once no job is runnable now")] = False,
+    replicate: Annotated[str | None, typer.Option(
+        help="auto, on or off: Litestream replication of the index (env QLITE_REPLICATE)"
+    )] = None,
     pool: Annotated[str | None, typer.Option(
         help="thread (default) or process: run every job in a child process (env QLITE_POOL)"
     )] = None,
@@ -99,7 +102,8 @@ def worker(
     Example: qlite worker --app tasks:app --queue high --queue default --concurrency 8
     """
     settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
-                             concurrency=concurrency, pool=pool, max_attempts=max_attempts,
+                             concurrency=concurrency, pool=pool, replicate=replicate,
+                             max_attempts=max_attempts,
                              lease=lease,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
                              max_payload=max_payload, log_level=log_level)
@@ -244,3 +248,29 @@ def show(
             typer.echo(f"  {a['error_type']}: {a['message']}")
         if a["traceback"]:
             typer.echo("  " + a["traceback"].rstrip().replace("\n", "\n  "))
+
+
+@app.command()
+@_errors
+def reindex(
+    db: Db = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Rebuild the worker's index from the bucket (when its disk and replica are both lost).
+
+    Terminal jobs come back from results/; unfinished jobs are still in inbox/ and are taken
+    in again when the worker starts. Safe to run on an existing index (known jobs are kept).
+
+    Example: qlite reindex --db /var/lib/qlite/index.db
+    """
+    from .index import Index
+    from .reindex import reindex as rebuild
+    from .store import Store
+
+    settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url)
+    store = Store(settings.require_url(), settings.endpoint_url)
+    store.check()
+    read, written = rebuild(store, Index(settings.db_path()))
+    typer.echo(f"read {read} result record(s) from results/, wrote {written} job(s) to "
+               f"{settings.db_path()}; unfinished jobs are re-ingested from inbox/ by the worker")

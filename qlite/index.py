@@ -160,6 +160,26 @@ class Index:
     def mark_published(self, ids: list[str]) -> None:
         self._write("mark_published", ids=json.dumps(ids))
 
+    def restore(self, records: list[dict], now: float | None = None) -> int:
+        """Insert terminal jobs from their results/ records (qlite reindex); known ids are
+        left alone. Returns how many rows were added."""
+        _, now_iso = self._now(now)
+        added = 0
+        with self.conn:
+            for r in records:
+                envelope = {"v": 1, "id": r["id"], "task": r["task"], "args": [], "kwargs": {},
+                            "queue": r["queue"], "enqueued_at": r["enqueued_at"],
+                            "meta": {"rebuilt_from": "results/"}}
+                added += self.conn.execute(QUERIES["restore_job"], {
+                    **r, "now_iso": now_iso, "envelope": json.dumps(envelope),
+                    "inbox_key": f"inbox/{r['queue']}/{r['id']}.json",
+                    "result": json.dumps(r.get("result")) if r["state"] == "succeeded" else None,
+                    "error": json.dumps(r["error"]) if r.get("error") else None}).rowcount
+                for e in r.get("errors") or []:
+                    self.conn.execute(QUERIES["restore_attempt"], {
+                        "id": r["id"], "outcome": "failed", **e})
+        return added
+
     # -- reading ----------------------------------------------------------------------------
 
     def next_run_at(self, queues: tuple[str, ...]) -> float | None:

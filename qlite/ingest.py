@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from . import envelope
 from .app import App
 from .errors import AlreadyExists, EnvelopeError, ObjectNotFound
+from .faults import crash_point
 from .index import Index
 from .settings import Settings
 from .store import Store
@@ -113,6 +114,7 @@ class Ingest:
                 result.quarantined += 1
         if rows:
             result.taken += self.index.insert_jobs(rows, self.clock())
+            crash_point("after_ingest_commit")
         sweep.found += len(fetch)
         if sweep.cursor is None:
             sweep.clean = sweep.found == 0

@@ -39,6 +39,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queues", "QLITE_QUEUES", "--queue", ("default",), "list",
             "Queues the worker serves, in priority order (comma-separated in the env var; "
             "repeat --queue on the CLI)."),
+    Setting("replicate", "QLITE_REPLICATE", "--replicate", "auto", "str",
+            "Replicate the index to index/ in the bucket with Litestream and restore it on a "
+            "fresh disk: auto (when the litestream binary is installed), on, or off."),
     Setting("concurrency", "QLITE_CONCURRENCY", "--concurrency", 4, "int",
             "Jobs the worker runs at once."),
     Setting("pool", "QLITE_POOL", "--pool", "thread", "str",
@@ -125,6 +128,10 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         return tuple(names)
     if setting.kind == "url":
         return parse_url(raw)
+    if setting.name == "replicate":
+        if raw not in ("auto", "on", "off"):
+            raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
+        return raw
     if setting.name == "pool":
         if raw not in ("thread", "process"):
             raise ConfigError(f"{source}: expected thread or process (got {raw!r})")
@@ -143,6 +150,7 @@ class Settings:
     endpoint_url: str | None = None
     db: str | None = None
     queues: tuple[str, ...] = ("default",)
+    replicate: str = "auto"
     concurrency: int = 4
     pool: str = "thread"
     max_attempts: int = 3

@@ -20,14 +20,18 @@ import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from . import envelope
 from .app import App
+from .faults import crash_point
 from .index import Index
 from .ingest import Ingest
 from .isolate import kill_children, run_in_child
 from .producer import Client
+from .reindex import reindex
+from .replica import Replica
 from .retry import RetryPolicy
 from .runner import Claim, Outcome, run
 from .settings import Settings
@@ -76,13 +80,13 @@ class Worker:
         self.app = app
         self.settings = settings
         self.store = store or Store(settings.require_url(), settings.endpoint_url)
-        self.index = Index(settings.db_path())
+        self.replica = Replica.from_settings(settings)
+        self.index: Index = None  # type: ignore[assignment]  # opened by run(), after restore
         self.clock = clock
         self.rng = rng or random.Random()
         self.owner = owner_id()
         self.handlers = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="qlite-job")
         self.io = ThreadPoolExecutor(8, thread_name_prefix="qlite-io")
-        self.ingest = Ingest(app, settings, self.store, self.index, self.io, clock)
         self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
                              store=self.store)
         self.running: dict[Future, Claim] = {}
@@ -108,8 +112,34 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def _open_index(self) -> None:
+        """Open the index. On a fresh disk, build it aside first: restore the replica (if any),
+        add what finished after its last sync from results/, then move it into place, so a
+        crash half-way leaves no half-built index behind."""
+        path = self.settings.db_path()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = path.with_name(path.name + ".new")
+            for leftover in (new, Path(f"{new}-wal"), Path(f"{new}-shm")):
+                leftover.unlink(missing_ok=True)
+            if self.replica is not None:
+                self.replica.restore(new)
+            index = Index(new)
+            restored = sum(index.counts().values())
+            _, written = reindex(self.store, index)
+            index.close()
+            os.replace(new, path)
+            log.info("new index: %d job(s) from the replica, %d finished job(s) from results/",
+                     restored, written)
+        self.index = Index(path)
+        if self.replica is not None:
+            self.replica.start()
+        self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
+                             self.clock)
+
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
+        self._open_index()
         log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
                  self.index.path, self.store.url)
@@ -179,6 +209,8 @@ class Worker:
             return
         rows = self.index.claim(self.settings.queues, free, self.owner, self.settings.lease,
                                 self.clock())
+        if rows:
+            crash_point("after_claim")
         for row in rows:
             claim = Claim(row["id"], row["task"], row["queue"], row["attempts"],
                           row["max_attempts"], json.loads(row["envelope"]), row["enqueued_at"])
@@ -202,7 +234,9 @@ class Worker:
             except BaseException as e:  # run() catches Exception; this is SystemExit & co.
                 outcome = Outcome("error", error={"type": type(e).__name__, "message": str(e),
                                                   "traceback": None})
+            crash_point("after_handler")
             self._record(claim, outcome)
+            crash_point("after_record")
             del self.running[future]
 
     def _record(self, claim: Claim, outcome: Outcome) -> None:
@@ -251,7 +285,9 @@ class Worker:
             except Exception as e:
                 failed = e
         if done:
+            crash_point("after_result_put")
             self.store.delete_many([j["inbox_key"] for j in done])
+            crash_point("after_inbox_delete")
             self.index.mark_published([j["id"] for j in done])
         if failed is not None:
             raise failed
@@ -264,6 +300,8 @@ class Worker:
         if self.running:
             self.index.heartbeat(self.owner, self.settings.lease, now)
         self._reap()
+        if self.replica is not None:
+            self.replica.check()
 
     def _reap(self) -> None:
         dead = [o for o in self.index.running_owners() if o != self.owner and owner_is_dead(o)]
@@ -286,6 +324,8 @@ class Worker:
         left = len(self.running)
         self.io.shutdown(wait=True)
         self.index.close()
+        if self.replica is not None:
+            self.replica.stop()  # after the last commit: litestream syncs it, then exits
         if left:
             # Their rows stay 'running' under this (soon dead) owner: the next worker start
             # requeues them at once.

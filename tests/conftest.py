@@ -58,7 +58,8 @@ def s3(request, tmp_path, monkeypatch) -> Target:
     server.create_bucket(bucket)
     url = f"s3://{bucket}/q"
     env = {**_clean_env(), **server.env(), "QLITE_URL": url, "QLITE_DB": str(tmp_path / "i.db"),
-           "PYTHONPATH": str(TASKS_DIR), "QLITE_POLL_MAX": "0.5", "QLITE_POLL_MIN": "0.1"}
+           "PYTHONPATH": str(TASKS_DIR), "QLITE_POLL_MAX": "0.5", "QLITE_POLL_MIN": "0.1",
+           "QLITE_REPLICATE": "off"}  # tests/test_replica.py and the chaos suite turn it on
     # In-process tests read the same settings from the environment.
     for k in [k for k in os.environ if k.startswith(("AWS_", "QLITE_")) and k != "AWS_CA_BUNDLE"]:
         monkeypatch.delenv(k)
@@ -75,7 +76,8 @@ def seaweed_target(seaweed, tmp_path, monkeypatch) -> Target:
     seaweed.create_bucket(bucket)
     url = f"s3://{bucket}/q"
     env = {**_clean_env(), **seaweed.env(), "QLITE_URL": url,
-           "QLITE_DB": str(tmp_path / "i.db"), "PYTHONPATH": str(TASKS_DIR)}
+           "QLITE_DB": str(tmp_path / "i.db"), "PYTHONPATH": str(TASKS_DIR),
+           "QLITE_REPLICATE": "off"}
     for k, v in env.items():
         if k.startswith(("AWS_", "QLITE_")):
             monkeypatch.setenv(k, v)

@@ -131,7 +131,8 @@ def test_ls_without_an_index_says_where_it_looked(s3, tmp_path):
     assert "expected one of" in one_line_error(qlite("ls", "--state", "done", env=s3.env))
 
 
-@pytest.mark.parametrize("command", ["put", "worker", "status", "wait", "ls", "show"])
+@pytest.mark.parametrize("command", ["put", "worker", "status", "wait", "ls", "show",
+                                     "reindex"])
 def test_every_command_has_help_with_an_example(command):
     result = qlite(command, "--help", env=None, cwd=ROOT)
     assert result.returncode == 0

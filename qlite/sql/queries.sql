@@ -1,7 +1,7 @@
 -- Named queries of the index. Every job state transition is one statement.
 
 -- name: known
-SELECT id, inbox_key, published FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
+SELECT id, inbox_key, published, state FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: known_quarantine
 SELECT key FROM quarantine WHERE key IN (SELECT value FROM json_each(:keys));
@@ -116,3 +116,22 @@ SELECT * FROM jobs WHERE id = :id;
 
 -- name: quarantined
 SELECT * FROM quarantine ORDER BY at DESC LIMIT :limit;
+
+-- name: restore_job
+-- qlite reindex: a terminal job from its results/ record. A row the replica restored in an
+-- older, unfinished state takes the terminal one; a terminal row is left alone.
+INSERT INTO jobs (id, task, queue, state, attempts, max_attempts, run_at, envelope,
+                  inbox_key, key, result, error, enqueued_at, ingested_at,
+                  started_at, finished_at, published)
+VALUES (:id, :task, :queue, :state, :attempts, :max_attempts, 0, :envelope, :inbox_key, :key,
+        :result, :error, :enqueued_at, :now_iso, :started_at, :finished_at, 1)
+ON CONFLICT (id) DO UPDATE SET
+    state = excluded.state, attempts = excluded.attempts, result = excluded.result,
+    error = excluded.error, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, published = 1, lease_until = NULL, owner = NULL
+WHERE jobs.state NOT IN ('succeeded', 'failed', 'cancelled');
+
+-- name: restore_attempt
+INSERT OR IGNORE INTO attempts (job_id, attempt, started_at, finished_at, outcome, error_type,
+                                message, traceback)
+VALUES (:id, :attempt, :at, :at, :outcome, :type, :message, :traceback);

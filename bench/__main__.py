@@ -1,0 +1,134 @@
+"""`make bench`: start SeaweedFS and redis-server, run every case BENCH_RUNS times, print one
+table of medians, write bench/results.json and bench/results.png. Sizes: see SIZES below."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import report, s3cases
+from .servers import Redis, start_seaweedfs
+from .stats import knob, run_child
+
+HERE = Path(__file__).resolve().parent
+SIZES = {
+    "runs": knob("BENCH_RUNS", 3),                  # rounds of every case; medians reported
+    "latency_puts": knob("BENCH_LATENCY_N", 300),   # case 1: puts per variant per round
+    "cold_runs": knob("BENCH_COLD_N", 7),           # case 2: subprocesses per variant per round
+    "bulk_jobs": knob("BENCH_BULK_N", 10_000),      # case 3: put_many size
+    "drain_jobs": knob("BENCH_DRAIN_N", 1_000),     # cases 4 and 5: jobs drained per worker
+    "rate_max": knob("BENCH_RATE", 100),            # case 4: steady producer rate cap, jobs/s
+    "rate_seconds": knob("BENCH_RATE_SECONDS", 20), # case 4: seconds of steady production
+    "idle_seconds": knob("BENCH_IDLE_SECONDS", 60), # case 6: at least this long idle
+    "memory_jobs": knob("BENCH_MEMORY_N", 100_000), # case 7: rows put straight in the index
+    "memory_seconds": knob("BENCH_MEMORY_SECONDS", 10),  # case 7: worker runtime before RSS
+    "ceiling_seconds": knob("BENCH_CEILING_SECONDS", 4),
+    "ceiling_threads": knob("BENCH_CEILING_THREADS", 8),
+}
+PEERS = ("huey", "rq", "celery")
+T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.monotonic() - T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def clean_environment(seaweed, redis: Redis, tmp: Path) -> None:
+    """Point qlite and boto3 at our SeaweedFS only; the peers at our redis-server."""
+    for k in [k for k in os.environ if k.startswith(("AWS_", "QLITE_"))]:
+        if k != "AWS_CA_BUNDLE":
+            del os.environ[k]
+    os.environ.update(seaweed.env())
+    os.environ["BENCH_REDIS_URL"] = redis.url
+    os.environ["BENCH_HUEY_DB"] = str(tmp / "huey.db")
+    os.environ["QLITE_LOG_LEVEL"] = "WARNING"
+
+
+def one_round(r: int, tmp: Path, rate: float | None) -> dict:
+    n = SIZES["drain_jobs"]
+    out: dict = {}
+    say(f"round {r}: S3 ceiling ({SIZES['ceiling_threads']} threads)")
+    out["ceiling"] = s3cases.ceiling(SIZES["ceiling_seconds"], SIZES["ceiling_threads"])
+    say(f"round {r}: enqueue latency ({SIZES['latency_puts']} puts each)")
+    out["latency"] = s3cases.enqueue_latency(SIZES["latency_puts"])
+    say(f"round {r}: cold producer ({SIZES['cold_runs']} runs each)")
+    out["cold"] = s3cases.cold_producer(SIZES["cold_runs"])
+    say(f"round {r}: put_many of {SIZES['bulk_jobs']:,} jobs")
+    out["bulk"] = s3cases.put_many(f"bulk-{r}", SIZES["bulk_jobs"])
+    for c in (1, 4):
+        say(f"round {r}: drain of {n:,} jobs, concurrency {c}")
+        out[f"drain_c{c}"] = s3cases.drain(n, c, tmp)
+    for peer in PEERS:
+        say(f"round {r}: {peer}: enqueue and drain of {n:,} jobs")
+        out[peer] = run_child("bench.peers", peer, str(n), timeout=900)
+    if rate is None:  # a rate the worker can sustain: at most half its measured drain
+        rate = max(1.0, min(SIZES["rate_max"], round(out["drain_c4"]["jobs_s"] / 2)))
+    say(f"round {r}: steady {rate:g} jobs/s for {SIZES['rate_seconds']} s")
+    out["steady"] = s3cases.steady(rate, SIZES["rate_seconds"], tmp)
+    out["steady"]["rate_asked"] = rate
+    return out
+
+
+def machine() -> dict:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
+    tmp = Path(tempfile.mkdtemp(prefix="qlite-bench-"))
+    with contextlib.ExitStack() as stack:
+        say(f"starting SeaweedFS and redis-server (data in {tmp})")
+        seaweed = start_seaweedfs(tmp / "seaweedfs")
+        stack.callback(seaweed.stop)
+        redis = Redis(tmp / "redis")
+        stack.callback(redis.stop)
+        redis.start()
+        clean_environment(seaweed, redis, tmp)
+
+        idle = s3cases.idle_start(tmp)  # idles through the whole run, in its own queue
+        stack.callback(idle.kill)
+        idle_started = time.monotonic()
+
+        rounds, rate = [], None
+        for r in range(1, SIZES["runs"] + 1):
+            rounds.append(one_round(r, tmp, rate))
+            rate = rounds[0]["steady"]["rate_asked"]
+
+        say(f"memory: worker on the last put_many inbox ({SIZES['bulk_jobs']:,} pending)")
+        mem_inbox = s3cases.memory_pending(f"bulk-{SIZES['runs']}", SIZES["memory_seconds"],
+                                           tmp)
+        say(f"memory: worker on {SIZES['memory_jobs']:,} rows inserted into its index")
+        mem_index = s3cases.memory_index(SIZES["memory_jobs"], SIZES["memory_seconds"], tmp)
+
+        left = SIZES["idle_seconds"] - (time.monotonic() - idle_started)
+        if left > 0:
+            say(f"idle: waiting {left:.0f} s more")
+            time.sleep(left)
+        idle_result = s3cases.idle_finish(idle)
+
+    results = report.build(SIZES, machine(), rounds, mem_inbox, mem_index, idle_result)
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(report.table(results))
+    report.chart(results, HERE / "results.png")
+    say(f"wrote {HERE / 'results.json'} and {HERE / 'results.png'}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

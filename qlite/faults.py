@@ -1,0 +1,30 @@
+"""Deterministic crash points for the chaos suite.
+
+``QLITE_CRASH_AT=NAME`` (or ``NAME:N``) makes the worker SIGKILL itself the first (or Nth) time
+it reaches the named point, so tests can prove that a crash at exactly that instruction loses
+nothing. Unset (always, in production), ``crash_point`` is one dict lookup.
+
+Points, in a job's order: after_ingest_commit, after_claim, after_handler, after_record,
+after_result_put, after_inbox_delete.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("after_ingest_commit", "after_claim", "after_handler", "after_record",
+          "after_result_put", "after_inbox_delete")
+_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    spec = os.environ.get("QLITE_CRASH_AT")
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,42 @@
+"""``qlite reindex``: rebuild the index from the bucket when the disk and the replica are lost.
+
+Terminal jobs come back from their ``results/`` records (state, result, attempts, errors);
+unfinished jobs need nothing here: their inbox objects are still in ``inbox/`` (deleted only
+after the terminal record exists) and the worker ingests them again when it starts. What is
+lost is the progress of unfinished jobs: their attempt counts start again.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from .index import TERMINAL, Index
+from .store import Store
+
+
+def reindex(store: Store, index: Index) -> tuple[int, int]:
+    """Add the terminal jobs of results/ that the index does not hold as terminal (unknown, or
+    restored from a replica older than their end); returns (records read, rows written).
+    One LIST per 1,000 results, and a GET only for those jobs."""
+    keys = [key for key, _ in store.list("results/") if key.endswith(".json")]
+    ids = [key.removeprefix("results/").removesuffix(".json") for key in keys]
+    done: set[str] = set()  # ids the index already holds as terminal
+    for i in range(0, len(ids), 5000):
+        done.update(job_id for job_id, row in index.known(ids[i:i + 5000]).items()
+                    if row["state"] in TERMINAL)
+    keys = [k for k, job_id in zip(keys, ids, strict=True) if job_id not in done]
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(store.get_or_none, keys))
+    records = []
+    for body in bodies:
+        if body is None:
+            continue
+        try:
+            record = json.loads(body)
+        except ValueError:
+            continue
+        # Quarantined objects never were jobs: their record stays in the bucket only.
+        if isinstance(record, dict) and record.get("task") and record.get("state"):
+            records.append(record)
+    return len(records), index.restore(records)

@@ -1,0 +1,162 @@
+"""Chaos: 1,000 jobs through worker processes killed with SIGKILL at random moments and at every
+named crash point, an S3 server restart and a lost disk (the index restored from its Litestream
+replica); nothing may be lost.
+
+The fast tier runs in `make test`; `make chaos` runs a longer one (QLITE_CHAOS_JOBS,
+QLITE_CHAOS_KILLS, QLITE_CHAOS_SEED).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import time
+import uuid
+
+import pytest
+
+import qlite
+from conftest import TASKS_DIR, _clean_env, start_worker
+from conftest import qlite as run_qlite
+from qlite.devserver import SeaweedFS
+from qlite.faults import POINTS
+from qlite.index import Index
+
+JOBS = int(os.environ.get("QLITE_CHAOS_JOBS", "1000"))
+RANDOM_KILLS = int(os.environ.get("QLITE_CHAOS_KILLS", "6"))
+SEED = int(os.environ.get("QLITE_CHAOS_SEED", "20261125"))
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def chaos(request, tmp_path, monkeypatch):
+    """A bucket on a server this test may restart (its own SeaweedFS), or on moto server,
+    which keeps its data in memory only, so it is never restarted."""
+    own = None
+    if request.param == "seaweedfs":
+        own = SeaweedFS(tmp_path / "seaweedfs")
+        own.start()
+        server = own
+    else:
+        server = request.getfixturevalue("moto")
+    bucket = f"qlite-chaos-{uuid.uuid4().hex[:8]}"
+    server.create_bucket(bucket)
+    env = {**_clean_env(), **server.env(), "QLITE_URL": f"s3://{bucket}/c",
+           "QLITE_DB": str(tmp_path / "disk" / "index.db"), "PYTHONPATH": str(TASKS_DIR),
+           "QLITE_REPLICATE": "on",
+           "QLITE_POLL_MIN": "0.1", "QLITE_POLL_MAX": "0.5", "QLITE_LEASE": "10",
+           "QLITE_CONCURRENCY": "4"}
+    for k, v in env.items():
+        if k.startswith(("AWS_", "QLITE_")):
+            monkeypatch.setenv(k, v)
+    yield request.param, server, own, bucket, env
+    if own:
+        own.stop()
+
+
+def count(server, bucket: str, prefix: str) -> int:
+    client = server.client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sum(len(p.get("Contents", [])) for p in pages)
+
+
+def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_index(
+        chaos, tmp_path):
+    name, server, own, bucket, env = chaos
+    rng = random.Random(SEED)
+    ledger = tmp_path / "ledger.txt"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    jobs = qlite.Client().put_many([
+        {"task": "test.ledger", "kwargs": {"path": str(ledger)}, "max_attempts": 20}
+        for _ in range(JOBS)])
+    ids = {j.id for j in jobs}
+
+    plan = [("crash", p) for p in POINTS] + [("kill", None)] * RANDOM_KILLS
+    rng.shuffle(plan)
+    plan.insert(len(plan) // 2, ("lose_index", None))
+    if own is not None:
+        plan.insert(len(plan) // 3, ("restart_s3", None))
+    figures = {"jobs": JOBS, "kills": 0, "crash_points": [], "s3_restarts": 0,
+               "index_losses": 0}
+
+    def results() -> int:
+        return count(server, bucket, "c/results/")
+
+    for step, (fault, point) in enumerate(plan):
+        if results() >= JOBS:
+            break
+        log = logs / f"{step:02d}-{fault}.log"
+        if fault == "crash":
+            worker = start_worker("--app", "testapp:app",
+                                  env={**env, "QLITE_CRASH_AT": point}, log=log)
+            try:
+                code = worker.wait(60)
+            except Exception:
+                worker.kill()
+                code = worker.wait()
+            if code == -signal.SIGKILL:
+                figures["kills"] += 1
+                figures["crash_points"].append(point)
+        elif fault == "kill":
+            worker = start_worker("--app", "testapp:app", env=env, log=log)
+            time.sleep(rng.uniform(0.5, 2.0))
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            figures["kills"] += 1
+        elif fault == "restart_s3":
+            worker = start_worker("--app", "testapp:app", env=env, log=log)
+            deadline = time.monotonic() + 60
+            while "worker started" not in log.read_text():  # up and working, then the outage
+                assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
+                time.sleep(0.1)
+            time.sleep(0.5)
+            own.stop()
+            time.sleep(1.0)
+            own.start()
+            before = results()
+            deadline = time.monotonic() + 60
+            while results() == before and results() < JOBS:  # the same worker goes on
+                assert time.monotonic() < deadline, "no progress after the S3 restart"
+                time.sleep(0.5)
+            assert worker.poll() is None, "the worker died during the S3 outage"
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            figures["kills"] += 1
+            figures["s3_restarts"] += 1
+        elif fault == "lose_index":
+            # The worker's disk is gone (index, WAL, Litestream's local state): the next
+            # worker restores the index from the replica in the bucket.
+            shutil.rmtree(tmp_path / "disk")
+            figures["index_losses"] += 1
+    last_fault = time.monotonic()
+
+    for _ in range(20):
+        final = run_qlite("worker", "--app", "testapp:app", "--burst", env=env, timeout=120)
+        assert final.returncode == 0, final.stderr[-3000:]
+        if results() >= JOBS and count(server, bucket, "c/inbox/") == 0:
+            break
+    drained = time.monotonic() - last_fault
+
+    # Every job terminal: exactly one succeeded record per job in results/ and in the index.
+    client = server.client()
+    assert results() == JOBS
+    for job_id in rng.sample(sorted(ids), min(50, JOBS)):
+        body = client.get_object(Bucket=bucket, Key=f"c/results/{job_id}.json")["Body"].read()
+        assert json.loads(body)["state"] == "succeeded"
+    index = Index(tmp_path / "disk" / "index.db", readonly=True)
+    assert index.counts() == {"succeeded": JOBS}
+    assert {r["id"] for r in index.list(limit=JOBS * 2)} == ids
+    assert count(server, bucket, "c/inbox/") == 0
+    assert count(server, bucket, "c/quarantine/") == 0
+    # Every effect present; duplicates (at-least-once) bounded and reported.
+    runs = [line.split()[0] for line in ledger.read_text().splitlines()]
+    assert set(runs) == ids
+    duplicates = len(runs) - len(set(runs))
+    assert duplicates <= figures["kills"] * 4 + JOBS // 10, duplicates
+    assert drained < 60 + 30  # drained within 60 s of the last fault (+ slack for 2 cores)
+    figures.update(server=name, duplicates=duplicates, lost=0,
+                   drain_seconds=round(drained, 1), seed=SEED)
+    print(f"\nchaos figures: {json.dumps(figures)}")

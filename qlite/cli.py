@@ -42,6 +42,9 @@ def _errors(fn: Any) -> Any:
         except QliteError as e:
             typer.echo(f"Error: {e}", err=True)
             raise typer.Exit(1) from None
+        except OSError as e:  # the file system refused (permissions, a full disk)
+            typer.echo(f"Error: {e.strerror or e}: {e.filename or ''}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -210,8 +210,10 @@ def validate(env: Any) -> None:
     for name in ("not_before", "expires_at"):
         if env.get(name) is not None:
             parse_time(env[name], name)
-    if env.get("priority") is not None and type(env["priority"]) is not int:
-        raise EnvelopeError(f"priority: expected an integer (got {env['priority']!r})")
+    priority = env.get("priority")
+    if priority is not None and (type(priority) is not int or not -2**31 <= priority < 2**31):
+        raise EnvelopeError(f"priority: expected an integer in 32-bit range "
+                            f"(got {priority!r:.40})")
     attempts = env.get("max_attempts")
     if attempts is not None and (type(attempts) is not int or not 1 <= attempts <= 1000):
         raise EnvelopeError(f"max_attempts: expected an integer 1..1000 (got {attempts!r})")

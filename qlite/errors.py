@@ -7,6 +7,7 @@
     ├── TaskError                 an app or task definition problem (unknown --app, bad name)
     ├── JobNotFound               no job with that id in results/ or inbox/
     ├── WaitTimeout               a job did not finish within the wait
+    ├── IndexUnavailable          the SQLite index cannot be opened or used
     ├── JobFailed                 result() of a job that failed or was cancelled
     └── StorageError              the object store failed; wraps the cause
         ├── EndpointUnreachable   could not connect to the S3 endpoint
@@ -49,6 +50,10 @@ class TaskError(QliteError):
 
 class JobNotFound(QliteError):
     """No job with that id exists in results/ or inbox/."""
+
+
+class IndexUnavailable(QliteError):
+    """The worker's SQLite index cannot be opened or used."""
 
 
 class StorageError(QliteError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Iterable
 from importlib import resources
@@ -18,6 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from .envelope import now_rfc3339
+from .errors import IndexUnavailable
 
 
 def _load_queries() -> dict[str, str]:
@@ -31,20 +33,33 @@ SCHEMA = resources.files("qlite").joinpath("sql/schema.sql").read_text()
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+def _text(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 class Index:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.path)
-        self.conn = self.db.conn
-        self.conn.execute("PRAGMA busy_timeout = 10000")
-        if not readonly:
-            self.db.enable_wal()
-            # NORMAL in WAL mode survives a process crash; a power loss may undo the last
-            # commits, which only re-runs jobs: inbox objects outlive their rows (guarantee 1).
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            self.conn.executescript(SCHEMA)
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+                self.db = sqlite_utils.Database(conn)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite_utils.Database(self.path)
+            self.conn = self.db.conn
+            self.conn.execute("PRAGMA busy_timeout = 10000")
+            if not readonly:
+                self.db.enable_wal()
+                # NORMAL in WAL mode survives a process crash; a power loss may undo the last
+                # commits, which only re-runs jobs: inbox objects outlive their rows.
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                self.conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise IndexUnavailable(f"index {self.path}: {e}. Try: check the path and its "
+                                   "permissions (QLITE_DB / --db)") from e
 
     def close(self) -> None:
         self.conn.close()
@@ -52,9 +67,12 @@ class Index:
     # -- helpers ----------------------------------------------------------------------------
 
     def _rows(self, name: str, **params: Any) -> list[dict]:
-        cur = self.conn.execute(QUERIES[name], params)
-        cols = [c[0] for c in cur.description] if cur.description else []
-        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        try:
+            cur = self.conn.execute(QUERIES[name], params)
+            cols = [c[0] for c in cur.description] if cur.description else []
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        except sqlite3.Error as e:
+            raise IndexUnavailable(f"index {self.path}: {name}: {e}") from e
 
     def _write(self, name: str, **params: Any) -> list[dict]:
         with self.conn:
@@ -69,9 +87,6 @@ class Index:
 
     def known(self, ids: list[str]) -> dict[str, dict]:
         return {r["id"]: r for r in self._rows("known", ids=json.dumps(ids))}
-
-    def known_quarantine(self, keys: list[str]) -> set[str]:
-        return {r["key"] for r in self._rows("known_quarantine", keys=json.dumps(keys))}
 
     def insert_jobs(self, jobs: Iterable[dict], now: float | None = None) -> int:
         """Insert ingested jobs (dicts with the insert_job parameters) in one transaction."""
@@ -112,6 +127,8 @@ class Index:
         outcome is then ignored, fenced by (id, attempt, owner).
         """
         now, now_iso = self._now(now)
+        if error:  # a handler's message may hold lone surrogates, which SQLite cannot store
+            error = {k: _text(v) for k, v in error.items()}
         error_json = json.dumps(error) if error else None
         with self.conn:
             query = {"succeeded": "succeed", "retry": "retry", "failed": "fail",
@@ -134,11 +151,14 @@ class Index:
     def running_owners(self) -> list[str]:
         return [r["owner"] for r in self._rows("running_owners") if r["owner"]]
 
-    def reap(self, dead_owners: list[str], now: float | None = None) -> list[dict]:
-        """Requeue (or fail, when out of attempts) jobs whose lease expired or owner died."""
+    def reap(self, dead_owners: list[str], alive_owners: list[str] = (),
+             now: float | None = None) -> list[dict]:
+        """Requeue (or fail, when out of attempts) jobs whose owner died, or whose lease
+        expired unless their owner is a process on this host known to be alive."""
         now, now_iso = self._now(now)
         with self.conn:
-            rows = self._rows("reap", dead=json.dumps(dead_owners), now=now, now_iso=now_iso)
+            rows = self._rows("reap", dead=json.dumps(dead_owners),
+                              alive=json.dumps(list(alive_owners)), now=now, now_iso=now_iso)
             for r in rows:
                 self.conn.execute(QUERIES["lost_attempt"], {
                     "id": r["id"], "attempt": r["attempts"], "now_iso": now_iso,

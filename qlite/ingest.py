@@ -57,12 +57,23 @@ class Ingest:
         """True when the latest full sweep of every queue found nothing to take in."""
         return all(s.clean for s in self.sweeps.values())
 
+    def mid_sweep(self) -> bool:
+        """True while some queue's listing has more pages to read."""
+        return any(s.cursor is not None for s in self.sweeps.values())
+
     def run(self) -> Pass:
         result = Pass()
+        failed = None
         for queue in self.settings.queues:
-            self._queue(queue, result)
+            try:  # one queue's trouble must not stop the others
+                self._queue(queue, result)
+            except Exception as e:
+                failed = e
+                log.warning("ingest of queue %s failed: %s: %s", queue, type(e).__name__, e)
         if result.deleted:
             self.store.delete_many(result.deleted)
+        if failed is not None:
+            raise failed
         return result
 
     def _queue(self, queue: str, result: Pass) -> None:
@@ -82,27 +93,20 @@ class Ingest:
             else:
                 by_id[parsed[1]] = (key, size)
         known = self.index.known(list(by_id))
-        quarantined = self.index.known_quarantine([k for k, _ in page])
         fetch = []
         for job_id, (key, size) in by_id.items():
             row = known.get(job_id)
             if row is None:
-                if key in quarantined:
-                    result.deleted.append(key)  # copied already; the earlier delete failed
-                else:
-                    fetch.append((queue, job_id, key, size))
+                fetch.append((queue, job_id, key, size))
             elif row["published"] or row["inbox_key"] != key:
                 # The same idempotency key put again: the job exists, this object is a duplicate.
                 log.info("duplicate of job %s deleted key=%s", job_id, key)
                 result.deleted.append(key)
-        for key, size in bad_names:
-            if key in quarantined:
-                result.deleted.append(key)
-            else:
-                fetch.append((queue, None, key, size))
+        # Every object at a malformed key is read and quarantined anew (never deleted unseen).
+        fetch.extend((queue, None, key, size) for key, size in bad_names)
 
         rows = []
-        for outcome in self.io.map(self._take_in, fetch):
+        for outcome in self.io.map(self._take_in_safely, fetch):
             if outcome is None:
                 continue
             if outcome[0] == "job":
@@ -113,11 +117,30 @@ class Ingest:
                 result.deleted.append(key)
                 result.quarantined += 1
         if rows:
-            result.taken += self.index.insert_jobs(rows, self.clock())
+            try:
+                result.taken += self.index.insert_jobs(rows, self.clock())
+            except Exception as e:  # one row SQLite refuses must not block the page
+                log.warning("batch insert failed (%s); inserting one by one", e)
+                for row in rows:
+                    try:
+                        result.taken += self.index.insert_jobs([row], self.clock())
+                    except Exception as row_error:
+                        log.error("job %s cannot be indexed: %s (left in the inbox)",
+                                  row["id"], row_error)
             crash_point("after_ingest_commit")
         sweep.found += len(fetch)
         if sweep.cursor is None:
             sweep.clean = sweep.found == 0
+
+    def _take_in_safely(self, item: tuple[str, str | None, str, int]) -> tuple | None:
+        """_take_in, with a failure of one object (a GET refused, a copy failing) logged and
+        left for the next pass instead of aborting the page."""
+        try:
+            return self._take_in(item)
+        except Exception as e:
+            log.warning("cannot take in %s: %s: %s (retried next pass)", item[2],
+                        type(e).__name__, e)
+            return None
 
     def _take_in(self, item: tuple[str, str | None, str, int]) -> tuple | None:
         """GET and validate one inbox object (runs on the I/O pool; touches no SQLite)."""
@@ -158,13 +181,16 @@ class Ingest:
         """Copy the object to quarantine/ with the reason; tell a waiting producer it failed."""
         log.warning("quarantined key=%s reason=%s", key, reason)
         safe = reason.encode("ascii", "backslashreplace").decode("ascii")[:1024]
-        self.store.copy(key, envelope.quarantine_key(key), metadata={"qlite-reason": safe})
+        target = envelope.quarantine_key(key)
+        if self.store.exists(target):  # an earlier object at the same key: keep both
+            target = f"{target}.{int(self.clock() * 1000)}"
+        self.store.copy(key, target, metadata={"qlite-reason": safe})
         if job_id is not None:
             record = {"v": 1, "id": job_id, "state": "failed", "task": None,
                       "queue": key.split("/")[1], "attempts": 0, "result": None,
                       "error": {"type": "Quarantined", "message": reason,
                                 "traceback": None},
-                      "errors": [], "quarantine_key": envelope.quarantine_key(key),
+                      "errors": [], "quarantine_key": target,
                       "finished_at": envelope.now_rfc3339(self.clock())}
             try:
                 self.store.put(envelope.result_key(job_id), json.dumps(record).encode(),

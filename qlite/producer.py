@@ -112,17 +112,29 @@ class Client:
                              max_attempts=max_attempts, timeout=timeout, meta=meta, now=now)
 
     def _write(self, env: dict, raw: bytes) -> Job:
+        key = envelope.inbox_key(env["queue"], env["id"])
         try:
-            self.store.put(envelope.inbox_key(env["queue"], env["id"]), raw, if_none_match=True)
+            self.store.put(key, raw, if_none_match=True)
         except AlreadyExists:
-            if "key" not in env:
-                raise  # a fresh UUIDv7 collided: never expected, so never hidden
-            # Same idempotency key: the job already exists; return its handle.
+            # With an idempotency key the job already exists: return its handle. Without one,
+            # the usual cause is boto3 retrying a PUT whose first response was lost: it is
+            # ours if the stored bytes are ours.
+            if "key" not in env and self.store.get_or_none(key) != raw:
+                raise
         return Job(self, env["id"], env["queue"])
 
     def _result(self, job_id: str) -> dict | None:
         raw = self.store.get_or_none(envelope.result_key(job_id))
-        return None if raw is None else json.loads(raw)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "state" not in record:
+            raise JobNotFound(f"results/{job_id}.json is not a qlite status record "
+                              "(was it written by something else?)")
+        return record
 
 
 class Job:
@@ -153,20 +165,24 @@ class Job:
         return status.get("result")
 
 
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z, the last time RFC 3339 can write
+
+
 def _when(delay: Any, at: Any, now: float) -> float | None:
     if delay is not None and at is not None:
         raise ConfigError("give delay= or at=, not both")
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if not isinstance(seconds, int | float) or seconds != seconds or seconds < 0:
-            raise ConfigError(f"delay: expected seconds >= 0 (got {delay!r})")
+        if not isinstance(seconds, int | float) or not 0 <= seconds <= LATEST - now:
+            raise ConfigError(f"delay: expected seconds >= 0 and before year 10000 "
+                              f"(got {delay!r})")
         return now + seconds if seconds else None
     if at is not None:
         if isinstance(at, datetime):
             if at.tzinfo is None:
                 raise ConfigError(f"at: needs a time zone, e.g. datetime.now(UTC) (got {at!r})")
             return at.timestamp()
-        if isinstance(at, int | float):
+        if isinstance(at, int | float) and 0 <= at <= LATEST:
             return float(at)
         raise ConfigError(f"at: expected an aware datetime or Unix seconds (got {at!r})")
     return None

@@ -11,6 +11,7 @@ running may get its attempt count back by one.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 from .settings import Settings
@@ -50,6 +52,7 @@ class Replica:
         self.config = self.db.with_name(self.db.name + ".litestream.yml")
         self.socket = self.db.with_name(self.db.name + ".ls.sock")
         self.proc: subprocess.Popen | None = None
+        self.lock: Any = None  # held while this worker is the index's replicator
         self.restarts = 0
         self.next_start = 0.0
 
@@ -112,7 +115,18 @@ class Replica:
                  self.bucket, self.path, self.proc.pid)
 
     def check(self) -> None:
-        """Restart litestream if it exited (with back-off)."""
+        """Start litestream when this worker may (one replicator per index file, chosen by a
+        lock that dies with its holder); restart it if it exited, with back-off."""
+        if self.lock is None:
+            lock = open(self.db.with_name(self.db.name + ".replica.lock"), "a")  # noqa: SIM115
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()  # another worker process on this index replicates it
+                return
+            self.lock = lock
+            self.start()
+            return
         if self.proc is None or self.proc.poll() is None or time.monotonic() < self.next_start:
             return
         self.restarts += 1
@@ -146,3 +160,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None

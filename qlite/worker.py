@@ -11,6 +11,7 @@ between repeats the remaining steps, which are idempotent.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -52,6 +53,10 @@ def _start_time(pid: int) -> str | None:
 def owner_id() -> str:
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
+
+
+def is_local(owner: str) -> bool:
+    return owner.rsplit(":", 2)[0] == socket.gethostname()
 
 
 def owner_is_dead(owner: str) -> bool:
@@ -105,10 +110,11 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        # Flags only: taking the Event's lock here could deadlock against the loop holding it.
+        # The loop never waits longer than a second, so it notices within one.
         if self.stopping:
             self.deadline = 0.0  # a second signal: stop waiting for running jobs
         self.stopping = True
-        self.wake.set()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -117,8 +123,18 @@ class Worker:
         add what finished after its last sync from results/, then move it into place, so a
         crash half-way leaves no half-built index behind."""
         path = self.settings.db_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # workers sharing the index build it once
+            self._build_index(path)
+        self.index = Index(path)
+        if self.replica is not None:
+            self.replica.check()  # starts litestream if no other worker replicates this index
+        self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
+                             self.clock)
+
+    def _build_index(self, path: Path) -> None:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             new = path.with_name(path.name + ".new")
             for leftover in (new, Path(f"{new}-wal"), Path(f"{new}-shm")):
                 leftover.unlink(missing_ok=True)
@@ -128,14 +144,11 @@ class Worker:
             restored = sum(index.counts().values())
             _, written = reindex(self.store, index)
             index.close()
+            for stale in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                stale.unlink(missing_ok=True)  # a WAL left by a deleted index must not replay
             os.replace(new, path)
             log.info("new index: %d job(s) from the replica, %d finished job(s) from results/",
                      restored, written)
-        self.index = Index(path)
-        if self.replica is not None:
-            self.replica.start()
-        self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
-                             self.clock)
 
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
@@ -143,13 +156,17 @@ class Worker:
         log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
                  self.index.path, self.store.url)
-        self._reap()
+        self._step_quietly(self._reap)
         while not self.stopping:
             ok = self._step(burst)
-            if burst and ok and self._idle():
-                log.info("burst: no runnable job left; exiting")
-                break
-            self._sleep(burst)
+            try:
+                if burst and ok and self._idle():
+                    log.info("burst: no runnable job left; exiting")
+                    break
+                self._sleep(burst)
+            except Exception as e:  # e.g. "database is locked" past the busy timeout
+                log.warning("worker loop: %s: %s", type(e).__name__, e)
+                time.sleep(1.0)
         return self._shutdown()
 
     def _step(self, burst: bool) -> bool:
@@ -196,9 +213,11 @@ class Worker:
         if self._runnable_now() and len(self.running) >= self.settings.concurrency:
             return
         result = self.ingest.run()
-        if result.taken or result.quarantined:
-            log.info("ingested %d job(s), quarantined %d", result.taken, result.quarantined)
-            self.poll_every = self.settings.poll_min
+        if result.taken or result.quarantined or self.ingest.mid_sweep():
+            if result.taken or result.quarantined:
+                log.info("ingested %d job(s), quarantined %d", result.taken,
+                         result.quarantined)
+            self.poll_every = self.settings.poll_min  # more pages to read: no back-off
         else:
             self.poll_every = min(self.poll_every * 2, self.settings.poll_max)
         self.next_poll = self.clock() + self.poll_every
@@ -235,7 +254,16 @@ class Worker:
                 outcome = Outcome("error", error={"type": type(e).__name__, "message": str(e),
                                                   "traceback": None})
             crash_point("after_handler")
-            self._record(claim, outcome)
+            try:
+                self._record(claim, outcome)
+            except Exception as e:
+                # Never let one outcome block the others: record a plain failure instead (a
+                # second failure leaves the job running; its lease ends and it is reaped).
+                log.error("recording job %s failed: %s: %s", claim.id, type(e).__name__, e)
+                self._step_quietly(lambda c=claim, e=e: self.index.finish(
+                    c.id, c.attempt, self.owner, "failed", now=self.clock(), error={
+                        "type": "RecordError", "traceback": None,
+                        "message": f"the outcome could not be recorded: {type(e).__name__}"}))
             crash_point("after_record")
             del self.running[future]
 
@@ -304,8 +332,12 @@ class Worker:
             self.replica.check()
 
     def _reap(self) -> None:
-        dead = [o for o in self.index.running_owners() if o != self.owner and owner_is_dead(o)]
-        for row in self.index.reap(dead, self.clock()):
+        owners = [o for o in self.index.running_owners() if o != self.owner]
+        dead = [o for o in owners if owner_is_dead(o)]
+        # A live process on this host may just be slow to heartbeat (its loop blocked on S3):
+        # its jobs are not taken from it.
+        alive = [self.owner] + [o for o in owners if o not in dead and is_local(o)]
+        for row in self.index.reap(dead, alive, self.clock()):
             log.warning("job %s after its worker stopped job_id=%s attempt=%d",
                         "requeued" if row["state"] == "queued" else "failed", row["id"],
                         row["attempts"])
@@ -315,7 +347,7 @@ class Worker:
             log.info("stopping: waiting up to %.0fs for %d running job(s)",
                      self.settings.grace, len(self.running))
         self.deadline = self.clock() + self.settings.grace if self.deadline is None else 0.0
-        while self.running and self.clock() < self.deadline:
+        while self.running and self.clock() < self.deadline and self.deadline:
             self.wake.wait(0.2)
             self.wake.clear()
             self._step_quietly(self._collect)

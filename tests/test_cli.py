@@ -125,6 +125,15 @@ def test_wait_exits_2_on_timeout_and_3_on_an_unknown_job(s3):
     assert "not in results/ nor inbox/" in unknown.stderr
 
 
+def test_an_index_path_that_is_not_a_database_is_a_one_line_error(s3, tmp_path):
+    (tmp_path / "notadb").write_text("hello")
+    env = {**s3.env, "QLITE_DB": str(tmp_path / "notadb")}
+    assert "file is not a database" in one_line_error(qlite("ls", env=env))
+    env = {**s3.env, "QLITE_DB": str(tmp_path / "notadb" / "x.db")}
+    assert "Error: " in one_line_error(qlite("worker", "--app", "testapp:app", "--burst",
+                                             env=env))
+
+
 def test_ls_without_an_index_says_where_it_looked(s3, tmp_path):
     env = {**s3.env, "QLITE_DB": str(tmp_path / "none.db")}
     assert "no index at" in one_line_error(qlite("ls", env=env))

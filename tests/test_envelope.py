@@ -73,6 +73,7 @@ def test_decode_refuses_hostile_json_with_a_reason(raw, reason):
     ({"max_attempts": 0}, "max_attempts"),
     ({"timeout": -1}, "timeout"),
     ({"priority": "high"}, "priority"),
+    ({"priority": 2**70}, "priority: expected an integer in 32-bit range"),
 ])
 def test_decode_refuses_wrong_fields(change, reason):
     env = {**good(), **change}

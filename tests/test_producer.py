@@ -62,6 +62,9 @@ def test_delay_and_at_set_not_before(s3):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"delay": -1}, "delay: expected seconds >= 0"),
+    ({"delay": float("inf")}, "delay: expected seconds >= 0"),
+    ({"delay": 1e13}, "before year 10000"),
+    ({"at": float("nan")}, "at: expected an aware datetime"),
     ({"delay": 1, "at": 5.0}, "not both"),
     ({"at": datetime(2030, 1, 1)}, "needs a time zone"),
     ({"queue": "bad queue"}, "queue: expected"),

@@ -92,6 +92,11 @@ def pid():
     return os.getpid()
 
 
+@app.task(name="t.surrogate", max_attempts=1)
+def surrogate():
+    raise ValueError("bad file name \udcff")  # as os.listdir gives for non-UTF-8 bytes
+
+
 app.spec = f"{__name__}:app"  # child processes load this app by name
 
 
@@ -278,3 +283,24 @@ def test_the_process_pool_runs_jobs_outside_the_worker_process(s3):
     assert status["result"] != os.getpid()
     [status] = drain(s3, [qlite.Client().put("t.pid")])
     assert status["result"] == os.getpid()
+
+
+def test_an_error_message_sqlite_cannot_store_still_fails_the_job_cleanly(s3):
+    bad = qlite.Client().put("t.surrogate")
+    good = qlite.Client().put("math.add", [5, 5])
+    statuses = drain(s3, [bad, good])
+    assert statuses[0]["state"] == "failed"
+    assert statuses[0]["error"]["message"] == "bad file name \\udcff"
+    assert statuses[1]["result"] == 10
+
+
+def test_a_second_object_at_a_quarantined_key_is_quarantined_too(s3):
+    put_raw(s3, "inbox/default/same.json", b"first")
+    Worker(app, s3.settings()).run(burst=True)
+    put_raw(s3, "inbox/default/same.json", b"second")
+    Worker(app, s3.settings()).run(burst=True)
+    copies = sorted(k for k in keys(s3, "quarantine/"))
+    assert len(copies) == 2 and copies[0] == "quarantine/default/same.json"
+    bodies = {s3.server.client().get_object(Bucket=s3.bucket, Key=f"q/{k}")["Body"].read()
+              for k in copies}
+    assert bodies == {b"first", b"second"}

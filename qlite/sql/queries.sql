@@ -3,9 +3,6 @@
 -- name: known
 SELECT id, inbox_key, published, state FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
--- name: known_quarantine
-SELECT key FROM quarantine WHERE key IN (SELECT value FROM json_each(:keys));
-
 -- name: insert_job
 INSERT OR IGNORE INTO jobs (id, task, queue, state, priority, max_attempts, run_at, envelope,
                             inbox_key, key, enqueued_at, ingested_at)
@@ -77,7 +74,8 @@ UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'q
                 finished_at = CASE WHEN attempts >= max_attempts THEN :now_iso END,
                 lease_until = NULL, owner = NULL
 WHERE state = 'running'
-  AND (lease_until < :now OR owner IN (SELECT value FROM json_each(:dead)))
+  AND (owner IN (SELECT value FROM json_each(:dead))
+       OR (lease_until < :now AND owner NOT IN (SELECT value FROM json_each(:alive))))
 RETURNING id, state, attempts, error;
 
 -- name: lost_attempt

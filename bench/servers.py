@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from qlite.devserver import SeaweedFS, free_port
+from qlite.devserver import SeaweedFS, Server, free_port
 
 BUCKET = "bench"
 
@@ -25,8 +25,9 @@ def start_seaweedfs(data_dir: Path) -> SeaweedFS:
     return server
 
 
-class Redis:
-    """``redis-server`` without persistence (no RDB snapshots, no AOF)."""
+class Redis(Server):
+    """``redis-server`` without persistence (no RDB snapshots, no AOF); stopped like the
+    S3 servers (``Server.stop``)."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
@@ -59,13 +60,3 @@ class Redis:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None

@@ -167,8 +167,9 @@ class Index:
 
     # -- publish ----------------------------------------------------------------------------
 
-    def unpublished(self, n: int = 1000) -> list[dict]:
-        jobs = self._rows("unpublished", n=n)
+    def unpublished(self, n: int = 1000, exclude: list[str] = ()) -> list[dict]:
+        """Terminal jobs not yet acknowledged, except ``exclude`` (results already written)."""
+        jobs = self._rows("unpublished", n=n, exclude=json.dumps(list(exclude)))
         if jobs:
             attempts: dict[str, list[dict]] = {}
             for a in self._rows("attempts_of", ids=json.dumps([j["id"] for j in jobs])):

@@ -120,6 +120,8 @@ class Ingest:
             try:
                 result.taken += self.index.insert_jobs(rows, self.clock())
             except Exception as e:  # one row SQLite refuses must not block the page
+                if "disk is full" in str(e):
+                    raise  # no row fits: the worker stops taking in until space is freed
                 log.warning("batch insert failed (%s); inserting one by one", e)
                 for row in rows:
                     try:

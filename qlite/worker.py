@@ -11,6 +11,7 @@ between repeats the remaining steps, which are idempotent.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -53,6 +54,15 @@ def _start_time(pid: int) -> str | None:
 def owner_id() -> str:
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
+
+
+def disk_full(error: BaseException) -> bool:
+    """SQLite's "database or disk is full", or ENOSPC from the file system."""
+    while error is not None:
+        if "disk is full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC:
+            return True
+        error = error.__cause__
+    return False
 
 
 def is_local(owner: str) -> bool:
@@ -102,6 +112,10 @@ class Worker:
         self.next_poll = 0.0
         self.next_beat = 0.0
         self.outage = 0.0  # back-off after a failed step, seconds
+        self.disk_full = False
+        self.acked: dict[str, str] = {}  # job id -> inbox key: results/ written, delete due
+        self.acked_at: float | None = None
+        self.record_failures: dict[str, int] = {}
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -172,19 +186,29 @@ class Worker:
     def _step(self, burst: bool) -> bool:
         """One iteration; False when some part failed (S3 outage, disk trouble)."""
         ok = True
+        full = False
         for part in (self._collect, self._publish, self._maintain,
                      lambda: self._poll(burst), self._claim):
             try:
                 part()
             except Exception as e:  # each part logs its own failure; the loop goes on
                 ok = False
+                if disk_full(e):
+                    full = True
+                    continue
                 log.warning("worker step failed: %s: %s", type(e).__name__, e,
                             exc_info=log.isEnabledFor(logging.DEBUG))
+        if full and not self.disk_full:
+            log.error("disk full under the index %s: not taking in or claiming jobs until "
+                      "space is freed; nothing is lost (jobs wait in inbox/)", self.index.path)
+        elif ok and self.disk_full:
+            log.info("the index is writable again: resuming")
+        self.disk_full = full or (self.disk_full and not ok)
         self.outage = 0.0 if ok else min(max(self.outage * 2, 0.5), self.settings.poll_max)
         return ok
 
     def _idle(self) -> bool:
-        return (not self.running and self.ingest.all_clean()
+        return (not self.running and self.ingest.all_clean() and not self.acked
                 and not self._runnable_now() and not self.index.unpublished(1))
 
     def _runnable_now(self) -> bool:
@@ -204,7 +228,7 @@ class Worker:
     # -- parts ------------------------------------------------------------------------------
 
     def _poll(self, burst: bool) -> None:
-        if self.stopping:
+        if self.stopping or self.disk_full:  # no GETs for rows that cannot be written
             return
         quiet = not self.running and not self._runnable_now()
         if self.clock() < self.next_poll and not (burst and quiet):
@@ -257,14 +281,20 @@ class Worker:
             try:
                 self._record(claim, outcome)
             except Exception as e:
-                # Never let one outcome block the others: record a plain failure instead (a
-                # second failure leaves the job running; its lease ends and it is reaped).
+                tries = self.record_failures[claim.id] = self.record_failures.get(claim.id, 0) + 1
+                if disk_full(e) or tries < 3:
+                    if not disk_full(e):
+                        log.warning("recording job %s failed (%s: %s); trying again", claim.id,
+                                    type(e).__name__, e)
+                    continue  # the outcome stays in memory; the next step records it
+                # Never let one outcome block the others for good: record a plain failure.
                 log.error("recording job %s failed: %s: %s", claim.id, type(e).__name__, e)
                 self._step_quietly(lambda c=claim, e=e: self.index.finish(
                     c.id, c.attempt, self.owner, "failed", now=self.clock(), error={
                         "type": "RecordError", "traceback": None,
                         "message": f"the outcome could not be recorded: {type(e).__name__}"}))
             crash_point("after_record")
+            self.record_failures.pop(claim.id, None)
             del self.running[future]
 
     def _record(self, claim: Claim, outcome: Outcome) -> None:
@@ -299,24 +329,30 @@ class Worker:
         if not ok:
             log.warning("stale attempt ignored (the job was taken over) %s", fields)
 
-    def _publish(self) -> None:
-        jobs = self.index.unpublished(500)
-        if not jobs:
-            return
-        futures = {self.io.submit(self.store.put, envelope.result_key(j["id"]),
-                                  json.dumps(result_record(j)).encode()): j for j in jobs}
-        done, failed = [], None
-        for future, job in futures.items():
-            try:
-                future.result()
-                done.append(job)
-            except Exception as e:
-                failed = e
-        if done:
+    def _publish(self, flush: bool = False) -> None:
+        """PUT results/ for terminal jobs, then acknowledge their inbox objects in batches:
+        one DeleteObjects per 500 jobs, or per second, or when the queue goes quiet."""
+        jobs = self.index.unpublished(500, exclude=list(self.acked))
+        failed = None
+        if jobs:
+            futures = {self.io.submit(self.store.put, envelope.result_key(j["id"]),
+                                      json.dumps(result_record(j)).encode()): j for j in jobs}
+            for future, job in futures.items():
+                try:
+                    future.result()
+                    self.acked[job["id"]] = job["inbox_key"]
+                except Exception as e:
+                    failed = e
+            self.acked_at = self.acked_at or self.clock()
+        quiet = not self.running and not self._runnable_now()
+        if self.acked and (flush or quiet or len(self.acked) >= 500
+                           or self.clock() - (self.acked_at or 0) >= 1.0):
             crash_point("after_result_put")
-            self.store.delete_many([j["inbox_key"] for j in done])
+            self.store.delete_many(list(self.acked.values()))
             crash_point("after_inbox_delete")
-            self.index.mark_published([j["id"] for j in done])
+            self.index.mark_published(list(self.acked))
+            self.acked.clear()
+            self.acked_at = None
         if failed is not None:
             raise failed
 
@@ -352,7 +388,7 @@ class Worker:
             self.wake.clear()
             self._step_quietly(self._collect)
             self._step_quietly(self._maintain)
-        self._step_quietly(self._publish)
+        self._step_quietly(lambda: self._publish(flush=True))
         left = len(self.running)
         self.io.shutdown(wait=True)
         self.index.close()

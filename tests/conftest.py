@@ -34,13 +34,15 @@ def moto():
 
 @dataclass
 class Target:
-    """A bucket on a running server plus the environment that points qlite at it."""
+    """A queue (a fresh prefix in the session's bucket) on a running server, plus the
+    environment that points qlite at it."""
     name: str
     server: object
     bucket: str
     url: str
     env: dict
     db: Path
+    prefix: str = ""  # the queue's key prefix in the bucket, ending with "/"
 
     def settings(self, **overrides) -> Settings:
         return Settings.load(env=self.env, **overrides)
@@ -54,9 +56,12 @@ def _clean_env() -> dict:
 @pytest.fixture(params=["seaweedfs", "moto"])
 def s3(request, tmp_path, monkeypatch) -> Target:
     server = request.getfixturevalue("seaweed" if request.param == "seaweedfs" else "moto")
-    bucket = f"qlite-t-{uuid.uuid4().hex[:12]}"
+    # One bucket per server, a fresh prefix per test: SeaweedFS gives every bucket volumes of
+    # its own and runs out of them after some 80 buckets.
+    bucket = "qlite-tests"
     server.create_bucket(bucket)
-    url = f"s3://{bucket}/q"
+    prefix = f"t{uuid.uuid4().hex[:12]}/q/"
+    url = f"s3://{bucket}/{prefix}"
     env = {**_clean_env(), **server.env(), "QLITE_URL": url, "QLITE_DB": str(tmp_path / "i.db"),
            "PYTHONPATH": str(TASKS_DIR), "QLITE_POLL_MAX": "0.5", "QLITE_POLL_MIN": "0.1",
            "QLITE_REPLICATE": "off"}  # tests/test_replica.py and the chaos suite turn it on
@@ -66,22 +71,23 @@ def s3(request, tmp_path, monkeypatch) -> Target:
     for k, v in env.items():
         if k.startswith(("AWS_", "QLITE_")):
             monkeypatch.setenv(k, v)
-    return Target(request.param, server, bucket, url, env, tmp_path / "i.db")
+    return Target(request.param, server, bucket, url, env, tmp_path / "i.db", prefix)
 
 
 @pytest.fixture
 def seaweed_target(seaweed, tmp_path, monkeypatch) -> Target:
     """Like ``s3`` but SeaweedFS only (for what moto cannot show, e.g. refused credentials)."""
-    bucket = f"qlite-t-{uuid.uuid4().hex[:12]}"
+    bucket = "qlite-tests"
     seaweed.create_bucket(bucket)
-    url = f"s3://{bucket}/q"
+    prefix = f"t{uuid.uuid4().hex[:12]}/q/"
+    url = f"s3://{bucket}/{prefix}"
     env = {**_clean_env(), **seaweed.env(), "QLITE_URL": url,
            "QLITE_DB": str(tmp_path / "i.db"), "PYTHONPATH": str(TASKS_DIR),
            "QLITE_REPLICATE": "off"}
     for k, v in env.items():
         if k.startswith(("AWS_", "QLITE_")):
             monkeypatch.setenv(k, v)
-    return Target("seaweedfs", seaweed, bucket, url, env, tmp_path / "i.db")
+    return Target("seaweedfs", seaweed, bucket, url, env, tmp_path / "i.db", prefix)
 
 
 def qlite(*args: str, env: dict, input: str | None = None, timeout: float = 60,

@@ -13,14 +13,15 @@ from qlite.devserver import free_port
 
 def inbox_keys(s3) -> list[str]:
     client = s3.server.client()
-    resp = client.list_objects_v2(Bucket=s3.bucket, Prefix="q/inbox/")
-    return [o["Key"] for o in resp.get("Contents", [])]
+    resp = client.list_objects_v2(Bucket=s3.bucket, Prefix=s3.prefix + "inbox/")
+    return [o["Key"].removeprefix(s3.prefix) for o in resp.get("Contents", [])]
 
 
 def test_put_writes_one_envelope_and_status_reads_pending(s3):
     job = qlite.Client().put("math.add", [1, 2], queue="high")
-    assert inbox_keys(s3) == [f"q/inbox/high/{job.id}.json"]
-    body = s3.server.client().get_object(Bucket=s3.bucket, Key=f"q/inbox/high/{job.id}.json")
+    assert inbox_keys(s3) == [f"inbox/high/{job.id}.json"]
+    body = s3.server.client().get_object(Bucket=s3.bucket,
+                                         Key=f"{s3.prefix}inbox/high/{job.id}.json")
     env = envelope.decode(body["Body"].read())
     assert (env["task"], env["args"], env["kwargs"], env["queue"]) == \
         ("math.add", [1, 2], {}, "high")
@@ -123,5 +124,5 @@ def test_task_put_uses_the_registered_name_and_queue(s3):
     assert mul(3, 4) == 12
     job = mul.put(3, 4)
     assert job.status()["task"] == "math.mul"
-    assert inbox_keys(s3) == [f"q/inbox/math/{job.id}.json"]
+    assert inbox_keys(s3) == [f"inbox/math/{job.id}.json"]
     assert json.loads(json.dumps(job.status()))["queue"] == "math"

@@ -113,8 +113,8 @@ def drain(s3, jobs, timeout=30.0, **settings) -> list[dict]:
 
 
 def keys(s3, prefix: str) -> list[str]:
-    resp = s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"q/{prefix}")
-    return [o["Key"][2:] for o in resp.get("Contents", [])]
+    resp = s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.prefix + prefix)
+    return [o["Key"].removeprefix(s3.prefix) for o in resp.get("Contents", [])]
 
 
 def test_a_job_runs_and_its_result_is_readable_from_the_bucket(s3):
@@ -205,7 +205,7 @@ def test_a_delayed_job_waits_for_its_time(s3):
 
 
 def put_raw(s3, key: str, body: bytes) -> None:
-    s3.server.client().put_object(Bucket=s3.bucket, Key=f"q/{key}", Body=body)
+    s3.server.client().put_object(Bucket=s3.bucket, Key=s3.prefix + key, Body=body)
 
 
 def test_malformed_inbox_objects_are_quarantined_with_a_reason_and_the_worker_goes_on(s3):
@@ -225,7 +225,7 @@ def test_malformed_inbox_objects_are_quarantined_with_a_reason_and_the_worker_go
         [f"quarantine/default/{i}.json" for i in ids.values()] + ["quarantine/default/hello.json"])
     client = s3.server.client()
     reasons = {
-        name: client.head_object(Bucket=s3.bucket, Key=f"q/quarantine/default/{i}.json")
+        name: client.head_object(Bucket=s3.bucket, Key=f"{s3.prefix}quarantine/default/{i}.json")
         ["Metadata"]["qlite-reason"] for name, i in ids.items()}
     assert "not JSON" in reasons["not_json"]
     assert "unknown envelope version v=99" in reasons["version"]
@@ -301,6 +301,6 @@ def test_a_second_object_at_a_quarantined_key_is_quarantined_too(s3):
     Worker(app, s3.settings()).run(burst=True)
     copies = sorted(k for k in keys(s3, "quarantine/"))
     assert len(copies) == 2 and copies[0] == "quarantine/default/same.json"
-    bodies = {s3.server.client().get_object(Bucket=s3.bucket, Key=f"q/{k}")["Body"].read()
+    bodies = {s3.server.client().get_object(Bucket=s3.bucket, Key=s3.prefix + k)["Body"].read()
               for k in copies}
     assert bodies == {b"first", b"second"}

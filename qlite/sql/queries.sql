@@ -86,6 +86,7 @@ WHERE job_id = :id AND attempt = :attempt AND finished_at IS NULL;
 -- name: unpublished
 SELECT * FROM jobs
 WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')
+  AND id NOT IN (SELECT value FROM json_each(:exclude))
 ORDER BY finished_at LIMIT :n;
 
 -- name: mark_published

@@ -117,10 +117,6 @@ class App:
 
         return register(fn) if fn is not None else register
 
-    def register(self, name: str, fn: Callable, **options: Any) -> Task:
-        """Register ``fn`` under ``name`` without a decorator."""
-        return self.task(fn, name=name, **options)
-
 
 def _types(value: type | tuple[type, ...]) -> tuple[type, ...]:
     types = value if isinstance(value, tuple) else (value,)

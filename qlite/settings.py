@@ -68,7 +68,6 @@ SETTINGS: tuple[Setting, ...] = (
             "Log level of the worker: DEBUG, INFO, WARNING or ERROR."),
 )
 
-BY_NAME = {s.name: s for s in SETTINGS}
 _URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
 
 

@@ -139,13 +139,6 @@ class Store:
         """Fail fast with a clear error when the endpoint, bucket or credentials are wrong."""
         self._call("list", "", "list_objects_v2", Prefix=self.prefix, MaxKeys=1)
 
-    def create_bucket(self) -> None:
-        try:
-            self._call("create", "", "create_bucket")
-        except StorageError as e:
-            if "BucketAlreadyOwnedByYou" not in str(e) and "BucketAlreadyExists" not in str(e):
-                raise
-
     # -- plumbing ---------------------------------------------------------------------------
 
     def _name(self, key: str) -> str:

@@ -21,7 +21,6 @@ from .errors import EnvelopeError, PayloadTooLarge
 
 VERSION = 1
 REQUIRED = ("v", "id", "task", "args", "kwargs", "queue", "enqueued_at")
-OPTIONAL = ("not_before", "priority", "max_attempts", "timeout", "key", "expires_at", "meta")
 
 ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[78][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 TASK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$")

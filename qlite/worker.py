@@ -208,8 +208,12 @@ class Worker:
         return ok
 
     def _idle(self) -> bool:
-        return (not self.running and self.ingest.all_clean() and not self.acked
-                and not self._runnable_now() and not self.index.unpublished(1))
+        return (self._quiet() and self.ingest.all_clean() and not self.acked
+                and not self.index.unpublished(1))
+
+    def _quiet(self) -> bool:
+        """Nothing running and nothing runnable now."""
+        return not self.running and not self._runnable_now()
 
     def _runnable_now(self) -> bool:
         at = self.index.next_run_at(self.settings.queues)
@@ -230,11 +234,10 @@ class Worker:
     def _poll(self, burst: bool) -> None:
         if self.stopping or self.disk_full:  # no GETs for rows that cannot be written
             return
-        quiet = not self.running and not self._runnable_now()
-        if self.clock() < self.next_poll and not (burst and quiet):
+        if self.clock() < self.next_poll and not (burst and self._quiet()):
             return
-        # Do not LIST while plenty of jobs are runnable locally: the inbox waits, cheaply.
-        if self._runnable_now() and len(self.running) >= self.settings.concurrency:
+        # Do not LIST while every slot is busy and more jobs wait locally: the inbox waits.
+        if len(self.running) >= self.settings.concurrency and self._runnable_now():
             return
         result = self.ingest.run()
         if result.taken or result.quarantined or self.ingest.mid_sweep():
@@ -344,8 +347,7 @@ class Worker:
                 except Exception as e:
                     failed = e
             self.acked_at = self.acked_at or self.clock()
-        quiet = not self.running and not self._runnable_now()
-        if self.acked and (flush or quiet or len(self.acked) >= 500
+        if self.acked and (flush or self._quiet() or len(self.acked) >= 500
                            or self.clock() - (self.acked_at or 0) >= 1.0):
             crash_point("after_result_put")
             self.store.delete_many(list(self.acked.values()))

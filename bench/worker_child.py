@@ -97,7 +97,7 @@ def fill(args: argparse.Namespace) -> dict:
                       "priority": 0, "max_attempts": 3, "run_at": now,
                       "envelope": envelope.encode(env, 262144).decode(),
                       "inbox_key": envelope.inbox_key(args.queue, env["id"]), "key": None,
-                      "enqueued_at": env["enqueued_at"]})
+                      "enqueued_at": env["enqueued_at"], "expires_at": None})
         if len(batch) == 10_000:
             total += index.insert_jobs(batch, now)
             batch = []

@@ -22,8 +22,13 @@ class Task:
     def __init__(self, app: App, fn: Callable, name: str, *, queue: str = "default",
                  max_attempts: int | None = None, priority: int | None = None,
                  backoff: Any = 1.0, retry_on: tuple[type, ...] = (Exception,),
-                 give_up_on: tuple[type, ...] = (), timeout: float | None = None):
+                 give_up_on: tuple[type, ...] = (), timeout: float | None = None,
+                 concurrency: int | None = None, rate: tuple[int, float] | None = None,
+                 rate_key: str | None = None):
         self.app = app
+        self.concurrency = concurrency
+        self.rate = rate  # (jobs, per seconds)
+        self.rate_key = rate_key
         self.backoff = backoff
         self.retry_on = retry_on
         self.give_up_on = give_up_on
@@ -62,11 +67,24 @@ class Task:
 class App:
     """A registry of tasks. ``url`` (default ``QLITE_URL``) is used by ``task.put``."""
 
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, *, queues: tuple[str, ...] | list[str] = ()):
         self.url = url
         self.spec: str | None = None  # MODULE:ATTR, once loaded by name (child processes use it)
         self.tasks: dict[str, Task] = {}
+        self.schedules: dict[str, Any] = {}  # name -> qlite.schedule.Schedule
+        for q in queues:
+            if not envelope.QUEUE_RE.match(q):
+                raise TaskError(f"App(queues=...): queue name {q!r} is not valid (letters, "
+                                "digits, '_', '-', '.'; at most 64)")
+        self.declared_queues = tuple(queues)
         self._client: Any = None
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Queues this app knows: declared with App(queues=...), used by a task, and
+        ``default``. A worker refuses to serve any other (a typo would wait forever)."""
+        names = ["default", *self.declared_queues, *(t.queue for t in self.tasks.values())]
+        return tuple(dict.fromkeys(names))
 
     @property
     def client(self) -> Any:
@@ -80,7 +98,9 @@ class App:
              queue: str = "default", max_attempts: int | None = None,
              priority: int | None = None, backoff: Any = 1.0,
              retry_on: type | tuple[type, ...] = Exception,
-             give_up_on: type | tuple[type, ...] = (), timeout: float | None = None) -> Any:
+             give_up_on: type | tuple[type, ...] = (), timeout: float | None = None,
+             concurrency: int | None = None, rate: str | None = None,
+             rate_key: str | None = None) -> Any:
         """Register ``fn`` as a task: ``@app.task`` or ``@app.task(name="math.add")``.
 
         ``max_attempts`` overrides the worker's default (3). ``backoff`` is the upper bound in
@@ -88,6 +108,11 @@ class App:
         wait strategy (qlite.retry). Only exceptions that are ``retry_on`` and not
         ``give_up_on`` are retried; others fail the job at once. ``timeout`` (seconds) is a
         hard limit: such a task runs in a child process that is killed when time is up.
+
+        ``concurrency`` caps how many of its jobs run at once (across the worker processes
+        sharing an index); ``rate`` ("10/s", "100/m", "5/10s") caps how many start per period,
+        shared by every task with the same ``rate_key`` (default: the task name). A job held
+        back by a limit waits in the index without taking a worker slot.
         """
 
         def register(fn: Callable) -> Task:
@@ -109,13 +134,65 @@ class App:
                                 f"(got {backoff!r})")
             if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
                 raise TaskError(f"timeout: expected seconds > 0 (got {timeout!r})")
+            if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+                raise TaskError(f"concurrency: expected a whole number >= 1 "
+                                f"(got {concurrency!r})")
+            if rate_key is not None and rate is None:
+                raise TaskError("rate_key= needs rate=. Try: rate='10/s', rate_key='smtp'")
             task = Task(self, fn, task_name, queue=queue, max_attempts=max_attempts,
                         priority=priority, backoff=backoff, retry_on=_types(retry_on),
-                        give_up_on=_types(give_up_on), timeout=timeout)
+                        give_up_on=_types(give_up_on), timeout=timeout,
+                        concurrency=concurrency,
+                        rate=parse_rate(rate) if rate is not None else None,
+                        rate_key=(rate_key or task_name) if rate is not None else None)
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, cron: str | None = None, *, every: Any = None, name: str | None = None,
+                 tz: str = "UTC", misfire: str = "latest", args: Any = (),
+                 kwargs: dict | None = None, **options: Any) -> Any:
+        """Register ``fn`` as a task that the worker enqueues on a schedule:
+        ``@app.periodic("*/5 * * * *")`` (cron, evaluated in ``tz``) or
+        ``@app.periodic(every=300)`` (seconds or a timedelta, aligned to the Unix epoch).
+
+        Each tick runs once even with several workers or a restart in between. ``misfire``
+        decides about ticks missed while no worker ran: ``latest`` (run the most recent one),
+        ``all`` (run each) or ``skip``. Other options are ``task()``'s.
+        """
+        from .schedule import Schedule
+
+        def register(fn: Callable) -> Task:
+            task = self.task(fn, name=name, **options)
+            if task.name in self.schedules:
+                raise TaskError(f"periodic {task.name!r} is registered twice")
+            try:
+                self.schedules[task.name] = Schedule.build(
+                    task.name, task.name, cron, every, tz, misfire, args=tuple(args),
+                    kwargs=dict(kwargs or {}), queue=task.queue)
+            except TaskError:
+                del self.tasks[task.name]  # a bad schedule registers nothing
+                raise
+            return task
+
+        return register
+
+
+_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
+          "hour": 3600, "d": 86400, "day": 86400}
+
+
+def parse_rate(text: Any) -> tuple[int, float]:
+    """``"10/s"``, ``"100/m"``, ``"5/10s"``, ``"1000/h"`` to (jobs, per seconds)."""
+    import re
+
+    m = re.fullmatch(r"\s*([1-9][0-9]*)\s*/\s*((?:[0-9]+(?:\.[0-9]+)?)?)\s*([a-z]+)\s*",
+                     text if isinstance(text, str) else "")
+    if not m or m.group(3) not in _UNITS or (m.group(2) and not float(m.group(2)) > 0):
+        raise TaskError(f"rate: expected JOBS/PERIOD such as '10/s', '100/m', '5/10s' or "
+                        f"'1000/h' (got {text!r})")
+    return int(m.group(1)), float(m.group(2) or 1) * _UNITS[m.group(3)]
 
 
 def _types(value: type | tuple[type, ...]) -> tuple[type, ...]:

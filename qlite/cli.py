@@ -58,13 +58,18 @@ def put(
     queue: Annotated[str, typer.Option(help="queue name")] = "default",
     key: Annotated[str | None, typer.Option(help="idempotency key")] = None,
     delay: Annotated[float | None, typer.Option(help="seconds before it may run")] = None,
+    ttl: Annotated[float | None, typer.Option(
+        help="cancel it if it has not started within SECONDS")] = None,
+    priority: Annotated[int | None, typer.Option(
+        help="higher runs first within its queue (default 0)")] = None,
     url: Url = None,
     endpoint_url: Endpoint = None,
     max_payload: Annotated[int | None, typer.Option(
         "--max-payload", help="largest envelope in bytes (env QLITE_MAX_PAYLOAD)")] = None,
 ) -> None:
     typer.echo(putcmd.put(task, payload, queue=queue, key=key, delay=delay, url=url,
-                          endpoint_url=endpoint_url, max_payload=max_payload))
+                          endpoint_url=endpoint_url, max_payload=max_payload, ttl=ttl,
+                          priority=priority))
 
 
 @app.command()
@@ -178,7 +183,7 @@ def wait(
     raise typer.Exit(0 if s["state"] == "succeeded" else 1)
 
 
-def _index(db: str | None, url: str | None) -> Any:
+def _index(db: str | None, url: str | None, readonly: bool = True) -> Any:
     from .index import Index
 
     settings = Settings.load(db=db, url=url)
@@ -188,7 +193,7 @@ def _index(db: str | None, url: str | None) -> Any:
     if not Path(path).exists():
         raise QliteError(f"no index at {path}. Try: run this on the worker VM, or set QLITE_DB "
                          "(or --db) to the worker's index file")
-    return Index(path, readonly=True)
+    return Index(path, readonly=readonly)
 
 
 @app.command("ls")
@@ -277,3 +282,138 @@ def reindex(
     read, written = rebuild(store, Index(settings.db_path()))
     typer.echo(f"read {read} result record(s) from results/, wrote {written} job(s) to "
                f"{settings.db_path()}; unfinished jobs are re-ingested from inbox/ by the worker")
+
+
+@app.command()
+@_errors
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="the id printed by qlite put")],
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Cancel a job: if it has not started it never runs; if it is running its handler sees
+    ctx.cancelled (a child-process job is killed) and it ends cancelled unless it succeeds.
+
+    Writes a request object next to the job in inbox/, which the worker applies at its next
+    LIST. Exit 1 if the job already finished.
+
+    Example: qlite cancel 0192f1c4-8f3e-7abc-9def-0123456789ab
+    """
+    status = _client(url, endpoint_url).cancel(job_id)
+    typer.echo(f"cancel requested for job {job_id} ({status['state']}); the worker applies it "
+               "at its next poll. Follow it with: qlite wait " + job_id)
+
+
+@app.command()
+@_errors
+def retry(
+    job_id: Annotated[str, typer.Argument(help="id of a failed or cancelled job")],
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Run a failed or cancelled job again, with a fresh budget of attempts; its earlier
+    attempts stay in its history. Exit 1 if the job did not fail or was not cancelled.
+
+    Example: qlite retry 0192f1c4-8f3e-7abc-9def-0123456789ab
+    """
+    status = _client(url, endpoint_url).retry(job_id)
+    typer.echo(f"retry requested for job {job_id} ({status['state']} after "
+               f"{status.get('attempts')} attempt(s)); follow it with: qlite wait {job_id}")
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '90m', '45s' or plain seconds to seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise QliteError(f"--older-than: expected an age such as 30d, 12h, 90m or 3600 "
+                         f"(got {text!r})")
+    return seconds
+
+
+@app.command()
+@_errors
+def purge(
+    older_than: Annotated[str, typer.Option(
+        "--older-than", help="finished longer ago than this: 30d, 12h, 90m, 3600")],
+    state: Annotated[list[str] | None, typer.Option(
+        help="succeeded, failed or cancelled; repeatable (default: all three)")] = None,
+    queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
+    db: Db = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Delete finished jobs from the index and their records from results/ (run on the worker
+    VM). An idempotency key is remembered until its job is purged: the same key put after
+    that is a new job.
+
+    Example: qlite purge --state failed --older-than 30d
+    """
+    import time
+
+    from .envelope import result_key
+    from .index import TERMINAL
+    from .store import Store
+
+    states = state or list(TERMINAL)
+    bad = [s for s in states if s not in TERMINAL]
+    if bad:
+        raise QliteError(f"--state: only finished jobs can be purged: succeeded, failed or "
+                         f"cancelled (got {bad[0]!r})")
+    before = time.time() - parse_age(older_than)
+    settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url)
+    store = Store(settings.require_url(), settings.endpoint_url)
+    index = _index(db, url, readonly=False)
+    total = 0
+    while jobs := index.purgeable(states, before, queue):
+        ids = [j["id"] for j in jobs]
+        store.delete_many([result_key(i) for i in ids])  # records first: a crash re-purges
+        total += index.purge(ids)
+    typer.echo(f"purged {total} job(s) finished before "
+               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(before))} "
+               f"(states: {', '.join(states)})")
+
+
+@app.command()
+@_errors
+def schedules(
+    app_spec: Annotated[str, typer.Option("--app", help="MODULE:ATTR of your qlite.App")],
+    as_json: AsJson = False,
+    db: Db = None,
+    url: Url = None,
+) -> None:
+    """List the app's periodic tasks with their last and next tick (the last from the
+    worker's index when it is here).
+
+    Example: qlite schedules --app tasks:app
+    """
+    import time
+
+    from .envelope import now_rfc3339
+
+    target = load_app(app_spec)
+    fired: dict[str, dict] = {}
+    try:
+        fired = _index(db, url).schedules()
+    except QliteError:
+        pass  # not on the worker VM: the next ticks are still worth showing
+    now = time.time()
+    rows = []
+    for s in target.schedules.values():
+        last = fired.get(s.name, {}).get("last_tick")
+        rows.append({"name": s.name, "schedule": s.spec, "tz": s.tz, "misfire": s.misfire,
+                     "queue": s.queue, "last_tick": now_rfc3339(last) if last else None,
+                     "next_tick": now_rfc3339(s.next_after(now))})
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo(f"{app_spec} has no periodic tasks (@app.periodic)")
+    for r in rows:
+        typer.echo(f"{r['name']:<28}  {r['schedule']:<16}  tz={r['tz']:<14}  "
+                   f"misfire={r['misfire']:<6}  last={r['last_tick'] or '-'}  "
+                   f"next={r['next_tick']}")

@@ -91,6 +91,7 @@ def make(
     queue: str = "default",
     key: str | None = None,
     not_before: float | None = None,
+    expires_at: float | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
     timeout: float | None = None,
@@ -112,6 +113,7 @@ def make(
     }
     optional = {
         "not_before": now_rfc3339(not_before) if not_before is not None else None,
+        "expires_at": now_rfc3339(expires_at) if expires_at is not None else None,
         "priority": priority,
         "max_attempts": max_attempts,
         "timeout": timeout,
@@ -240,6 +242,26 @@ def result_key(job_id: str) -> str:
 
 def quarantine_key(inbox_relative_key: str) -> str:
     return "quarantine/" + inbox_relative_key.removeprefix("inbox/")
+
+
+REQUEST_KINDS = ("cancel", "retry")
+
+
+def marker_key(queue: str, job_id: str, kind: str, request_id: str) -> str:
+    """A cancel or retry request: a small object next to the job's, seen by the same LIST."""
+    return f"inbox/{queue}/{job_id}.{kind}.{request_id}"
+
+
+def parse_marker(relative_key: str) -> tuple[str, str, str] | None:
+    """``inbox/{queue}/{job_id}.{kind}.{request_id}`` to (queue, job_id, kind), else None."""
+    parts = relative_key.split("/")
+    if len(parts) != 3 or parts[0] != "inbox" or not QUEUE_RE.match(parts[1]):
+        return None
+    pieces = parts[2].split(".")
+    if (len(pieces) != 3 or not ID_RE.match(pieces[0]) or pieces[1] not in REQUEST_KINDS
+            or not ID_RE.match(pieces[2])):
+        return None
+    return parts[1], pieces[0], pieces[1]
 
 
 def parse_inbox_key(relative_key: str) -> tuple[str, str] | None:

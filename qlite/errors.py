@@ -9,6 +9,7 @@
     ├── WaitTimeout               a job did not finish within the wait
     ├── IndexUnavailable          the SQLite index cannot be opened or used
     ├── JobFailed                 result() of a job that failed or was cancelled
+    ├── JobStateError             cancel of a finished job, retry of one that did not fail
     └── StorageError              the object store failed; wraps the cause
         ├── EndpointUnreachable   could not connect to the S3 endpoint
         ├── BucketNotFound        the bucket does not exist
@@ -90,6 +91,10 @@ class JobFailed(QliteError):
     def __init__(self, message: str | None = None, status: dict | None = None) -> None:
         super().__init__(message)
         self.status = status or {}
+
+
+class JobStateError(QliteError):
+    """The job's state does not allow this (cancel a finished job, retry a succeeded one)."""
 
 
 # Raised by handlers to steer their own job. Not errors of qlite, so not QliteErrors.

@@ -12,6 +12,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,18 @@ def _load_queries() -> dict[str, str]:
 QUERIES = _load_queries()
 SCHEMA = resources.files("qlite").joinpath("sql/schema.sql").read_text()
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Limits:
+    """Per-task limits for a claim: ``concurrency`` {task: most running at once} and
+    ``rates`` {task: (rate key, at most this many jobs start, in any window of seconds)}."""
+    concurrency: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    held_until: float | None = None  # set by a claim: when a rate-held job may go
+
+    def __bool__(self) -> bool:
+        return bool(self.concurrency or self.rates)
 
 
 def _text(value: Any) -> Any:
@@ -57,6 +70,7 @@ class Index:
                 # commits, which only re-runs jobs: inbox objects outlive their rows.
                 self.conn.execute("PRAGMA synchronous = NORMAL")
                 self.conn.executescript(SCHEMA)
+                self._migrate()
         except (sqlite3.Error, OSError) as e:
             raise IndexUnavailable(f"index {self.path}: {e}. Try: check the path and its "
                                    "permissions (QLITE_DB / --db)") from e
@@ -64,19 +78,29 @@ class Index:
     def close(self) -> None:
         self.conn.close()
 
+    def _migrate(self) -> None:
+        """Bring an index written by an older qlite up to this schema (columns added since)."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(jobs)")}
+        with self.conn:
+            if "expires_at" not in columns:
+                self.conn.execute("ALTER TABLE jobs ADD COLUMN expires_at REAL")
+            self.conn.execute(
+                "CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) "
+                "WHERE state IN ('queued', 'scheduled') AND expires_at IS NOT NULL")
+
     # -- helpers ----------------------------------------------------------------------------
 
-    def _rows(self, name: str, **params: Any) -> list[dict]:
+    def _rows(self, query: str, /, **params: Any) -> list[dict]:
         try:
-            cur = self.conn.execute(QUERIES[name], params)
+            cur = self.conn.execute(QUERIES[query], params)
             cols = [c[0] for c in cur.description] if cur.description else []
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
         except sqlite3.Error as e:
-            raise IndexUnavailable(f"index {self.path}: {name}: {e}") from e
+            raise IndexUnavailable(f"index {self.path}: {query}: {e}") from e
 
-    def _write(self, name: str, **params: Any) -> list[dict]:
+    def _write(self, query: str, /, **params: Any) -> list[dict]:
         with self.conn:
-            return self._rows(name, **params)
+            return self._rows(query, **params)
 
     @staticmethod
     def _now(now: float | None) -> tuple[float, str]:
@@ -96,6 +120,8 @@ class Index:
             for job in jobs:
                 n += self.conn.execute(QUERIES["insert_job"],
                                        {**job, "now": now, "now_iso": now_iso}).rowcount
+            # A cancel request may have arrived before its job: it applies as the job lands.
+            self.conn.execute(QUERIES["apply_cancels"], {"now_iso": now_iso}).fetchall()
         return n
 
     def quarantine(self, key: str, reason: str, size: int | None, now: float | None = None):
@@ -105,17 +131,73 @@ class Index:
     # -- claim and complete -----------------------------------------------------------------
 
     def claim(self, queues: tuple[str, ...], n: int, owner: str, lease: float,
-              now: float | None = None) -> list[dict]:
-        """Claim up to ``n`` runnable jobs in queue order, priority, then FIFO."""
+              now: float | None = None, limits: Limits | None = None) -> list[dict]:
+        """Claim up to ``n`` runnable jobs in queue order, priority, then FIFO, within the
+        tasks' concurrency and rate ``limits``. ``limits.held_until`` then says when a job held
+        back by a rate limit may go (None: when a running job ends)."""
         now, now_iso = self._now(now)
-        with self.conn:
-            rows = self._rows("claim", queues=json.dumps(list(queues)), n=n, owner=owner,
-                              lease_until=now + lease, now=now, now_iso=now_iso)
-            for r in rows:
-                self.conn.execute(QUERIES["insert_attempt"], {
-                    "id": r["id"], "attempt": r["attempts"], "owner": owner, "now_iso": now_iso})
+        params = {"queues": json.dumps(list(queues)), "owner": owner, "now": now,
+                  "lease_until": now + lease, "now_iso": now_iso}
+        if not limits:
+            with self.conn:
+                rows = self._rows("claim", n=n, blocked="[]", **params)
+                self._attempts_started(rows, owner, now_iso)
+        else:
+            rows = self._claim_limited(n, limits, params)
         order = {q: i for i, q in enumerate(queues)}
         return sorted(rows, key=lambda r: (order[r["queue"]], r["id"]))
+
+    def _claim_limited(self, n: int, limits: Limits, params: dict) -> list[dict]:
+        """One job per statement, in one IMMEDIATE transaction: the counts and rate state
+        read here cannot change under it, even with other worker processes on the file."""
+        now = params["now"]
+        rows: list[dict] = []
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            running = {r["task"]: r["n"] for r in self._rows(
+                "running_by_task", tasks=json.dumps(list(limits.concurrency)))}
+            starts = {r["key"]: json.loads(r["starts"]) for r in self._rows(
+                "rate_get", keys=json.dumps(sorted({k for k, _, _ in limits.rates.values()})))}
+            limits.held_until = None
+            while len(rows) < n:
+                blocked = [t for t, cap in limits.concurrency.items()
+                           if running.get(t, 0) >= cap]
+                for task, (key, jobs, period) in limits.rates.items():
+                    recent = [t for t in starts.get(key, []) if t > now - period]
+                    if len(recent) >= jobs:  # a full window: wait until its oldest leaves
+                        blocked.append(task)
+                        free_at = recent[-jobs] + period
+                        limits.held_until = min(limits.held_until or free_at, free_at)
+                got = self._rows("claim", n=1, blocked=json.dumps(blocked), **params)
+                if not got:
+                    break
+                row = got[0]
+                rows.append(row)
+                running[row["task"]] = running.get(row["task"], 0) + 1
+                if row["task"] in limits.rates:
+                    key, jobs, period = limits.rates[row["task"]]
+                    starts[key] = [t for t in starts.get(key, []) if t > now - period][-jobs:]
+                    starts[key].append(now)
+                    self._rows("rate_set", key=key, starts=json.dumps(starts[key]))
+            self._attempts_started(rows, params["owner"], params["now_iso"])
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+        return rows
+
+    def _attempts_started(self, rows: list[dict], owner: str, now_iso: str) -> None:
+        for r in rows:
+            self.conn.execute(QUERIES["insert_attempt"], {
+                "id": r["id"], "attempt": r["attempts"], "owner": owner, "now_iso": now_iso})
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Cancel the jobs not started before their expires_at; returns their ids."""
+        now, now_iso = self._now(now)
+        return [r["id"] for r in self._write("expire", now=now, now_iso=now_iso)]
+
+    def next_expiry(self) -> float | None:
+        return self._rows("next_expiry")[0]["at"]
 
     def finish(self, job_id: str, attempt: int, owner: str, outcome: str, *,
                result: str | None = None, error: dict | None = None,
@@ -132,7 +214,7 @@ class Index:
         error_json = json.dumps(error) if error else None
         with self.conn:
             query = {"succeeded": "succeed", "retry": "retry", "failed": "fail",
-                     "snooze": "snooze"}[outcome]
+                     "snooze": "snooze", "cancelled": "cancel"}[outcome]
             done = self._rows(query, id=job_id,
                               attempt=attempt, owner=owner, result=result, error=error_json,
                               run_at=run_at, now_iso=now_iso)
@@ -142,6 +224,8 @@ class Index:
                     "id": job_id, "attempt": attempt, "now_iso": now_iso, "outcome": outcome,
                     "error_type": error.get("type"), "message": error.get("message"),
                     "traceback": error.get("traceback")})
+                if outcome in TERMINAL:
+                    self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
         return bool(done)
 
     def heartbeat(self, owner: str, lease: float, now: float | None = None) -> None:
@@ -178,6 +262,13 @@ class Index:
                 j["attempt_log"] = attempts.get(j["id"], [])
         return jobs
 
+    def markers_of(self, ids: list[str]) -> dict[str, list[str]]:
+        """The cancel/retry marker objects of these jobs, to delete with their inbox object."""
+        out: dict[str, list[str]] = {}
+        for r in self._rows("markers_of", ids=json.dumps(ids)):
+            out.setdefault(r["job_id"], []).append(r["key"])
+        return out
+
     def mark_published(self, ids: list[str]) -> None:
         self._write("mark_published", ids=json.dumps(ids))
 
@@ -200,6 +291,68 @@ class Index:
                     self.conn.execute(QUERIES["restore_attempt"], {
                         "id": r["id"], "outcome": "failed", **e})
         return added
+
+    # -- schedules --------------------------------------------------------------------------
+
+    def schedule_last(self, name: str, now: float | None = None) -> float:
+        """The schedule's last tick; a schedule seen for the first time starts from now."""
+        now, now_iso = self._now(now)
+        with self.conn:
+            self._rows("schedule_init", name=name, now=now, now_iso=now_iso)
+            return self._rows("schedule_last", name=name)[0]["last_tick"]
+
+    def schedule_fired(self, name: str, tick: float, now: float | None = None) -> None:
+        _, now_iso = self._now(now)
+        self._write("schedule_fired", name=name, tick=tick, now_iso=now_iso)
+
+    def schedules(self) -> dict[str, dict]:
+        return {r["name"]: r for r in self._rows("schedules")}
+
+    # -- cancel and retry requests ----------------------------------------------------------
+
+    def new_requests(self, keys: list[str]) -> list[str]:
+        known = {r["key"] for r in self._rows("requests_known", keys=json.dumps(keys))}
+        return [k for k in keys if k not in known]
+
+    def add_requests(self, requests: list[tuple[str, str, str]],
+                     now: float | None = None) -> tuple[list[str], list[dict]]:
+        """Record (marker key, job id, kind) requests and apply cancels to jobs not running.
+        Returns the ids cancelled and the requests settled (their job is terminal)."""
+        _, now_iso = self._now(now)
+        with self.conn:
+            for key, job_id, kind in requests:
+                self.conn.execute(QUERIES["insert_request"], {
+                    "key": key, "job_id": job_id, "kind": kind, "now_iso": now_iso})
+            cancelled = [r["id"] for r in self._rows("apply_cancels", now_iso=now_iso)]
+            settled = self._rows("settle_requests")
+        return cancelled, settled
+
+    def retry_candidates(self) -> list[dict]:
+        """Failed or cancelled jobs, already published, with a retry request pending."""
+        return self._rows("retry_candidates")
+
+    def apply_retry(self, job_id: str, budget: int, now: float | None = None) -> bool:
+        now, _ = self._now(now)
+        with self.conn:
+            done = self._rows("apply_retry", id=job_id, budget=budget, now=now)
+            self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
+        return bool(done)
+
+    def cancelling(self, ids: list[str]) -> set[str]:
+        """Which of these (running) jobs have a cancellation requested."""
+        return {r["job_id"] for r in self._rows("cancelling", ids=json.dumps(ids))}
+
+    def purgeable(self, states: list[str], before: float, queue: str | None = None,
+                  n: int = 1000) -> list[dict]:
+        return self._rows("purgeable", states=json.dumps(states), before=now_rfc3339(before),
+                          queue=queue, n=n)
+
+    def purge(self, ids: list[str]) -> int:
+        """Forget published terminal jobs (their results/ objects are deleted first)."""
+        with self.conn:
+            self._rows("purge_attempts", ids=json.dumps(ids))
+            self._rows("purge_requests", ids=json.dumps(ids))
+            return self.conn.execute(QUERIES["purge"], {"ids": json.dumps(ids)}).rowcount
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ class Sweep:
 class Pass:
     taken: int = 0
     quarantined: int = 0
+    requests: int = 0  # cancel and retry requests taken in
+    cancelled: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
 
@@ -56,6 +58,11 @@ class Ingest:
     def all_clean(self) -> bool:
         """True when the latest full sweep of every queue found nothing to take in."""
         return all(s.clean for s in self.sweeps.values())
+
+    def expect(self, queue: str) -> None:
+        """This process just put a job on ``queue``: the next sweep must look for it."""
+        if queue in self.sweeps:
+            self.sweeps[queue].clean = False
 
     def mid_sweep(self) -> bool:
         """True while some queue's listing has more pages to read."""
@@ -86,12 +93,18 @@ class Ingest:
 
         by_id: dict[str, tuple[str, int]] = {}
         bad_names = []
+        markers = []
         for key, size in page:
             parsed = envelope.parse_inbox_key(key)
-            if parsed is None:
-                bad_names.append((key, size))
-            else:
+            marker = envelope.parse_marker(key) if parsed is None else None
+            if parsed is not None:
                 by_id[parsed[1]] = (key, size)
+            elif marker is not None:
+                markers.append((key, marker[1], marker[2]))
+            else:
+                bad_names.append((key, size))
+        # Requests first: a retry puts its job's inbox object back, which is then no duplicate.
+        self._requests(markers, result)
         known = self.index.known(list(by_id))
         fetch = []
         for job_id, (key, size) in by_id.items():
@@ -177,7 +190,40 @@ class Ingest:
             "priority": env.get("priority") or 0, "max_attempts": max_attempts,
             "run_at": run_at, "envelope": raw.decode("utf-8"), "inbox_key": key,
             "key": env.get("key"), "enqueued_at": env["enqueued_at"],
+            "expires_at": (envelope.parse_time(env["expires_at"])
+                           if env.get("expires_at") else None),
         })
+
+    def _requests(self, markers: list[tuple[str, str, str]], result: Pass) -> None:
+        """Take in cancel/retry markers (each applied once), then run the retries that can go.
+        A marker is deleted with its job's inbox object, or now if the job was published."""
+        new = set(self.index.new_requests([key for key, _, _ in markers])) if markers else set()
+        if new:
+            fresh = [m for m in markers if m[0] in new]
+            cancelled, settled = self.index.add_requests(fresh, self.clock())
+            result.requests += len(fresh)
+            result.cancelled += cancelled
+            for job_id in cancelled:
+                log.info("job cancelled on request job_id=%s", job_id)
+            published = self.index.known(sorted({r["job_id"] for r in settled}))
+            result.deleted += [r["key"] for r in settled
+                               if published.get(r["job_id"], {}).get("published")]
+        for job in self.index.retry_candidates():
+            self._retry(job)
+
+    def _retry(self, job: dict) -> None:
+        """Run a failed or cancelled job again: its envelope goes back to the inbox (so the job
+        is as durable as a new one and status shows it pending), then the row is requeued,
+        then the old terminal record is deleted."""
+        env = json.loads(job["envelope"])
+        task = self.app.tasks.get(job["task"])
+        budget = (env.get("max_attempts") or (task.max_attempts if task else None)
+                  or self.settings.max_attempts)
+        self.store.put(job["inbox_key"], job["envelope"].encode("utf-8"))
+        if self.index.apply_retry(job["id"], budget, self.clock()):
+            self.store.delete_many([envelope.result_key(job["id"])])
+            log.info("job requeued on request job_id=%s task=%s attempts_so_far=%d",
+                     job["id"], job["task"], job["attempts"])
 
     def _quarantine(self, key: str, job_id: str | None, reason: str) -> None:
         """Copy the object to quarantine/ with the reason; tell a waiting producer it failed."""

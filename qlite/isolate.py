@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import threading
+import time
 from typing import Any
 
 from .app import App, load_app
@@ -60,7 +61,7 @@ def _describe(code: int | None) -> str:
 
 
 def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
-                 endpoint_url: str | None) -> Outcome:
+                 endpoint_url: str | None, cancel: threading.Event | None = None) -> Outcome:
     if app.spec is None:
         return Outcome("failed", error={
             "type": "NotIsolatable", "traceback": None,
@@ -78,10 +79,17 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
             return _error("ChildStartTimeout",
                           f"the job's process did not load {app.spec} in {STARTUP_LIMIT:.0f}s")
         recv.recv()  # "started": the timeout counts from here
-        if not recv.poll(timeout):
-            proc.kill()
-            return _error("Timeout", f"{claim.task} ran longer than its {timeout:g}s timeout "
-                                     "and was killed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not recv.poll(0.2 if deadline is None else
+                            max(0.0, min(0.2, deadline - time.monotonic()))):
+            if cancel is not None and cancel.is_set():
+                proc.kill()  # a child cannot see ctx.cancelled: cancelling it means stopping it
+                return _error("Cancelled", f"{claim.task} was cancelled on request while "
+                                           "running; its process was killed")
+            if deadline is not None and time.monotonic() >= deadline:
+                proc.kill()
+                return _error("Timeout", f"{claim.task} ran longer than its {timeout:g}s "
+                                         "timeout and was killed")
         return recv.recv()
     except (EOFError, OSError):
         proc.join(5)

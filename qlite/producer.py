@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import envelope
-from .errors import AlreadyExists, ConfigError, JobFailed, JobNotFound, WaitTimeout
+from .errors import AlreadyExists, ConfigError, JobFailed, JobNotFound, JobStateError, WaitTimeout
 from .settings import Settings
 from .store import Store
 
@@ -34,11 +34,15 @@ class Client:
             queue: str = "default", key: str | None = None, delay: float | timedelta | None = None,
             at: datetime | float | None = None, priority: int | None = None,
             max_attempts: int | None = None, timeout: float | None = None,
+            ttl: float | timedelta | None = None, expires_at: datetime | float | None = None,
             meta: dict | None = None) -> Job:
-        """Enqueue one job and return its handle. The job is durable once this returns."""
+        """Enqueue one job and return its handle. The job is durable once this returns.
+
+        ``delay``/``at``: not before then. ``ttl``/``expires_at``: a job not started by then
+        ends ``cancelled`` (error type ``Expired``). ``key``: the same key is the same job."""
         env = self._envelope(task, args, kwargs, queue=queue, key=key, delay=delay, at=at,
                              priority=priority, max_attempts=max_attempts, timeout=timeout,
-                             meta=meta)
+                             ttl=ttl, expires_at=expires_at, meta=meta)
         return self._write(env, envelope.encode(env, self.settings.max_payload))
 
     def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16) -> list[Job]:
@@ -57,6 +61,32 @@ class Client:
             return []
         with ThreadPoolExecutor(max_workers=min(workers, len(envs))) as pool:
             return list(pool.map(lambda pair: self._write(*pair), envs))
+
+    def cancel(self, job_id: str, queue: str | None = None) -> dict:
+        """Ask the worker to cancel a job: one that has not started never runs; a running one
+        sees ``ctx.cancelled`` and ends ``cancelled`` unless it succeeds. Returns the status
+        the job had; raises JobStateError if it already finished."""
+        return self._request("cancel", job_id, queue, allowed=("pending", "queued"))
+
+    def retry(self, job_id: str, queue: str | None = None) -> dict:
+        """Ask the worker to run a failed or cancelled job again, with a fresh budget of
+        attempts; its attempt history is kept. Returns the status it had."""
+        return self._request("retry", job_id, queue, allowed=("failed", "cancelled"))
+
+    def _request(self, kind: str, job_id: str, queue: str | None,
+                 allowed: tuple[str, ...]) -> dict:
+        status = self.status(job_id, queue)
+        if status["state"] not in allowed:
+            what = "finished" if kind == "cancel" else "not failed or cancelled"
+            raise JobStateError(
+                f"job {job_id} is {status['state']}: {what}, so it cannot be {kind}"
+                f"{'led' if kind == 'cancel' else 'ied'}"
+                + (". Try: qlite retry for failed jobs" if kind == "cancel" else ""))
+        marker = envelope.marker_key(status["queue"], job_id, kind, envelope.new_id())
+        body = json.dumps({"v": 1, "kind": kind, "id": job_id,
+                           "at": envelope.now_rfc3339()}).encode()
+        self.store.put(marker, body, if_none_match=True)
+        return status
 
     def job(self, job_id: str, queue: str | None = None) -> Job:
         return Job(self, job_id, queue)
@@ -102,13 +132,21 @@ class Client:
     def _envelope(self, task: Any, args: Any = (), kwargs: dict | None = None, *,
                   queue: str = "default", key: str | None = None, delay: Any = None,
                   at: Any = None, priority: int | None = None, max_attempts: int | None = None,
-                  timeout: float | None = None, meta: dict | None = None) -> dict:
+                  timeout: float | None = None, ttl: Any = None, expires_at: Any = None,
+                  meta: dict | None = None) -> dict:
         name = getattr(task, "name", task)
         if not isinstance(name, str) or not envelope.TASK_RE.match(name):
             raise ConfigError(f"task: expected a task name like 'math.add' (got {name!r})")
         now = time.time()
+        not_before = _when(delay, at, now)
+        expiry = _when(ttl, expires_at, now, names=("ttl", "expires_at"))
+        if ttl is not None and expiry is None:
+            raise ConfigError(f"ttl: expected seconds > 0 (got {ttl!r})")
+        if expiry is not None and expiry <= (not_before or now):
+            raise ConfigError("expires_at/ttl: the job would expire before it may run. Try: a "
+                              "ttl longer than its delay")
         return envelope.make(name, args, kwargs, queue=queue, key=key,
-                             not_before=_when(delay, at, now), priority=priority,
+                             not_before=not_before, expires_at=expiry, priority=priority,
                              max_attempts=max_attempts, timeout=timeout, meta=meta, now=now)
 
     def _write(self, env: dict, raw: bytes) -> Job:
@@ -168,23 +206,29 @@ class Job:
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z, the last time RFC 3339 can write
 
 
-def _when(delay: Any, at: Any, now: float) -> float | None:
+def _when(delay: Any, at: Any, now: float,
+          names: tuple[str, str] = ("delay", "at")) -> float | None:
+    """A relative (``delay``, ``ttl``) or absolute (``at``, ``expires_at``) time to Unix
+    seconds; None when neither is given (or the delay is 0)."""
     if delay is not None and at is not None:
-        raise ConfigError("give delay= or at=, not both")
+        raise ConfigError(f"give {names[0]}= or {names[1]}=, not both")
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if not isinstance(seconds, int | float) or not 0 <= seconds <= LATEST - now:
-            raise ConfigError(f"delay: expected seconds >= 0 and before year 10000 "
+        if (not isinstance(seconds, int | float) or isinstance(seconds, bool)
+                or not 0 <= seconds <= LATEST - now):
+            raise ConfigError(f"{names[0]}: expected seconds >= 0 and before year 10000 "
                               f"(got {delay!r})")
         return now + seconds if seconds else None
     if at is not None:
         if isinstance(at, datetime):
             if at.tzinfo is None:
-                raise ConfigError(f"at: needs a time zone, e.g. datetime.now(UTC) (got {at!r})")
+                raise ConfigError(f"{names[1]}: needs a time zone, e.g. datetime.now(UTC) "
+                                  f"(got {at!r})")
             return at.timestamp()
-        if isinstance(at, int | float) and 0 <= at <= LATEST:
+        if isinstance(at, int | float) and not isinstance(at, bool) and 0 <= at <= LATEST:
             return float(at)
-        raise ConfigError(f"at: expected an aware datetime or Unix seconds (got {at!r})")
+        raise ConfigError(f"{names[1]}: expected an aware datetime or Unix seconds "
+                          f"(got {at!r})")
     return None
 
 

@@ -16,7 +16,8 @@ stdin; omitted means no arguments.
 examples:
   qlite put math.add '{"a": 1, "b": 2}'
   qlite put math.add '[1, 2]' --queue high --key order-42
-  echo '{"to": "a@example.com"}' | qlite put email.send - --delay 60"""
+  echo '{"to": "a@example.com"}' | qlite put email.send - --delay 60
+  qlite put report.build '{"day": "2026-11-25"}' --ttl 3600 --priority 5"""
 
 
 def parse_payload(text: str | None) -> tuple[list, dict]:
@@ -39,13 +40,15 @@ def parse_payload(text: str | None) -> tuple[list, dict]:
 
 def put(task: str, payload: str | None, *, queue: str = "default", key: str | None = None,
         delay: float | None = None, url: str | None = None, endpoint_url: str | None = None,
-        max_payload: int | None = None) -> str:
+        max_payload: int | None = None, ttl: float | None = None,
+        priority: int | None = None) -> str:
     """Parse the payload, enqueue, return the job id."""
     from .producer import Client
 
     args, kwargs = parse_payload(payload)
     client = Client(url, endpoint_url=endpoint_url, max_payload=max_payload)
-    return client.put(task, args, kwargs, queue=queue, key=key, delay=delay).id
+    return client.put(task, args, kwargs, queue=queue, key=key, delay=delay, ttl=ttl,
+                      priority=priority).id
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,6 +61,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="idempotency key: the same key is one job")
     p.add_argument("--delay", type=float, default=None, metavar="SECONDS",
                    help="run no sooner than SECONDS from now")
+    p.add_argument("--ttl", type=float, default=None, metavar="SECONDS",
+                   help="cancel it if it has not started within SECONDS")
+    p.add_argument("--priority", type=int, default=None, metavar="N",
+                   help="higher runs first within its queue (default 0)")
     p.add_argument("--url", default=None, help="s3://bucket[/prefix] (env QLITE_URL)")
     p.add_argument("--endpoint-url", default=None,
                    help="S3 endpoint (env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)")
@@ -70,7 +77,8 @@ def main(argv: list[str]) -> int:
     ns = parser().parse_args(argv)
     try:
         job_id = put(ns.task, ns.payload, queue=ns.queue, key=ns.key, delay=ns.delay,
-                     url=ns.url, endpoint_url=ns.endpoint_url, max_payload=ns.max_payload)
+                     url=ns.url, endpoint_url=ns.endpoint_url, max_payload=ns.max_payload,
+                     ttl=ns.ttl, priority=ns.priority)
     except QliteError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

@@ -9,8 +9,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .app import App
@@ -50,6 +51,14 @@ class Context:
     enqueued_at: str
     logger: logging.Logger
     client: Any = None
+    meta: dict = field(default_factory=dict)  # the envelope's meta (periodic: schedule, tick)
+    cancel_event: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """True once ``qlite cancel`` was requested for this job: stop early, and the job
+        ends cancelled (unless the handler returns successfully)."""
+        return self.cancel_event is not None and self.cancel_event.is_set()
 
     def put(self, task: Any, args: Any = (), kwargs: dict | None = None, **options: Any) -> Any:
         """Enqueue a follow-up job from inside a handler."""
@@ -60,7 +69,8 @@ def _error(kind: str, message: str, tb: str | None = None) -> dict:
     return {"type": kind, "message": message, "traceback": tb}
 
 
-def run(app: App, claim: Claim, client: Any = None) -> Outcome:
+def run(app: App, claim: Claim, client: Any = None,
+        cancel: threading.Event | None = None) -> Outcome:
     task = app.tasks.get(claim.task)
     if task is None:
         names = ", ".join(sorted(app.tasks)) or "none"
@@ -70,7 +80,8 @@ def run(app: App, claim: Claim, client: Any = None) -> Outcome:
     if task.wants_ctx:
         ctx = Context(claim.id, claim.task, claim.queue, claim.attempt, claim.max_attempts,
                       claim.enqueued_at,
-                      logging.getLogger(f"qlite.task.{claim.task}"), client)
+                      logging.getLogger(f"qlite.task.{claim.task}"), client,
+                      dict(claim.envelope.get("meta") or {}), cancel)
         if task.ctx_first:
             args.insert(0, ctx)
         else:

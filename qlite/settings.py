@@ -37,8 +37,9 @@ SETTINGS: tuple[Setting, ...] = (
             "The worker's SQLite index file. Default: "
             "$XDG_DATA_HOME/qlite/BUCKET[_PREFIX].db (~/.local/share/qlite/...)."),
     Setting("queues", "QLITE_QUEUES", "--queue", ("default",), "list",
-            "Queues the worker serves, in priority order (comma-separated in the env var; "
-            "repeat --queue on the CLI)."),
+            "Queues the worker serves, in strict priority order (comma-separated in the env "
+            "var; repeat --queue on the CLI). NAME=WEIGHT on any of them switches to weighted "
+            "order: high=3,default=1 puts high first three times as often as default."),
     Setting("replicate", "QLITE_REPLICATE", "--replicate", "auto", "str",
             "Replicate the index to index/ in the bucket with Litestream and restore it on a "
             "fresh disk: auto (when the litestream binary is installed), on, or off."),
@@ -117,13 +118,19 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         items = [raw] if isinstance(raw, str) else list(raw)
         names = [q.strip() for item in items for q in item.split(",") if q.strip()]
         for q in names:
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", q):
+            name, _, weight = q.partition("=")
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
                 raise ConfigError(
-                    f"{source}: queue name {q!r} is not valid "
+                    f"{source}: queue name {name!r} is not valid "
                     "(use letters, digits, '_', '-', '.'; at most 64)"
                 )
+            if "=" in q and not re.fullmatch(r"[1-9][0-9]{0,5}", weight):
+                raise ConfigError(f"{source}: queue weight in {q!r} is not a whole number "
+                                  "1..999999. Try: --queue high=3 --queue default=1")
         if not names:
             raise ConfigError(f"{source}: expected at least one queue name (got {raw!r})")
+        if len({q.partition("=")[0] for q in names}) != len(names):
+            raise ConfigError(f"{source}: a queue is named twice (got {raw!r})")
         return tuple(names)
     if setting.kind == "url":
         return parse_url(raw)
@@ -149,6 +156,7 @@ class Settings:
     endpoint_url: str | None = None
     db: str | None = None
     queues: tuple[str, ...] = ("default",)
+    weights: tuple[int, ...] = ()  # empty: strict order of queues; else one weight per queue
     replicate: str = "auto"
     concurrency: int = 4
     pool: str = "thread"
@@ -187,6 +195,11 @@ class Settings:
                 f"endpoint URL: expected http://host:port or https://host "
                 f"(got {values['endpoint_url']!r})"
             )
+        # "high=3,default": weights, the odds that a queue goes first when slots free up.
+        weighted = any("=" in q for q in values["queues"])
+        values["weights"] = tuple(int(q.partition("=")[2] or 1)
+                                  for q in values["queues"]) if weighted else ()
+        values["queues"] = tuple(q.partition("=")[0] for q in values["queues"])
         if values["poll_min"] > values["poll_max"]:
             values["poll_min"] = values["poll_max"]
         return cls(**values)

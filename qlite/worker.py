@@ -27,8 +27,9 @@ from typing import Any
 
 from . import envelope
 from .app import App
+from .errors import TaskError
 from .faults import crash_point
-from .index import Index
+from .index import Index, Limits
 from .ingest import Ingest
 from .isolate import kill_children, run_in_child
 from .producer import Client
@@ -36,6 +37,7 @@ from .reindex import reindex
 from .replica import Replica
 from .retry import RetryPolicy
 from .runner import Claim, Outcome, run
+from .schedule import tick_key
 from .settings import Settings
 from .store import Store
 
@@ -113,9 +115,24 @@ class Worker:
         self.next_beat = 0.0
         self.outage = 0.0  # back-off after a failed step, seconds
         self.disk_full = False
-        self.acked: dict[str, str] = {}  # job id -> inbox key: results/ written, delete due
+        # job id -> its inbox key and request markers: results/ written, delete due
+        self.acked: dict[str, list[str]] = {}
         self.acked_at: float | None = None
         self.record_failures: dict[str, int] = {}
+        self.cancels: dict[str, threading.Event] = {}  # running job id -> its ctx.cancelled
+        self.next_cancel_check = 0.0
+        self.next_expiry = 0.0  # when the next queued job expires (0: look it up)
+        self.next_fire: dict[str, float] = {}  # schedule name -> its next tick
+        self.held = False  # the last claim left runnable jobs behind, held back by limits
+        self.held_until: float | None = None
+        tasks = app.tasks.values()
+        self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
+        self.rate_limits = {t.name: (t.rate_key, *t.rate) for t in tasks if t.rate}
+        unknown = [q for q in settings.queues if q not in app.queues]
+        if unknown:
+            raise TaskError(f"--queue {unknown[0]}: no task of this app uses that queue (known: "
+                            f"{', '.join(app.queues)}). Try: a known name, or declare it with "
+                            f"qlite.App(queues=[...])")
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -187,8 +204,8 @@ class Worker:
         """One iteration; False when some part failed (S3 outage, disk trouble)."""
         ok = True
         full = False
-        for part in (self._collect, self._publish, self._maintain,
-                     lambda: self._poll(burst), self._claim):
+        for part in (self._collect, self._publish, self._maintain, self._check_cancels,
+                     lambda: self._poll(burst), self._schedule, self._claim):
             try:
                 part()
             except Exception as e:  # each part logs its own failure; the loop goes on
@@ -223,8 +240,12 @@ class Worker:
         now = self.clock()
         wait = self.next_poll - now if not burst else 0.05
         at = self.index.next_run_at(self.settings.queues)
+        if self.held and at is not None and at <= now:
+            at = self.held_until  # runnable jobs wait for a limit: a slot frees or a token
         if at is not None and len(self.running) < self.settings.concurrency:
             wait = min(wait, at - now)
+        if self.app.schedules and self.next_fire:
+            wait = min(wait, min(self.next_fire.values()) - now)
         wait = min(max(wait, self.outage, 0.01), self.next_beat - now, 1.0)
         self.wake.wait(max(wait, 0.0))
         self.wake.clear()
@@ -240,6 +261,8 @@ class Worker:
         if len(self.running) >= self.settings.concurrency and self._runnable_now():
             return
         result = self.ingest.run()
+        if result.taken:
+            self.next_expiry = 0.0  # new jobs may expire sooner
         if result.taken or result.quarantined or self.ingest.mid_sweep():
             if result.taken or result.quarantined:
                 log.info("ingested %d job(s), quarantined %d", result.taken,
@@ -253,8 +276,13 @@ class Worker:
         free = self.settings.concurrency - len(self.running)
         if self.stopping or free <= 0:
             return
-        rows = self.index.claim(self.settings.queues, free, self.owner, self.settings.lease,
-                                self.clock())
+        now = self.clock()
+        self._expire(now)
+        limits = Limits(self.concurrency_limits, self.rate_limits)
+        rows = self.index.claim(self._queue_order(), free, self.owner, self.settings.lease,
+                                now, limits)
+        self.held = bool(limits) and len(rows) < free
+        self.held_until = limits.held_until
         if rows:
             crash_point("after_claim")
         for row in rows:
@@ -264,11 +292,13 @@ class Worker:
                      claim.queue, claim.attempt)
             task = self.app.tasks.get(claim.task)
             timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
+            cancel = self.cancels[claim.id] = threading.Event()
             if task and (timeout or self.settings.pool == "process"):
                 future = self.handlers.submit(run_in_child, self.app, claim, timeout,
-                                              str(self.store.url), self.settings.endpoint_url)
+                                              str(self.store.url), self.settings.endpoint_url,
+                                              cancel)
             else:
-                future = self.handlers.submit(run, self.app, claim, self.client)
+                future = self.handlers.submit(run, self.app, claim, self.client, cancel)
             self.running[future] = claim
             future.add_done_callback(lambda _: self.wake.set())
 
@@ -298,16 +328,24 @@ class Worker:
                         "message": f"the outcome could not be recorded: {type(e).__name__}"}))
             crash_point("after_record")
             self.record_failures.pop(claim.id, None)
+            self.cancels.pop(claim.id, None)
             del self.running[future]
 
     def _record(self, claim: Claim, outcome: Outcome) -> None:
         now = self.clock()
         fields = f"job_id={claim.id} task={claim.task} queue={claim.queue} " \
                  f"attempt={claim.attempt}"
+        cancel = self.cancels.get(claim.id)
         if outcome.state == "succeeded":
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "succeeded",
                                    result=outcome.result, now=now)
             log.info("job succeeded %s", fields)
+        elif cancel is not None and cancel.is_set():
+            error = {"type": "Cancelled", "traceback": (outcome.error or {}).get("traceback"),
+                     "message": f"cancelled on request while running attempt {claim.attempt}"}
+            ok = self.index.finish(claim.id, claim.attempt, self.owner, "cancelled",
+                                   error=error, now=now)
+            log.info("job cancelled %s", fields)
         elif outcome.state == "snooze":
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "snooze",
                                    run_at=now + (outcome.delay or 0), now=now)
@@ -338,25 +376,81 @@ class Worker:
         jobs = self.index.unpublished(500, exclude=list(self.acked))
         failed = None
         if jobs:
+            markers = self.index.markers_of([j["id"] for j in jobs])
             futures = {self.io.submit(self.store.put, envelope.result_key(j["id"]),
                                       json.dumps(result_record(j)).encode()): j for j in jobs}
             for future, job in futures.items():
                 try:
                     future.result()
-                    self.acked[job["id"]] = job["inbox_key"]
+                    self.acked[job["id"]] = [job["inbox_key"], *markers.get(job["id"], [])]
                 except Exception as e:
                     failed = e
             self.acked_at = self.acked_at or self.clock()
         if self.acked and (flush or self._quiet() or len(self.acked) >= 500
                            or self.clock() - (self.acked_at or 0) >= 1.0):
             crash_point("after_result_put")
-            self.store.delete_many(list(self.acked.values()))
+            self.store.delete_many([k for keys in self.acked.values() for k in keys])
             crash_point("after_inbox_delete")
             self.index.mark_published(list(self.acked))
             self.acked.clear()
             self.acked_at = None
         if failed is not None:
             raise failed
+
+    def _queue_order(self) -> tuple[str, ...]:
+        """The queues in claim order: as given, or a weighted random order (a queue of weight
+        w goes first with odds w / total)."""
+        weights = self.settings.weights
+        if not weights:
+            return self.settings.queues
+        keyed = sorted(zip(self.settings.queues, weights, strict=True),
+                       key=lambda qw: self.rng.random() ** (1 / qw[1]), reverse=True)
+        return tuple(q for q, _ in keyed)
+
+    def _expire(self, now: float) -> None:
+        if now < self.next_expiry:
+            return
+        for job_id in self.index.expire(now):
+            log.info("job expired before it started job_id=%s", job_id)
+        self.next_expiry = self.index.next_expiry() or float("inf")
+
+    def _check_cancels(self) -> None:
+        """Raise ctx.cancelled for running jobs whose cancellation was requested."""
+        now = self.clock()
+        if not self.running or now < self.next_cancel_check:
+            return
+        self.next_cancel_check = now + 0.5
+        for job_id in self.index.cancelling(list(self.cancels)):
+            if not self.cancels[job_id].is_set():
+                log.info("cancellation requested for running job job_id=%s", job_id)
+                self.cancels[job_id].set()
+
+    def _schedule(self) -> None:
+        """Enqueue the due ticks of periodic tasks (each tick is one job: see schedule.py)."""
+        if not self.app.schedules or self.stopping or self.disk_full:
+            return
+        now = self.clock()
+        for s in self.app.schedules.values():
+            if self.next_fire.get(s.name, 0.0) > now:
+                continue
+            last = self.index.schedule_last(s.name, now)
+            ticks, new_last = s.due(last, now)
+            task = self.app.tasks[s.task]
+            for tick in ticks:
+                at = envelope.now_rfc3339(tick)
+                job = self.client.put(s.task, s.args, s.kwargs, queue=s.queue,
+                                      key=tick_key(s.name, tick), priority=task.priority,
+                                      meta={"schedule": s.name, "tick": at})
+                self.index.schedule_fired(s.name, tick, now)
+                self.ingest.expect(s.queue)
+                self.next_poll = 0.0  # take it in now rather than after the idle back-off
+                log.info("periodic job enqueued schedule=%s tick=%s job_id=%s", s.name, at,
+                         job.id)
+            if new_last > last and not ticks:
+                self.index.schedule_fired(s.name, new_last, now)
+                log.info("periodic ticks missed while no worker ran were skipped schedule=%s "
+                         "misfire=%s", s.name, s.misfire)
+            self.next_fire[s.name] = s.next_after(max(last, new_last))
 
     def _maintain(self) -> None:
         now = self.clock()

@@ -51,7 +51,8 @@ def test_envelopes_the_producer_writes_match_the_published_schema():
     jsonschema.Draft202012Validator.check_schema(schema)
     for env in (envelope.make("math.add", [1, 2]),
                 envelope.make("a.b", kwargs={"x": 1}, queue="q", key="k", priority=3,
-                              max_attempts=2, timeout=1.5, not_before=2e9, meta={"m": 1})):
+                              max_attempts=2, timeout=1.5, not_before=2e9, expires_at=2.1e9,
+                              meta={"m": 1})):
         jsonschema.validate(env, schema)
     assert envelope.ID_RE.pattern == schema["properties"]["id"]["pattern"]
 
@@ -61,3 +62,12 @@ def test_docs_link_targets_exist():
         for target in re.findall(r"\]\(([^)#]+)\)", doc.read_text()):
             if not target.startswith("http"):
                 assert (doc.parent / target).exists(), f"{doc.name} links {target}"
+
+
+def test_the_python_examples_of_the_concept_pages_run(seaweed_target):
+    for page in ("scheduling.md", "queues.md", "control.md"):
+        text = (ROOT / "docs" / page).read_text()
+        blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+        assert blocks, page
+        for block in blocks:
+            exec(compile(block, f"docs/{page}", "exec"), {"__name__": "docs_example"})  # noqa: S102

@@ -49,6 +49,8 @@ def test_bad_urls_name_the_value_and_the_fix(value, message):
     ({"QLITE_CONCURRENCY": "many"}, "QLITE_CONCURRENCY: expected a positive integer"),
     ({"QLITE_LEASE": "-5"}, "QLITE_LEASE: expected a positive number"),
     ({"QLITE_QUEUES": "ok,bad/name"}, "queue name 'bad/name' is not valid"),
+    ({"QLITE_QUEUES": "high=0,low"}, "queue weight in 'high=0' is not a whole number"),
+    ({"QLITE_QUEUES": "high,high"}, "a queue is named twice"),
     ({"QLITE_LOG_LEVEL": "LOUD"}, "QLITE_LOG_LEVEL: expected DEBUG"),
     ({"AWS_ENDPOINT_URL_S3": "localhost:9000"}, "endpoint URL: expected http"),
 ])
@@ -60,3 +62,9 @@ def test_bad_settings_name_the_variable_and_what_was_expected(env, message):
 def test_options_override_the_environment():
     s = Settings.load(env={"QLITE_CONCURRENCY": "2", "QLITE_QUEUES": "a,b"}, concurrency=8)
     assert (s.concurrency, s.queues) == (8, ("a", "b"))
+
+
+def test_queue_weights_switch_to_weighted_order():
+    assert Settings.load(env={"QLITE_QUEUES": "high,low"}).weights == ()
+    s = Settings.load(env={"QLITE_QUEUES": "high=3,low"})
+    assert (s.queues, s.weights) == (("high", "low"), (3, 1))

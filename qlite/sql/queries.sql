@@ -5,9 +5,10 @@ SELECT id, inbox_key, published, state FROM jobs WHERE id IN (SELECT value FROM 
 
 -- name: insert_job
 INSERT OR IGNORE INTO jobs (id, task, queue, state, priority, max_attempts, run_at, envelope,
-                            inbox_key, key, enqueued_at, ingested_at)
+                            inbox_key, key, enqueued_at, ingested_at, expires_at)
 VALUES (:id, :task, :queue, CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
-        :priority, :max_attempts, :run_at, :envelope, :inbox_key, :key, :enqueued_at, :now_iso);
+        :priority, :max_attempts, :run_at, :envelope, :inbox_key, :key, :enqueued_at, :now_iso,
+        :expires_at);
 
 -- name: insert_quarantine
 INSERT OR IGNORE INTO quarantine (key, reason, size, at) VALUES (:key, :reason, :size, :now_iso);
@@ -19,9 +20,38 @@ UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = :now_is
 WHERE id IN (
     SELECT jobs.id FROM jobs JOIN json_each(:queues) AS q ON q.value = jobs.queue
     WHERE jobs.state IN ('queued', 'scheduled') AND jobs.run_at <= :now
+      AND (jobs.expires_at IS NULL OR jobs.expires_at > :now OR jobs.attempts > 0)
+      AND jobs.task NOT IN (SELECT value FROM json_each(:blocked))
+      AND NOT EXISTS (SELECT 1 FROM requests AS r
+                      WHERE r.job_id = jobs.id AND r.kind = 'cancel' AND r.done = 0)
     ORDER BY q.key, jobs.priority DESC, jobs.run_at, jobs.id
     LIMIT :n)
 RETURNING id, task, queue, attempts, max_attempts, envelope, enqueued_at;
+
+-- name: expire
+-- A job not started before its expires_at ends cancelled; one already tried goes on.
+UPDATE jobs SET state = 'cancelled', finished_at = :now_iso,
+                error = json_object('type', 'Expired', 'traceback', NULL,
+                                    'message', 'not started before it expired at ' ||
+                                               strftime('%Y-%m-%dT%H:%M:%SZ', expires_at,
+                                                        'unixepoch'))
+WHERE state IN ('queued', 'scheduled') AND attempts = 0 AND expires_at <= :now
+RETURNING id;
+
+-- name: next_expiry
+SELECT min(expires_at) AS at FROM jobs
+WHERE state IN ('queued', 'scheduled') AND attempts = 0 AND expires_at IS NOT NULL;
+
+-- name: running_by_task
+SELECT task, count(*) AS n FROM jobs
+WHERE state = 'running' AND task IN (SELECT value FROM json_each(:tasks)) GROUP BY task;
+
+-- name: rate_get
+SELECT key, starts FROM rates WHERE key IN (SELECT value FROM json_each(:keys));
+
+-- name: rate_set
+INSERT INTO rates (key, starts) VALUES (:key, :starts)
+ON CONFLICT (key) DO UPDATE SET starts = excluded.starts;
 
 -- name: insert_attempt
 INSERT OR REPLACE INTO attempts (job_id, attempt, owner, started_at)
@@ -48,6 +78,13 @@ RETURNING id;
 
 -- name: fail
 UPDATE jobs SET state = 'failed', error = :error, finished_at = :now_iso,
+                lease_until = NULL, owner = NULL
+WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
+RETURNING id;
+
+-- name: cancel
+-- A running job whose cancellation was requested, and whose handler did not succeed.
+UPDATE jobs SET state = 'cancelled', error = :error, finished_at = :now_iso,
                 lease_until = NULL, owner = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
@@ -88,6 +125,9 @@ SELECT * FROM jobs
 WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')
   AND id NOT IN (SELECT value FROM json_each(:exclude))
 ORDER BY finished_at LIMIT :n;
+
+-- name: markers_of
+SELECT job_id, key FROM requests WHERE job_id IN (SELECT value FROM json_each(:ids));
 
 -- name: mark_published
 UPDATE jobs SET published = 1 WHERE id IN (SELECT value FROM json_each(:ids));
@@ -134,3 +174,80 @@ WHERE jobs.state NOT IN ('succeeded', 'failed', 'cancelled');
 INSERT OR IGNORE INTO attempts (job_id, attempt, started_at, finished_at, outcome, error_type,
                                 message, traceback)
 VALUES (:id, :attempt, :at, :at, :outcome, :type, :message, :traceback);
+
+-- name: schedule_init
+INSERT OR IGNORE INTO schedules (name, last_tick, fired_at) VALUES (:name, :now, :now_iso);
+
+-- name: schedule_last
+SELECT last_tick FROM schedules WHERE name = :name;
+
+-- name: schedule_fired
+UPDATE schedules SET last_tick = :tick, fired_at = :now_iso
+WHERE name = :name AND last_tick < :tick;
+
+-- name: schedules
+SELECT * FROM schedules;
+
+-- name: requests_known
+SELECT key FROM requests WHERE key IN (SELECT value FROM json_each(:keys));
+
+-- name: insert_request
+INSERT OR IGNORE INTO requests (key, job_id, kind, at) VALUES (:key, :job_id, :kind, :now_iso);
+
+-- name: apply_cancels
+-- Cancel requests on jobs not running: they end cancelled and never run.
+UPDATE jobs SET state = 'cancelled', finished_at = :now_iso,
+                error = json_object('type', 'Cancelled', 'traceback', NULL,
+                                    'message', 'cancelled on request before it ran' ||
+                                               CASE WHEN attempts > 0
+                                                    THEN ' again (after ' || attempts ||
+                                                         ' attempt(s))'
+                                                    ELSE '' END)
+WHERE state IN ('queued', 'scheduled')
+  AND id IN (SELECT job_id FROM requests WHERE kind = 'cancel' AND done = 0)
+RETURNING id;
+
+-- name: settle_requests
+-- Requests on terminal jobs have done their part (or came too late): they are done.
+UPDATE requests SET done = 1
+WHERE done = 0
+  AND ((kind = 'cancel' AND job_id IN (
+           SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')))
+       OR (kind = 'retry' AND job_id IN (SELECT id FROM jobs WHERE state = 'succeeded')))
+RETURNING key, job_id, kind;
+
+-- name: retry_candidates
+SELECT r.key, jobs.id, jobs.task, jobs.inbox_key, jobs.envelope, jobs.attempts
+FROM requests AS r JOIN jobs ON jobs.id = r.job_id
+WHERE r.kind = 'retry' AND r.done = 0
+  AND jobs.state IN ('failed', 'cancelled') AND jobs.published = 1;
+
+-- name: apply_retry
+-- qlite retry: a failed or cancelled job runs again with a fresh budget of attempts; its
+-- attempt history stays.
+UPDATE jobs SET state = 'queued', run_at = :now, max_attempts = attempts + :budget,
+                finished_at = NULL, published = 0
+WHERE id = :id AND state IN ('failed', 'cancelled') AND published = 1
+RETURNING id;
+
+-- name: requests_done_for
+UPDATE requests SET done = 1 WHERE job_id = :id AND done = 0;
+
+-- name: cancelling
+SELECT DISTINCT job_id FROM requests
+WHERE kind = 'cancel' AND done = 0 AND job_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purgeable
+SELECT id, queue FROM jobs
+WHERE state IN (SELECT value FROM json_each(:states)) AND published = 1
+  AND finished_at < :before AND (:queue IS NULL OR queue = :queue)
+ORDER BY finished_at LIMIT :n;
+
+-- name: purge
+DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) AND published = 1;
+
+-- name: purge_attempts
+DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(:ids));
+
+-- name: purge_requests
+DELETE FROM requests WHERE job_id IN (SELECT value FROM json_each(:ids));

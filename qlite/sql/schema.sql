@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     ingested_at  TEXT NOT NULL,
     started_at   TEXT,
     finished_at  TEXT,
-    published    INTEGER NOT NULL DEFAULT 0    -- 1: results/ has the terminal record, inbox object deleted
+    published    INTEGER NOT NULL DEFAULT 0,   -- 1: results/ has the terminal record, inbox object deleted
+    expires_at   REAL                          -- Unix seconds: cancelled if not started by then
 );
 
 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, run_at, id)
@@ -49,4 +50,30 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     size   INTEGER,
     at     TEXT NOT NULL
+);
+
+-- Periodic schedules: the last tick fired (or skipped by the misfire policy), per schedule.
+CREATE TABLE IF NOT EXISTS schedules (
+    name      TEXT PRIMARY KEY,
+    last_tick REAL NOT NULL,
+    fired_at  TEXT NOT NULL
+);
+
+-- Cancel and retry requests, from marker objects inbox/{queue}/{job_id}.{kind}.{request_id}.
+-- A row is kept after the marker is deleted, so a marker a late LIST still shows is not
+-- applied twice.
+CREATE TABLE IF NOT EXISTS requests (
+    key    TEXT PRIMARY KEY,     -- the marker's key, relative to the prefix
+    job_id TEXT NOT NULL,
+    kind   TEXT NOT NULL,        -- cancel | retry
+    at     TEXT NOT NULL,
+    done   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS requests_job ON requests (job_id, kind, done);
+
+-- Rate limits: the start times (Unix seconds, JSON array) of the latest jobs per rate key,
+-- so "N per period" holds over any window of that period, not just on average.
+CREATE TABLE IF NOT EXISTS rates (
+    key    TEXT PRIMARY KEY,
+    starts TEXT NOT NULL
 );

@@ -27,6 +27,7 @@ from .errors import (
     WaitTimeout,
 )
 from .producer import Client, Job
+from .webhook import verify_webhook
 
 __version__ = "0.1.0"
 
@@ -55,4 +56,5 @@ __all__ = [
     "TaskError",
     "WaitTimeout",
     "__version__",
+    "verify_webhook",
 ]

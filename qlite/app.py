@@ -67,8 +67,10 @@ class Task:
 class App:
     """A registry of tasks. ``url`` (default ``QLITE_URL``) is used by ``task.put``."""
 
-    def __init__(self, url: str | None = None, *, queues: tuple[str, ...] | list[str] = ()):
+    def __init__(self, url: str | None = None, *, queues: tuple[str, ...] | list[str] = (),
+                 builtins: bool = True):
         self.url = url
+        self.builtins = builtins  # the worker adds the built-in tasks (qlite.tasks)
         self.spec: str | None = None  # MODULE:ATTR, once loaded by name (child processes use it)
         self.tasks: dict[str, Task] = {}
         self.schedules: dict[str, Any] = {}  # name -> qlite.schedule.Schedule

@@ -237,16 +237,19 @@ def show(
 
     Example: qlite show 0192f1c4-8f3e-7abc-9def-0123456789ab
     """
+    from .envelope import redacted
+
     job = _index(db, url).get(job_id)
     if job is None:
         raise QliteError(f"no job {job_id} in the index. Try: qlite status {job_id}")
+    env = redacted(json.loads(job["envelope"]))  # secrets in arguments are not shown
+    job["envelope"] = json.dumps(env)
     if as_json:
         typer.echo(json.dumps(job))
         return
     for name in ("id", "state", "task", "queue", "attempts", "max_attempts", "key",
                  "enqueued_at", "started_at", "finished_at", "result"):
         typer.echo(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
-    env = json.loads(job["envelope"])
     typer.echo(f"{'args:':<14}{json.dumps(env['args'])}")
     typer.echo(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
     for a in job["attempt_log"]:

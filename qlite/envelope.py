@@ -92,6 +92,9 @@ def make(
     key: str | None = None,
     not_before: float | None = None,
     expires_at: float | None = None,
+    webhook: str | None = None,
+    on_success: str | None = None,
+    on_failure: str | None = None,
     priority: int | None = None,
     max_attempts: int | None = None,
     timeout: float | None = None,
@@ -118,6 +121,9 @@ def make(
         "max_attempts": max_attempts,
         "timeout": timeout,
         "key": key,
+        "webhook": webhook,
+        "on_success": on_success,
+        "on_failure": on_failure,
         "meta": meta,
     }
     env.update({k: v for k, v in optional.items() if v is not None})
@@ -225,8 +231,33 @@ def validate(env: Any) -> None:
         raise EnvelopeError(f"timeout: expected a positive number of seconds (got {timeout!r})")
     if env.get("key") is not None and not isinstance(env["key"], str):
         raise EnvelopeError(f"key: expected a string (got {env['key']!r})")
+    webhook = env.get("webhook")
+    if webhook is not None and not (isinstance(webhook, str) and len(webhook) <= 2048
+                                    and re.match(r"^https?://[^\s/]+", webhook)):
+        raise EnvelopeError(f"webhook: expected an http(s) URL of at most 2048 chars "
+                            f"(got {webhook!r:.80})")
+    for name in ("on_success", "on_failure"):
+        value = env.get(name)
+        if value is not None and not (isinstance(value, str) and TASK_RE.match(value)):
+            raise EnvelopeError(f"{name}: expected a task name like 'reports.publish' "
+                                f"(got {value!r:.80})")
     if env.get("meta") is not None and not isinstance(env["meta"], dict):
         raise EnvelopeError(f"meta: expected a JSON object (got {env['meta']!r:.80})")
+
+
+SECRET_NAMES = re.compile(r"authorization|cookie|password|passwd|secret|token|api[-_]?key",
+                          re.I)
+
+
+def redacted(value: Any) -> Any:
+    """A copy of ``value`` with the values of secret-looking keys (Authorization, Cookie,
+    password, token, api_key, ...) replaced, for display: ``qlite show`` never prints them."""
+    if isinstance(value, dict):
+        return {k: "[redacted]" if isinstance(k, str) and SECRET_NAMES.search(k)
+                else redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
 
 
 # Object keys, relative to the queue's prefix.

@@ -35,14 +35,18 @@ class Client:
             at: datetime | float | None = None, priority: int | None = None,
             max_attempts: int | None = None, timeout: float | None = None,
             ttl: float | timedelta | None = None, expires_at: datetime | float | None = None,
+            webhook: str | None = None, on_success: Any = None, on_failure: Any = None,
             meta: dict | None = None) -> Job:
         """Enqueue one job and return its handle. The job is durable once this returns.
 
         ``delay``/``at``: not before then. ``ttl``/``expires_at``: a job not started by then
-        ends ``cancelled`` (error type ``Expired``). ``key``: the same key is the same job."""
+        ends ``cancelled`` (error type ``Expired``). ``key``: the same key is the same job.
+        ``webhook``: POST the final status there (signed); ``on_success``/``on_failure``: a
+        task to enqueue with the result / the status (docs/builtins.md)."""
         env = self._envelope(task, args, kwargs, queue=queue, key=key, delay=delay, at=at,
                              priority=priority, max_attempts=max_attempts, timeout=timeout,
-                             ttl=ttl, expires_at=expires_at, meta=meta)
+                             ttl=ttl, expires_at=expires_at, webhook=webhook,
+                             on_success=on_success, on_failure=on_failure, meta=meta)
         return self._write(env, envelope.encode(env, self.settings.max_payload))
 
     def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16) -> list[Job]:
@@ -133,6 +137,7 @@ class Client:
                   queue: str = "default", key: str | None = None, delay: Any = None,
                   at: Any = None, priority: int | None = None, max_attempts: int | None = None,
                   timeout: float | None = None, ttl: Any = None, expires_at: Any = None,
+                  webhook: str | None = None, on_success: Any = None, on_failure: Any = None,
                   meta: dict | None = None) -> dict:
         name = getattr(task, "name", task)
         if not isinstance(name, str) or not envelope.TASK_RE.match(name):
@@ -147,6 +152,8 @@ class Client:
                               "ttl longer than its delay")
         return envelope.make(name, args, kwargs, queue=queue, key=key,
                              not_before=not_before, expires_at=expiry, priority=priority,
+                             webhook=webhook, on_success=getattr(on_success, "name", on_success),
+                             on_failure=getattr(on_failure, "name", on_failure),
                              max_attempts=max_attempts, timeout=timeout, meta=meta, now=now)
 
     def _write(self, env: dict, raw: bytes) -> Job:

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import envelope
 from .app import App
-from .errors import TaskError
+from .errors import EnvelopeError, TaskError
 from .faults import crash_point
 from .index import Index, Limits
 from .ingest import Ingest
@@ -128,6 +128,10 @@ class Worker:
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
         self.rate_limits = {t.name: (t.rate_key, *t.rate) for t in tasks if t.rate}
+        if app.builtins:
+            from .tasks import register
+
+            register(app)
         unknown = [q for q in settings.queues if q not in app.queues]
         if unknown:
             raise TaskError(f"--queue {unknown[0]}: no task of this app uses that queue (known: "
@@ -377,8 +381,7 @@ class Worker:
         failed = None
         if jobs:
             markers = self.index.markers_of([j["id"] for j in jobs])
-            futures = {self.io.submit(self.store.put, envelope.result_key(j["id"]),
-                                      json.dumps(result_record(j)).encode()): j for j in jobs}
+            futures = {self.io.submit(self._write_result, j): j for j in jobs}
             for future, job in futures.items():
                 try:
                     future.result()
@@ -396,6 +399,28 @@ class Worker:
             self.acked_at = None
         if failed is not None:
             raise failed
+
+    def _write_result(self, job: dict) -> None:
+        """PUT the terminal record, then enqueue the job's follow-ups (webhook, on_success,
+        on_failure) with keys derived from its id: repeating this after a crash repeats the
+        PUTs, never the follow-ups."""
+        record = result_record(job)
+        self.store.put(envelope.result_key(job["id"]), json.dumps(record).encode())
+        env = json.loads(job["envelope"])
+        follow = []
+        if env.get("webhook"):
+            follow.append(("webhook.deliver", [], {"url": env["webhook"], "status": record},
+                           "webhook"))
+        if env.get("on_success") and job["state"] == "succeeded":
+            follow.append((env["on_success"], [record["result"]], {}, "on_success"))
+        if env.get("on_failure") and job["state"] != "succeeded":
+            follow.append((env["on_failure"], [record], {}, "on_failure"))
+        for task, args, kwargs, kind in follow:
+            try:
+                self.client.put(task, args, kwargs, queue=job["queue"],
+                                key=f"{kind}:{job['id']}")
+            except EnvelopeError as e:  # e.g. a result too large to pass on: say so, go on
+                log.error("%s of job %s not enqueued: %s", kind, job["id"], e)
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues in claim order: as given, or a weighted random order (a queue of weight

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import jsonschema
@@ -52,7 +53,8 @@ def test_envelopes_the_producer_writes_match_the_published_schema():
     for env in (envelope.make("math.add", [1, 2]),
                 envelope.make("a.b", kwargs={"x": 1}, queue="q", key="k", priority=3,
                               max_attempts=2, timeout=1.5, not_before=2e9, expires_at=2.1e9,
-                              meta={"m": 1})):
+                              webhook="https://example.com/h", on_success="a.c",
+                              on_failure="a.d", meta={"m": 1})):
         jsonschema.validate(env, schema)
     assert envelope.ID_RE.pattern == schema["properties"]["id"]["pattern"]
 
@@ -65,9 +67,10 @@ def test_docs_link_targets_exist():
 
 
 def test_the_python_examples_of_the_concept_pages_run(seaweed_target):
-    for page in ("scheduling.md", "queues.md", "control.md"):
+    for page in ("scheduling.md", "queues.md", "control.md", "builtins.md"):
         text = (ROOT / "docs" / page).read_text()
-        blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+        blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", text,
+                                                         flags=re.S)]
         assert blocks, page
         for block in blocks:
             exec(compile(block, f"docs/{page}", "exec"), {"__name__": "docs_example"})  # noqa: S102

@@ -333,13 +333,13 @@ def test_each_tick_runs_once_across_workers_and_restarts_and_misfires_follow_pol
     caught_up = [t for name, t in ticks if name == "all"]
     assert len(latest) == 4 and len(set(latest)) == 4  # 3 on time + the latest missed one
     assert len(caught_up) == 8 and len(set(caught_up)) == 8  # 3 + every missed one
-    assert latest[-1] == caught_up[-1]
+    assert max(latest) == max(caught_up)  # jobs may finish out of order on 4 threads
     r = run_qlite("schedules", "--app", "test_flow:papp", env={
         **s3.env, "PYTHONPATH": os.pathsep.join([s3.env["PYTHONPATH"],
                                                   os.path.dirname(__file__)])})
     assert r.returncode == 0, r.stderr
     assert "p.latest" in r.stdout and "every 60s" in r.stdout and "misfire=all" in r.stdout
-    assert f"last={latest[-1]}" in r.stdout
+    assert f"last={max(latest)}" in r.stdout
 
 
 def test_two_worker_processes_run_each_tick_once(s3, tmp_path):

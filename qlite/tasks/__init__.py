@@ -1,0 +1,34 @@
+"""Built-in tasks, registered on every worker's app unless it says ``App(builtins=False)``:
+
+- ``http.request``: call a slow third-party API (``qlite.tasks.http``);
+- ``email.send``: mail over SMTP (``qlite.tasks.smtp``).
+
+A producer enqueues them by name without writing any worker code:
+``qlite put http.request '{"url": "https://api.example.com/hook", "method": "POST"}'``.
+A worker with no tasks of its own runs ``qlite worker --app qlite.tasks:app``.
+"""
+
+from __future__ import annotations
+
+from ..app import App
+
+BUILTINS = {
+    # name: (module, function, task options)
+    "http.request": ("http", "request", {"max_attempts": 5, "backoff": 2.0}),
+    "email.send": ("smtp", "send", {"max_attempts": 5, "backoff": 5.0}),
+    "webhook.deliver": ("http", "deliver_webhook", {"max_attempts": 8, "backoff": 5.0}),
+}
+
+
+def register(app: App) -> None:
+    """Add the built-in tasks to ``app`` (a task the app registered under the same name
+    wins)."""
+    import importlib
+
+    for name, (module, function, options) in BUILTINS.items():
+        if name not in app.tasks:
+            fn = getattr(importlib.import_module(f"{__name__}.{module}"), function)
+            app.task(fn, name=name, **options)
+
+
+app = App(builtins=True)

@@ -1,0 +1,196 @@
+"""``http.request``: call a slow third-party API from the worker, safely.
+
+- Retries: connection errors, timeouts, 408, 429 and 5xx raise ``qlite.Retry`` (the job's
+  back-off, or the server's ``Retry-After`` when it gives one: the job is rescheduled, no slot
+  sleeps). Other 4xx fail the job at once (``qlite.Fail``): sending it again will not help.
+- ``Idempotency-Key``: the job id, unless the caller sets one, so every attempt of one job
+  carries the same key and the API can drop a repeat.
+- SSRF guard: the host is resolved once, every address is checked (loopback, private,
+  link-local, cloud metadata, multicast, reserved are refused unless ``QLITE_HTTP_ALLOW``
+  lists them), and the connection goes to the checked address (the name is kept for the Host
+  header and TLS), so DNS cannot answer differently between the check and the connect.
+  Redirects are followed by hand (at most 5) and each target is checked the same way.
+- The result: ``status``, selected ``headers``, ``body`` (text, or base64 when not text) cut
+  at ``max_body`` bytes with ``truncated: true``.
+
+Uses urllib3, which botocore already installs: no new dependency.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import json as jsonlib
+import os
+import socket
+import time
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from ..errors import Fail, Retry
+
+MAX_BODY = 1 << 20  # 1 MiB of response body kept in the result by default
+MAX_REDIRECTS = 5
+KEPT_HEADERS = ("content-type", "content-length", "etag", "last-modified", "location",
+                "retry-after", "x-request-id")
+SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key")
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+class Refused(Fail):
+    """The URL is not allowed (scheme, or an address the SSRF guard refuses)."""
+
+
+def allowed_networks(text: str | None = None) -> list[Any]:
+    """``QLITE_HTTP_ALLOW``: comma-separated networks the guard lets through (e.g.
+    ``127.0.0.1/32,10.1.0.0/16``)."""
+    text = os.environ.get("QLITE_HTTP_ALLOW", "") if text is None else text
+    nets = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise Fail(f"QLITE_HTTP_ALLOW: {part!r} is not a network such as 10.0.0.0/8 or "
+                       "127.0.0.1/32") from None
+    return nets
+
+
+def check_address(ip: str, allow: list[Any]) -> None:
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if any(addr in net for net in allow):
+        return
+    mapped = getattr(addr, "ipv4_mapped", None)
+    target = mapped or addr
+    if not target.is_global or target.is_multicast or str(target) == "169.254.169.254":
+        raise Refused(f"refused {ip}: loopback, private, link-local, metadata and reserved "
+                      "addresses are blocked (server-side request forgery guard). Try: allow "
+                      "it with QLITE_HTTP_ALLOW=<network> on the worker")
+
+
+def resolve(host: str, port: int, allow: list[Any]) -> str:
+    """The first address of ``host`` after checking every address it resolves to."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise Retry(f"cannot resolve {host!r}: {e}") from None
+    addresses = [info[4][0] for info in infos]
+    for ip in addresses:
+        check_address(ip, allow)
+    return addresses[0]
+
+
+def _pool(scheme: str, host: str, port: int, ip: str, timeout: float) -> Any:
+    import urllib3
+
+    t = urllib3.Timeout(connect=min(timeout, 10.0), read=timeout)
+    if scheme == "https":
+        return urllib3.HTTPSConnectionPool(ip, port, timeout=t, retries=False,
+                                           server_hostname=host, assert_hostname=host)
+    return urllib3.HTTPConnectionPool(ip, port, timeout=t, retries=False)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` (seconds or an HTTP date) to seconds from now, capped at a day."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), 86400.0)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return min(max(when - (time.time() if now is None else now), 0.0), 86400.0)
+
+
+def request(ctx: Any, url: str, method: str = "GET", headers: dict | None = None,
+            params: dict | None = None, json: Any = None, body: str | None = None,
+            timeout: float = 30.0, max_body: int = MAX_BODY,
+            follow_redirects: bool = True) -> dict:
+    """Send one HTTP request; see the module docstring for retries and the guard."""
+    method = str(method).upper()
+    if method not in METHODS:
+        raise Fail(f"method: expected one of {', '.join(METHODS)} (got {method!r})")
+    if json is not None and body is not None:
+        raise Fail("give json= or body=, not both")
+    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        raise Fail(f"timeout: expected seconds in (0, 3600] (got {timeout!r})")
+    headers = {str(k): str(v) for k, v in (headers or {}).items()}
+    if any("\r" in k + v or "\n" in k + v for k, v in headers.items()):
+        raise Fail("headers: CR or LF in a header name or value (header injection refused)")
+    lower = {k.lower() for k in headers}
+    if "idempotency-key" not in lower:
+        headers["Idempotency-Key"] = ctx.job_id
+    data = None
+    if json is not None:
+        data = jsonlib.dumps(json).encode()
+        if "content-type" not in lower:
+            headers["Content-Type"] = "application/json"
+    elif body is not None:
+        data = str(body).encode()
+    if params:
+        url += ("&" if urlsplit(url).query else "?") + urlencode(params, doseq=True)
+    allow = allowed_networks()
+    import urllib3
+
+    for hop in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Refused(f"url: expected http:// or https:// with a host (got {url[:200]!r})")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        ip = resolve(parts.hostname, port, allow)
+        host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        pool = _pool(parts.scheme, parts.hostname, port, ip, float(timeout))
+        try:
+            resp = pool.urlopen(method, path, body=data, headers={**headers, "Host": host_header},
+                                redirect=False, preload_content=False, retries=False)
+        except urllib3.exceptions.HTTPError as e:
+            raise Retry(f"{method} {parts.scheme}://{host_header}: {type(e).__name__}: "
+                        f"{e}") from None
+        try:
+            if follow_redirects and resp.status in (301, 302, 303, 307, 308) \
+                    and resp.headers.get("location") and hop < MAX_REDIRECTS:
+                url = urljoin(url, resp.headers["location"])
+                if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                    method, data = "GET", None
+                continue
+            raw = resp.read(max_body + 1, decode_content=True) if method != "HEAD" else b""
+        finally:
+            resp.release_conn()
+        status = resp.status
+        if status in RETRY_STATUS:
+            raise Retry(f"{method} {url[:200]}: HTTP {status}",
+                        after=retry_after(resp.headers.get("retry-after")))
+        if 400 <= status < 500:
+            raise Fail(f"{method} {url[:200]}: HTTP {status} (not retried: a client error): "
+                       f"{raw[:300].decode('utf-8', 'replace')}")
+        truncated = len(raw) > max_body
+        raw = raw[:max_body]
+        try:
+            text, encoding = raw.decode("utf-8"), "text"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(raw).decode(), "base64"
+        return {"status": status, "url": url,
+                "headers": {k: v for k, v in resp.headers.items() if k.lower() in KEPT_HEADERS},
+                "body": text, "encoding": encoding, "truncated": truncated}
+    raise Fail(f"{url[:200]}: more than {MAX_REDIRECTS} redirects")
+
+
+def deliver_webhook(ctx: Any, url: str, status: dict) -> dict:
+    """POST a finished job's status to its ``webhook=`` URL, signed with
+    ``QLITE_WEBHOOK_SECRET`` (qlite.webhook); retried and guarded like ``request``."""
+    from ..webhook import HEADER, sign
+
+    secret = os.environ.get("QLITE_WEBHOOK_SECRET")
+    if not secret:
+        raise Fail("QLITE_WEBHOOK_SECRET is not set on the worker: webhooks are signed. Try: "
+                   "QLITE_WEBHOOK_SECRET=$(openssl rand -hex 32)")
+    body = jsonlib.dumps(status, separators=(",", ":"), ensure_ascii=False)
+    signature = sign(secret, body.encode("utf-8"), int(time.time()))
+    result = request(ctx, url, method="POST", body=body, max_body=4096, headers={
+        "Content-Type": "application/json", HEADER: signature,
+        "Qlite-Job-Id": str(status.get("id"))})
+    return {"status": result["status"], "url": result["url"]}

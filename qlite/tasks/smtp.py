@@ -1,0 +1,138 @@
+"""``email.send``: mail over SMTP from the worker.
+
+The server comes from ``QLITE_SMTP_URL`` (read when a job runs, never logged):
+
+- ``smtp://user:password@host:587``: STARTTLS, required (the server must offer it);
+- ``smtps://user:password@host:465``: TLS from the first byte;
+- ``smtp://host:25?tls=off``: no TLS, for a relay on the same host or network (and tests).
+
+The sender is ``sender=`` or ``QLITE_SMTP_FROM``. Transient failures (connection, a 4xx
+reply) raise, so the job is retried with back-off; a permanent one (a 5xx reply, refused
+credentials) fails the job with the server's reply. CR or LF in any header field is refused
+before anything is sent: Python 3.11.7's email package lets them through (CVE-2024-6923).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import Fail
+
+
+def _one_line(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise Fail(f"{field}: expected a string (got {type(value).__name__})")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise Fail(f"{field}: CR, LF or NUL in a header field (header injection refused)")
+    return value
+
+
+def _addresses(field: str, value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else list(value or [])
+    out = []
+    for item in items:
+        address = _one_line(field, item)
+        if "@" not in parseaddr(address)[1]:
+            raise Fail(f"{field}: {address!r} is not an email address")
+        out.append(address)
+    return out
+
+
+def smtp_settings(url: str | None = None) -> dict:
+    url = os.environ.get("QLITE_SMTP_URL") if url is None else url
+    if not url:
+        raise Fail("QLITE_SMTP_URL is not set on the worker. Try: "
+                   "QLITE_SMTP_URL=smtp://user:password@smtp.example.com:587")
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise Fail("QLITE_SMTP_URL: expected smtp://[user:password@]host[:port] or smtps://... "
+                   f"(got scheme {parts.scheme!r})")  # never echo the URL: it holds a password
+    tls = parse_qs(parts.query).get("tls", ["on"])[0]
+    if tls not in ("on", "off"):
+        raise Fail(f"QLITE_SMTP_URL: tls= expects on or off (got {tls!r})")
+    return {"implicit_tls": parts.scheme == "smtps", "starttls": parts.scheme == "smtp" and
+            tls == "on", "host": parts.hostname,
+            "port": parts.port or (465 if parts.scheme == "smtps" else 587),
+            "user": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None}
+
+
+def build(to: Any, subject: str, text: str | None = None, html: str | None = None,
+          cc: Any = None, bcc: Any = None, reply_to: str | None = None,
+          sender: str | None = None) -> tuple[EmailMessage, list[str]]:
+    """The message and its envelope recipients, every header field checked."""
+    sender = _addresses("sender", sender or os.environ.get("QLITE_SMTP_FROM") or "")[0] \
+        if (sender or os.environ.get("QLITE_SMTP_FROM")) else None
+    if sender is None:
+        raise Fail("sender: not given and QLITE_SMTP_FROM is not set on the worker")
+    to_list, cc_list, bcc_list = (_addresses("to", to), _addresses("cc", cc),
+                                  _addresses("bcc", bcc))
+    if not to_list + cc_list + bcc_list:
+        raise Fail("to: expected at least one recipient")
+    if text is None and html is None:
+        raise Fail("give text=, html= or both")
+    msg = EmailMessage()
+    msg["From"] = sender
+    if to_list:
+        msg["To"] = ", ".join(to_list)
+    if cc_list:
+        msg["Cc"] = ", ".join(cc_list)
+    if reply_to is not None:
+        msg["Reply-To"] = _addresses("reply_to", reply_to)[0]
+    msg["Subject"] = _one_line("subject", subject)
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2].strip("> ") or None)
+    msg.set_content(text if text is not None else "This message is HTML only.")
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
+    return msg, [parseaddr(a)[1] for a in to_list + cc_list + bcc_list]
+
+
+def send(ctx: Any, to: Any, subject: str, text: str | None = None, html: str | None = None,
+         cc: Any = None, bcc: Any = None, reply_to: str | None = None,
+         sender: str | None = None, timeout: float = 30.0) -> dict:
+    msg, recipients = build(to, subject, text, html, cc, bcc, reply_to, sender)
+    # The same Message-ID on every attempt lets a receiving system drop a repeat.
+    msg.replace_header("Message-ID", f"<{ctx.job_id}@qlite>")
+    conf = smtp_settings()
+    context = ssl.create_default_context()
+    cls = smtplib.SMTP_SSL if conf["implicit_tls"] else smtplib.SMTP
+    kwargs = {"context": context} if conf["implicit_tls"] else {}
+    try:
+        with cls(conf["host"], conf["port"], timeout=timeout, **kwargs) as smtp:
+            smtp.ehlo()
+            if conf["starttls"]:
+                if not smtp.has_extn("starttls"):
+                    raise Fail(f"{conf['host']} does not offer STARTTLS. Try: smtps:// or, "
+                               "for a local relay, ?tls=off")
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if conf["user"]:
+                smtp.login(conf["user"], conf["password"] or "")
+            refused = smtp.send_message(msg, to_addrs=recipients)
+    except smtplib.SMTPRecipientsRefused as e:
+        codes = {addr: code for addr, (code, _) in e.recipients.items()}
+        if all(code >= 500 for code in codes.values()):
+            raise Fail(f"every recipient was refused: {_replies(e.recipients)}") from None
+        raise
+    except smtplib.SMTPResponseException as e:
+        if e.smtp_code >= 500:
+            raise Fail(f"SMTP server refused: {e.smtp_code} {_text(e.smtp_error)}") from None
+        raise  # 4xx: transient, retried
+    return {"message_id": msg["Message-ID"], "accepted": [r for r in recipients
+                                                          if r not in refused],
+            "refused": _replies(refused)}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _replies(refused: dict) -> dict:
+    return {addr: f"{code} {_text(msg)}" for addr, (code, msg) in refused.items()}

@@ -358,7 +358,7 @@ def purge(
     """
     import time
 
-    from .envelope import result_key
+    from .envelope import payload_key, result_key, value_key
     from .index import TERMINAL
     from .store import Store
 
@@ -374,7 +374,9 @@ def purge(
     total = 0
     while jobs := index.purgeable(states, before, queue):
         ids = [j["id"] for j in jobs]
-        store.delete_many([result_key(i) for i in ids])  # records first: a crash re-purges
+        # Objects first (records, large results and payloads): a crash re-purges.
+        store.delete_many([k for i in ids for k in (result_key(i), value_key(i),
+                                                    payload_key(i))])
         total += index.purge(ids)
     typer.echo(f"purged {total} job(s) finished before "
                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(before))} "

@@ -241,6 +241,10 @@ def validate(env: Any) -> None:
         if value is not None and not (isinstance(value, str) and TASK_RE.match(value)):
             raise EnvelopeError(f"{name}: expected a task name like 'reports.publish' "
                                 f"(got {value!r:.80})")
+    ref = env.get("payload_ref")
+    if ref is not None and (ref != payload_key(env["id"]) or env["args"] or env["kwargs"]):
+        raise EnvelopeError(f"payload_ref: expected 'payloads/{{id}}.json' of this job with "
+                            f"empty args and kwargs (got {ref!r:.80})")
     if env.get("meta") is not None and not isinstance(env["meta"], dict):
         raise EnvelopeError(f"meta: expected a JSON object (got {env['meta']!r:.80})")
 
@@ -269,6 +273,30 @@ def inbox_key(queue: str, job_id: str) -> str:
 
 def result_key(job_id: str) -> str:
     return f"results/{job_id}.json"
+
+
+def value_key(job_id: str) -> str:
+    """A result too large to inline in its status record (claim check)."""
+    return f"results/{job_id}.value.json"
+
+
+def payload_key(job_id: str) -> str:
+    """Arguments too large to inline in the envelope (claim check)."""
+    return f"payloads/{job_id}.json"
+
+
+LARGE_LIMIT = 64 << 20  # bytes: the largest arguments or result passed by claim check
+
+
+def encode_payload(env: dict) -> bytes:
+    """A large envelope's arguments as their own object: ``{"args": [...], "kwargs": {...}}``."""
+    raw = encode({"args": env["args"], "kwargs": env["kwargs"]})
+    if len(raw) > LARGE_LIMIT:
+        raise PayloadTooLarge(
+            f"job {env.get('task')!r}: arguments are {len(raw)} bytes, over the "
+            f"{LARGE_LIMIT}-byte limit of claim-checked payloads. Try: put the data in the "
+            "bucket yourself (or upload.*) and pass its key")
+    return raw
 
 
 def quarantine_key(inbox_relative_key: str) -> str:

@@ -15,7 +15,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import envelope
-from .errors import AlreadyExists, ConfigError, JobFailed, JobNotFound, JobStateError, WaitTimeout
+from .errors import (
+    AlreadyExists,
+    ConfigError,
+    JobFailed,
+    JobNotFound,
+    JobStateError,
+    PayloadTooLarge,
+    WaitTimeout,
+)
 from .settings import Settings
 from .store import Store
 
@@ -47,7 +55,7 @@ class Client:
                              priority=priority, max_attempts=max_attempts, timeout=timeout,
                              ttl=ttl, expires_at=expires_at, webhook=webhook,
                              on_success=on_success, on_failure=on_failure, meta=meta)
-        return self._write(env, envelope.encode(env, self.settings.max_payload))
+        return self._write(*self._encode(env))
 
     def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16) -> list[Job]:
         """Enqueue many jobs concurrently; each item is a dict of ``put``'s arguments
@@ -60,7 +68,7 @@ class Client:
             if not isinstance(item, dict) or "task" not in item:
                 raise ConfigError(f"put_many: expected dicts with a 'task' (got {item!r:.80})")
             env = self._envelope(**item)
-            envs.append((env, envelope.encode(env, self.settings.max_payload)))
+            envs.append(self._encode(env))
         if not envs:
             return []
         with ThreadPoolExecutor(max_workers=min(workers, len(envs))) as pool:
@@ -156,8 +164,24 @@ class Client:
                              on_failure=getattr(on_failure, "name", on_failure),
                              max_attempts=max_attempts, timeout=timeout, meta=meta, now=now)
 
-    def _write(self, env: dict, raw: bytes) -> Job:
+    def _encode(self, env: dict) -> tuple[dict, bytes, bytes | None]:
+        """The envelope's bytes; arguments over the inline limit go to their own object
+        (claim check), up to envelope.LARGE_LIMIT: (envelope, bytes, payload bytes or None)."""
+        try:
+            return env, envelope.encode(env, self.settings.max_payload), None
+        except PayloadTooLarge:
+            payload = envelope.encode_payload(env)
+            slim = {**env, "args": [], "kwargs": {},
+                    "payload_ref": envelope.payload_key(env["id"]), "payload_size": len(payload)}
+            return slim, envelope.encode(slim, self.settings.max_payload), payload
+
+    def _write(self, env: dict, raw: bytes, payload: bytes | None = None) -> Job:
         key = envelope.inbox_key(env["queue"], env["id"])
+        if payload is not None:  # first, so the worker never sees a job without its payload
+            try:
+                self.store.put(env["payload_ref"], payload, if_none_match=True)
+            except AlreadyExists:
+                pass  # the same job put again (key=, or a retried request): keep the first
         try:
             self.store.put(key, raw, if_none_match=True)
         except AlreadyExists:
@@ -179,6 +203,8 @@ class Client:
         if not isinstance(record, dict) or "state" not in record:
             raise JobNotFound(f"results/{job_id}.json is not a qlite status record "
                               "(was it written by something else?)")
+        if record.get("result_ref"):  # a large result, claim-checked: read it transparently
+            record["result"] = json.loads(self.store.get(record["result_ref"]))
         return record
 
 

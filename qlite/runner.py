@@ -69,6 +69,28 @@ def _error(kind: str, message: str, tb: str | None = None) -> dict:
     return {"type": kind, "message": message, "traceback": tb}
 
 
+def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
+    """The arguments of a claim-checked job, from their own object."""
+    from .envelope import loads_strict
+    from .errors import EnvelopeError, ObjectNotFound
+
+    ref = claim.envelope["payload_ref"]
+    try:
+        payload = loads_strict(client.store.get(ref), "payload")
+    except ObjectNotFound:
+        return Outcome("failed", error=_error("PayloadMissing", f"{ref} does not exist (deleted "
+                                              "by hand, or by a purge)"))
+    except EnvelopeError as e:
+        return Outcome("failed", error=_error("BadPayload", f"{ref}: {e}"))
+    except Exception as e:  # the store failed: the attempt is retried
+        return Outcome("error", error=_error(type(e).__name__, f"reading {ref}: {e}"))
+    if not (isinstance(payload, dict) and isinstance(payload.get("args"), list)
+            and isinstance(payload.get("kwargs"), dict)):
+        return Outcome("failed", error=_error("BadPayload", f"{ref}: expected an object with "
+                                              "'args' (array) and 'kwargs' (object)"))
+    return list(payload["args"]), dict(payload["kwargs"])
+
+
 def run(app: App, claim: Claim, client: Any = None,
         cancel: threading.Event | None = None) -> Outcome:
     task = app.tasks.get(claim.task)
@@ -77,6 +99,11 @@ def run(app: App, claim: Claim, client: Any = None,
         return Outcome("failed", error=_error(
             "UnknownTask", f"unknown task {claim.task!r}: this worker's app registers: {names}"))
     args, kwargs = list(claim.envelope["args"]), dict(claim.envelope["kwargs"])
+    if claim.envelope.get("payload_ref"):
+        loaded = _payload(claim, client)
+        if isinstance(loaded, Outcome):
+            return loaded
+        args, kwargs = loaded
     if task.wants_ctx:
         ctx = Context(claim.id, claim.task, claim.queue, claim.attempt, claim.max_attempts,
                       claim.enqueued_at,

@@ -63,8 +63,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Cap in seconds of the idle back-off between inbox LISTs (one LIST per queue per "
             "poll): the worst-case pickup delay after a quiet spell."),
     Setting("max_payload", "QLITE_MAX_PAYLOAD", "--max-payload", 262144, "int",
-            "Largest envelope in bytes; producers refuse larger ones, the worker quarantines "
-            "them."),
+            "Largest inline envelope in bytes. Producers move larger arguments to their own "
+            "object (claim check, up to 64 MiB), the worker does the same for results; the "
+            "worker quarantines a larger inbox object."),
     Setting("log_level", "QLITE_LOG_LEVEL", "--log-level", "INFO", "str",
             "Log level of the worker: DEBUG, INFO, WARNING or ERROR."),
 )

@@ -405,7 +405,13 @@ class Worker:
         on_failure) with keys derived from its id: repeating this after a crash repeats the
         PUTs, never the follow-ups."""
         record = result_record(job)
+        if job.get("result") and len(job["result"]) > self.settings.max_payload:
+            # Claim check: the status record stays small to poll; the value is read on demand.
+            self.store.put(envelope.value_key(job["id"]), job["result"].encode("utf-8"))
+            record = {**record, "result": None, "result_ref": envelope.value_key(job["id"])}
         self.store.put(envelope.result_key(job["id"]), json.dumps(record).encode())
+        if record.get("result_ref"):
+            record = {**record, "result": json.loads(job["result"])}  # for on_success
         env = json.loads(job["envelope"])
         follow = []
         if env.get("webhook"):

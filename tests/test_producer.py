@@ -76,8 +76,8 @@ def test_bad_put_options_are_refused(s3, kwargs, message):
 
 
 def test_an_oversized_payload_is_refused_before_any_request(s3):
-    with pytest.raises(qlite.PayloadTooLarge, match="over the 262144-byte limit"):
-        qlite.Client().put("math.add", ["x" * 300_000])
+    with pytest.raises(qlite.PayloadTooLarge, match="over the 67108864-byte limit of claim"):
+        qlite.Client().put("math.add", ["x" * (65 << 20)])
     assert inbox_keys(s3) == []
 
 

@@ -304,3 +304,30 @@ def test_a_second_object_at_a_quarantined_key_is_quarantined_too(s3):
     bodies = {s3.server.client().get_object(Bucket=s3.bucket, Key=s3.prefix + k)["Body"].read()
               for k in copies}
     assert bodies == {b"first", b"second"}
+
+
+@app.task(name="t.echo_size")
+def echo_size(blob, repeat=1):
+    return blob * repeat
+
+
+def test_large_arguments_and_results_travel_by_claim_check_transparently(s3):
+    blob = "é" * 400_000  # 800 KB of UTF-8: over the 256 KiB inline limit
+    job = qlite.Client().put("t.echo_size", [blob], {"repeat": 2})
+    inbox = keys(s3, "inbox/")
+    assert keys(s3, "payloads/") == [f"payloads/{job.id}.json"] and len(inbox) == 1
+    [status] = drain(s3, [job])
+    assert status["state"] == "succeeded" and status["result"] == blob * 2
+    assert job.result() == blob * 2
+    record = s3.server.client().get_object(Bucket=s3.bucket,
+                                           Key=f"{s3.prefix}results/{job.id}.json")
+    assert record["ContentLength"] < 4096  # the status record stays small to poll
+    assert sorted(keys(s3, "results/")) == [f"results/{job.id}.json",
+                                            f"results/{job.id}.value.json"]
+
+
+def test_a_missing_claim_checked_payload_fails_the_job_clearly(s3):
+    job = qlite.Client().put("t.echo_size", ["x" * 300_000])
+    s3.server.client().delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}payloads/{job.id}.json")
+    [status] = drain(s3, [job])
+    assert (status["state"], status["error"]["type"]) == ("failed", "PayloadMissing")

@@ -26,10 +26,16 @@ from .errors import (
     TaskError,
     WaitTimeout,
 )
-from .producer import Client, Job
+from .producer import Client, Group, Job
 from .webhook import verify_webhook
 
 __version__ = "0.1.0"
+
+
+def group(jobs: list, *, then: object = None, on_failure: object = None,
+          key: str | None = None, url: str | None = None) -> Group:
+    """``Client(url).group(...)``: fan out ``jobs``, then run ``then`` with their results."""
+    return Client(url).group(jobs, then=then, on_failure=on_failure, key=key)
 
 __all__ = [
     "AccessDenied",
@@ -41,6 +47,7 @@ __all__ = [
     "EndpointUnreachable",
     "EnvelopeError",
     "Fail",
+    "Group",
     "IndexUnavailable",
     "Job",
     "JobFailed",
@@ -56,5 +63,6 @@ __all__ = [
     "TaskError",
     "WaitTimeout",
     "__version__",
+    "group",
     "verify_webhook",
 ]

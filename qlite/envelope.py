@@ -99,6 +99,7 @@ def make(
     max_attempts: int | None = None,
     timeout: float | None = None,
     meta: dict | None = None,
+    group: dict | None = None,
     now: float | None = None,
 ) -> dict:
     """Build and validate an envelope dict."""
@@ -125,6 +126,7 @@ def make(
         "on_success": on_success,
         "on_failure": on_failure,
         "meta": meta,
+        "group": group,
     }
     env.update({k: v for k, v in optional.items() if v is not None})
     validate(env)
@@ -241,6 +243,16 @@ def validate(env: Any) -> None:
         if value is not None and not (isinstance(value, str) and TASK_RE.match(value)):
             raise EnvelopeError(f"{name}: expected a task name like 'reports.publish' "
                                 f"(got {value!r:.80})")
+    group = env.get("group")
+    if group is not None and not (
+            isinstance(group, dict) and isinstance(group.get("id"), str)
+            and ID_RE.match(group["id"]) and type(group.get("size")) is int
+            and 1 <= group["size"] <= 100_000 and type(group.get("index")) is int
+            and 0 <= group["index"] < group["size"]
+            and all(group.get(k) is None or (isinstance(group[k], str) and TASK_RE.match(group[k]))
+                    for k in ("then", "on_failure"))):
+        raise EnvelopeError(f"group: expected {{id, size, index, then, on_failure}} with a UUID "
+                            f"id, 1 <= size <= 100000, 0 <= index < size (got {group!r:.120})")
     ref = env.get("payload_ref")
     if ref is not None and (ref != payload_key(env["id"]) or env["args"] or env["kwargs"]):
         raise EnvelopeError(f"payload_ref: expected 'payloads/{{id}}.json' of this job with "

@@ -82,8 +82,11 @@ class Index:
         """Bring an index written by an older qlite up to this schema (columns added since)."""
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(jobs)")}
         with self.conn:
-            if "expires_at" not in columns:
-                self.conn.execute("ALTER TABLE jobs ADD COLUMN expires_at REAL")
+            for column in ("expires_at REAL", "grp TEXT"):
+                if column.split()[0] not in columns:
+                    self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_group ON jobs (grp) "
+                              "WHERE grp IS NOT NULL")
             self.conn.execute(
                 "CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) "
                 "WHERE state IN ('queued', 'scheduled') AND expires_at IS NOT NULL")
@@ -118,8 +121,9 @@ class Index:
         n = 0
         with self.conn:
             for job in jobs:
-                n += self.conn.execute(QUERIES["insert_job"],
-                                       {**job, "now": now, "now_iso": now_iso}).rowcount
+                n += self.conn.execute(QUERIES["insert_job"], {
+                    "expires_at": None, "grp": None, **job, "now": now, "now_iso": now_iso,
+                }).rowcount
             # A cancel request may have arrived before its job: it applies as the job lands.
             self.conn.execute(QUERIES["apply_cancels"], {"now_iso": now_iso}).fetchall()
         return n
@@ -291,6 +295,9 @@ class Index:
                     self.conn.execute(QUERIES["restore_attempt"], {
                         "id": r["id"], "outcome": "failed", **e})
         return added
+
+    def group_members(self, group_id: str) -> list[dict]:
+        return self._rows("group_members", grp=group_id)
 
     # -- schedules --------------------------------------------------------------------------
 

@@ -192,6 +192,7 @@ class Ingest:
             "key": env.get("key"), "enqueued_at": env["enqueued_at"],
             "expires_at": (envelope.parse_time(env["expires_at"])
                            if env.get("expires_at") else None),
+            "grp": env["group"]["id"] if env.get("group") else None,
         })
 
     def _requests(self, markers: list[tuple[str, str, str]], result: Pass) -> None:

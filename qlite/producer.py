@@ -61,14 +61,31 @@ class Client:
         """Enqueue many jobs concurrently; each item is a dict of ``put``'s arguments
         (``{"task": "math.add", "args": [1, 2]}``) or a tuple ``(task, args[, kwargs])``.
         Every envelope is validated before the first PUT, so bad input enqueues nothing."""
+        return self._write_all([self._encode(self._envelope(**item))
+                                for item in _items(jobs, "put_many")], workers)
+
+    def group(self, jobs: Iterable[dict | tuple], *, then: Any = None, on_failure: Any = None,
+              key: str | None = None, workers: int = 16) -> Group:
+        """Fan out: enqueue ``jobs`` (as for ``put_many``) as one group; fan in: once every
+        member succeeded the worker enqueues ``then`` with the list of their results, in
+        order. If a member ends failed or cancelled, ``then`` never runs and ``on_failure``
+        (if given) gets the list of member statuses. With ``key=`` the whole group is
+        idempotent."""
+        items = _items(jobs, "group")
+        if not items:
+            raise ConfigError("group: expected at least one job")
+        group_id = envelope.key_id(f"group:{key}") if key is not None else envelope.new_id()
         envs = []
-        for item in jobs:
-            if isinstance(item, tuple):
-                item = dict(zip(("task", "args", "kwargs"), item, strict=False))
-            if not isinstance(item, dict) or "task" not in item:
-                raise ConfigError(f"put_many: expected dicts with a 'task' (got {item!r:.80})")
-            env = self._envelope(**item)
-            envs.append(self._encode(env))
+        for i, item in enumerate(items):
+            member = {"id": group_id, "size": len(items), "index": i,
+                      "then": getattr(then, "name", then),
+                      "on_failure": getattr(on_failure, "name", on_failure)}
+            if key is not None:
+                item = {"key": f"{key}:{i}", **item}
+            envs.append(self._encode(self._envelope(**item, group=member)))
+        return Group(self, group_id, self._write_all(envs, workers))
+
+    def _write_all(self, envs: list[tuple], workers: int) -> list[Job]:
         if not envs:
             return []
         with ThreadPoolExecutor(max_workers=min(workers, len(envs))) as pool:
@@ -146,7 +163,7 @@ class Client:
                   at: Any = None, priority: int | None = None, max_attempts: int | None = None,
                   timeout: float | None = None, ttl: Any = None, expires_at: Any = None,
                   webhook: str | None = None, on_success: Any = None, on_failure: Any = None,
-                  meta: dict | None = None) -> dict:
+                  meta: dict | None = None, group: dict | None = None) -> dict:
         name = getattr(task, "name", task)
         if not isinstance(name, str) or not envelope.TASK_RE.match(name):
             raise ConfigError(f"task: expected a task name like 'math.add' (got {name!r})")
@@ -161,7 +178,7 @@ class Client:
         return envelope.make(name, args, kwargs, queue=queue, key=key,
                              not_before=not_before, expires_at=expiry, priority=priority,
                              webhook=webhook, on_success=getattr(on_success, "name", on_success),
-                             on_failure=getattr(on_failure, "name", on_failure),
+                             on_failure=getattr(on_failure, "name", on_failure), group=group,
                              max_attempts=max_attempts, timeout=timeout, meta=meta, now=now)
 
     def _encode(self, env: dict) -> tuple[dict, bytes, bytes | None]:
@@ -234,6 +251,44 @@ class Job:
             raise JobFailed(f"job {self.id} {status['state']}: {error.get('type', '')}: "
                             f"{error.get('message', '')}", status)
         return status.get("result")
+
+
+class Group:
+    """A handle on a group: its member jobs, and the ``then`` (or ``on_failure``) job that
+    the worker enqueues once every member has finished."""
+
+    def __init__(self, client: Client, group_id: str, jobs: list[Job]):
+        self.client = client
+        self.id = group_id
+        self.jobs = jobs
+        self.then = Job(client, envelope.key_id(f"group:{group_id}"))
+
+    def __repr__(self) -> str:
+        return f"<Group {self.id} jobs={len(self.jobs)}>"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The ``then`` job's result (waits up to ``timeout`` seconds for it to exist and
+        finish); JobNotFound while the members are still running and timeout is 0."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return self.then.result(left)
+            except JobNotFound:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def _items(jobs: Iterable[dict | tuple], what: str) -> list[dict]:
+    items = []
+    for item in jobs:
+        if isinstance(item, tuple):
+            item = dict(zip(("task", "args", "kwargs"), item, strict=False))
+        if not isinstance(item, dict) or "task" not in item:
+            raise ConfigError(f"{what}: expected dicts with a 'task' (got {item!r:.80})")
+        items.append(item)
+    return items
 
 
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z, the last time RFC 3339 can write

@@ -29,7 +29,7 @@ from . import envelope
 from .app import App
 from .errors import EnvelopeError, TaskError
 from .faults import crash_point
-from .index import Index, Limits
+from .index import TERMINAL, Index, Limits
 from .ingest import Ingest
 from .isolate import kill_children, run_in_child
 from .producer import Client
@@ -385,6 +385,7 @@ class Worker:
             for future, job in futures.items():
                 try:
                     future.result()
+                    self._group_done(job)
                     self.acked[job["id"]] = [job["inbox_key"], *markers.get(job["id"], [])]
                 except Exception as e:
                     failed = e
@@ -427,6 +428,31 @@ class Worker:
                                 key=f"{kind}:{job['id']}")
             except EnvelopeError as e:  # e.g. a result too large to pass on: say so, go on
                 log.error("%s of job %s not enqueued: %s", kind, job["id"], e)
+
+    def _group_done(self, job: dict) -> None:
+        """When ``job`` is the last member of its group to finish, enqueue the group's ``then``
+        (all succeeded: the results in order) or ``on_failure`` (the members' statuses). The
+        key ``group:ID`` makes a repeat after a crash, or two last members, one job."""
+        group = json.loads(job["envelope"]).get("group")
+        if not group:
+            return
+        members = self.index.group_members(group["id"])
+        if len(members) < group["size"] or any(m["state"] not in TERMINAL for m in members):
+            return
+        members.sort(key=lambda m: json.loads(m["envelope"])["group"]["index"])
+        if all(m["state"] == "succeeded" for m in members):
+            task, arg = group.get("then"), [json.loads(m["result"]) for m in members]
+        else:
+            task, arg = group.get("on_failure"), [
+                {"id": m["id"], "state": m["state"],
+                 "error": json.loads(m["error"]) if m["error"] else None} for m in members]
+        if task:
+            try:
+                self.client.put(task, [arg], queue=job["queue"], key=f"group:{group['id']}")
+                log.info("group finished group_id=%s members=%d enqueued=%s", group["id"],
+                         len(members), task)
+            except EnvelopeError as e:
+                log.error("group %s: %s not enqueued: %s", group["id"], task, e)
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues in claim order: as given, or a weighted random order (a queue of weight

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -331,3 +332,51 @@ def test_a_missing_claim_checked_payload_fails_the_job_clearly(s3):
     s3.server.client().delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}payloads/{job.id}.json")
     [status] = drain(s3, [job])
     assert (status["state"], status["error"]["type"]) == ("failed", "PayloadMissing")
+
+
+def test_the_csv_import_example_fans_out_chunks_and_fans_in_their_results(s3, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "examples"))
+    import csv_import
+
+    path = tmp_path / "orders.csv"
+    path.write_text("id,amount\n" + "".join(f"{i},{i / 10}\n" for i in range(1, 1201)))
+    group = csv_import.start(str(path), chunk=250, key="orders-2026-11")
+    assert len(group.jobs) == 5
+    assert csv_import.start(str(path), chunk=250, key="orders-2026-11").id == group.id
+    deadline = time.monotonic() + 60
+    while True:
+        Worker(csv_import.app, s3.settings()).run(burst=True)
+        try:
+            result = group.result(0)
+            break
+        except qlite.JobNotFound:
+            assert time.monotonic() < deadline
+    assert result == {"chunks": 5, "rows": 1200, "amount": 72060.0}
+
+
+@app.task(name="t.maybe_fail", max_attempts=1)
+def maybe_fail(n):
+    if n == 2:
+        raise ValueError("chunk 2 is bad")
+    return n
+
+
+@app.task(name="t.collect")
+def collect(values):
+    return values
+
+
+def test_a_group_with_a_failed_member_runs_on_failure_with_every_status(s3):
+    group = qlite.group([("t.maybe_fail", [n]) for n in range(4)], then="t.collect",
+                        on_failure=collect)
+    deadline = time.monotonic() + 60
+    while True:
+        Worker(app, s3.settings()).run(burst=True)
+        try:
+            statuses = group.result(0)
+            break
+        except qlite.JobNotFound:
+            assert time.monotonic() < deadline
+    assert [s["state"] for s in statuses] == ["succeeded", "succeeded", "failed", "succeeded"]
+    assert statuses[2]["error"]["message"] == "chunk 2 is bad"

@@ -5,10 +5,10 @@ SELECT id, inbox_key, published, state FROM jobs WHERE id IN (SELECT value FROM 
 
 -- name: insert_job
 INSERT OR IGNORE INTO jobs (id, task, queue, state, priority, max_attempts, run_at, envelope,
-                            inbox_key, key, enqueued_at, ingested_at, expires_at)
+                            inbox_key, key, enqueued_at, ingested_at, expires_at, grp)
 VALUES (:id, :task, :queue, CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
         :priority, :max_attempts, :run_at, :envelope, :inbox_key, :key, :enqueued_at, :now_iso,
-        :expires_at);
+        :expires_at, :grp);
 
 -- name: insert_quarantine
 INSERT OR IGNORE INTO quarantine (key, reason, size, at) VALUES (:key, :reason, :size, :now_iso);
@@ -251,3 +251,6 @@ DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(:ids));
 
 -- name: purge_requests
 DELETE FROM requests WHERE job_id IN (SELECT value FROM json_each(:ids));
+
+-- name: group_members
+SELECT id, state, result, error, envelope FROM jobs WHERE grp = :grp;

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at   TEXT,
     finished_at  TEXT,
     published    INTEGER NOT NULL DEFAULT 0,   -- 1: results/ has the terminal record, inbox object deleted
-    expires_at   REAL                          -- Unix seconds: cancelled if not started by then
+    expires_at   REAL,                         -- Unix seconds: cancelled if not started by then
+    grp          TEXT                          -- the group (qlite.group) this job belongs to
 );
 
 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, run_at, id)

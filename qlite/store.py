@@ -135,6 +135,43 @@ class Store:
         self._call("copy", src, "copy_object", Key=self.prefix + dst,
                    CopySource={"Bucket": self.bucket, "Key": self.prefix + src}, **extra)
 
+    def upload(self, key: str, fileobj: Any, *, content_type: str, chunk: int,
+               concurrency: int) -> None:
+        """Stream a file-like object to ``key`` with boto3's managed (multipart) transfer:
+        at most about ``chunk`` x ``concurrency`` bytes are held at once."""
+        from boto3.s3.transfer import TransferConfig
+
+        # Small queues: a non-seekable stream is read ahead as far as the queues allow, and
+        # s3transfer's defaults (1,000 requests) would buffer most of a large body.
+        config = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
+                                max_concurrency=concurrency, max_io_queue=concurrency)
+        config.max_request_queue_size = concurrency  # s3transfer's names; boto3 has no alias
+        config.max_submission_queue_size = concurrency
+        self._call("upload", key, "upload_fileobj", Fileobj=fileobj, Key=self.prefix + key,
+                   ExtraArgs={"ContentType": content_type}, Config=config)
+
+    def copy_managed(self, src_bucket: str, src: str, dst_bucket: str, dst: str, *,
+                     chunk: int, concurrency: int) -> int:
+        """Server-side copy of any size (multipart past ``chunk``); returns the size. Keys
+        are relative to the prefix in this bucket, absolute in another."""
+        from boto3.s3.transfer import TransferConfig
+
+        src_key = self.prefix + src if src_bucket == self.bucket else src
+        dst_key = self.prefix + dst if dst_bucket == self.bucket else dst
+        head = self._call("head", src, "head_object", Key=src_key) \
+            if src_bucket == self.bucket else self.client.head_object(Bucket=src_bucket,
+                                                                      Key=src_key)
+        config = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
+                                max_concurrency=concurrency)
+        self.requests["copy"] += 1
+        try:
+            self.client.copy({"Bucket": src_bucket, "Key": src_key}, dst_bucket, dst_key,
+                             Config=config)
+        except Exception as e:
+            raise StorageError(f"s3: copy s3://{src_bucket}/{src_key} to "
+                               f"s3://{dst_bucket}/{dst_key}: {e}") from e
+        return int(head["ContentLength"])
+
     def check(self) -> None:
         """Fail fast with a clear error when the endpoint, bucket or credentials are wrong."""
         self._call("list", "", "list_objects_v2", Prefix=self.prefix, MaxKeys=1)

@@ -16,6 +16,7 @@ from qlite.tasks.http import retry_after
 from qlite.worker import Worker
 
 calls: dict[str, int] = {}
+LARGE = 120 << 20  # bytes: the large upload (more than 100 MB, multipart)
 hooks: list = []  # (headers, body) of webhook deliveries
 
 
@@ -61,6 +62,14 @@ class Handler(BaseHTTPRequestHandler):
             self._send(302, headers=[("Location", "/echo")])
         elif path == "/big":
             self._send(200, b"x" * (2 << 20))
+        elif path == "/large":  # streamed: the server never holds it whole either
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-test")
+            self.send_header("Content-Length", str(LARGE))
+            self.end_headers()
+            piece = bytes(range(256)) * 4096  # 1 MiB
+            for _ in range(LARGE // len(piece)):
+                self.wfile.write(piece)
         elif path == "/binary":
             self._send(200, bytes(range(256)))
         else:
@@ -295,3 +304,50 @@ def test_qlite_show_redacts_secret_arguments(s3, web, allow_loopback):
         assert r.returncode == 0, r.stderr
         assert "sk-live-123" not in r.stdout and "k-456" not in r.stdout
         assert "[redacted]" in r.stdout and "visible" in r.stdout
+
+
+# -- upload.* -----------------------------------------------------------------------------------
+
+PEAK_RSS = """import resource, subprocess, sys
+r = subprocess.run([sys.executable, "-m", "qlite", "worker", "--app", "qlite.tasks:app",
+                    "--burst"], capture_output=True)
+sys.stderr.write(r.stderr.decode()[-3000:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+sys.exit(r.returncode)"""
+
+
+def test_a_120_mb_upload_from_a_url_streams_with_bounded_memory(seaweed_target, web):
+    import subprocess
+    import sys
+
+    s3 = seaweed_target
+    env = {**s3.env, "QLITE_HTTP_ALLOW": "127.0.0.1/32"}
+    job = qlite.Client().put("upload.from_url", kwargs={"url": f"{web}/large",
+                                                        "key": "big/file.bin"})
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    peak_mb = int(r.stdout.strip().splitlines()[-1])
+    print(f"\nupload.from_url of {LARGE >> 20} MiB: worker peak RSS {peak_mb} MiB")
+    status = job.status()
+    assert status["state"] == "succeeded", r.stderr
+    assert status["result"]["size"] == LARGE
+    [copied] = run(s3, [put("upload.copy", source="big/file.bin", key="big/copy.bin")])
+    assert copied["result"] == {"key": "uploads/big/copy.bin", "size": LARGE}
+    head = s3.server.client().head_object(Bucket=s3.bucket,
+                                          Key=f"{s3.prefix}uploads/big/copy.bin")
+    assert head["ContentLength"] == LARGE
+    assert peak_mb < 200  # bounded: far below the object's size plus the worker's own ~70 MB
+
+
+def test_uploads_stay_under_uploads_and_allowed_buckets(s3, web, allow_loopback):
+    bad_key, other_bucket = run(s3, [
+        put("upload.from_url", url=f"{web}/binary", key="../results/evil.json"),
+        put("upload.copy", source="a.bin", key="b.bin", bucket="someone-elses")])
+    assert bad_key["state"] == "failed" and "expected a relative key" in bad_key["error"][
+        "message"]
+    assert other_bucket["state"] == "failed"
+    assert "not in QLITE_UPLOAD_BUCKETS" in other_bucket["error"]["message"]
+    [small] = run(s3, [put("upload.from_url", url=f"{web}/binary", key="bytes/b.bin")])
+    assert small["result"] == {"key": "uploads/bytes/b.bin", "size": 256,
+                               "content_type": "application/octet-stream"}

@@ -1,7 +1,10 @@
 """Built-in tasks, registered on every worker's app unless it says ``App(builtins=False)``:
 
 - ``http.request``: call a slow third-party API (``qlite.tasks.http``);
-- ``email.send``: mail over SMTP (``qlite.tasks.smtp``).
+- ``email.send``: mail over SMTP (``qlite.tasks.smtp``);
+- ``upload.from_url``, ``upload.copy``: files into and within the bucket
+  (``qlite.tasks.upload``);
+- ``webhook.deliver``: the signed POST behind ``put(webhook=URL)``.
 
 A producer enqueues them by name without writing any worker code:
 ``qlite put http.request '{"url": "https://api.example.com/hook", "method": "POST"}'``.
@@ -17,6 +20,8 @@ BUILTINS = {
     "http.request": ("http", "request", {"max_attempts": 5, "backoff": 2.0}),
     "email.send": ("smtp", "send", {"max_attempts": 5, "backoff": 5.0}),
     "webhook.deliver": ("http", "deliver_webhook", {"max_attempts": 8, "backoff": 5.0}),
+    "upload.from_url": ("upload", "from_url", {"max_attempts": 5, "backoff": 5.0}),
+    "upload.copy": ("upload", "copy", {"max_attempts": 5, "backoff": 5.0}),
 }
 
 

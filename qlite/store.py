@@ -79,6 +79,10 @@ class Store:
         except ObjectNotFound:
             return None
 
+    def stream(self, key: str) -> Any:
+        """The object's body as a file-like stream (``.read(n)``), not read into memory."""
+        return self._call("get", key, "get_object", Key=self.prefix + key)["Body"]
+
     def exists(self, key: str) -> bool:
         try:
             self._call("head", key, "head_object", Key=self.prefix + key)

@@ -351,3 +351,31 @@ def test_uploads_stay_under_uploads_and_allowed_buckets(s3, web, allow_loopback)
     [small] = run(s3, [put("upload.from_url", url=f"{web}/binary", key="bytes/b.bin")])
     assert small["result"] == {"key": "uploads/bytes/b.bin", "size": 256,
                                "content_type": "application/octet-stream"}
+
+
+def test_attachments_stream_from_the_bucket_and_dot_lines_survive(s3, smtp):
+    import email
+    import os
+
+    data = os.urandom(3 << 20) + b"end"
+    s3.server.client().put_object(Bucket=s3.bucket, Key=f"{s3.prefix}uploads/files/r.bin",
+                                  Body=data)
+    [status] = run(s3, [put("email.send", to="a@example.com", subject="Report",
+                            text=".a line that starts with a dot\n..and two\n",
+                            attachments=[{"key": "files/r.bin", "filename": "r.bin"}])])
+    assert status["state"] == "succeeded", status
+    [(_, _, content)] = smtp.messages
+    msg = email.message_from_string(content)
+    parts = {p.get_content_type(): p for p in msg.walk() if not p.is_multipart()}
+    assert parts["text/plain"].get_payload(decode=True).decode().replace("\r\n", "\n") == (
+        ".a line that starts with a dot\n..and two\n")
+    attachment = parts["application/octet-stream"]
+    assert attachment.get_filename() == "r.bin"
+    assert attachment.get_payload(decode=True) == data
+
+
+def test_an_attachment_outside_uploads_is_refused(s3, smtp):
+    [status] = run(s3, [put("email.send", to="a@example.com", subject="s", text="t",
+                            attachments=[{"key": "../index/generations"}])])
+    assert status["state"] == "failed" and "expected a relative key" in status["error"]["message"]
+    assert smtp.messages == []

@@ -14,10 +14,15 @@ before anything is sent: Python 3.11.7's email package lets them through (CVE-20
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import smtplib
 import ssl
+import tempfile
+import uuid
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -94,13 +99,101 @@ def build(to: Any, subject: str, text: str | None = None, html: str | None = Non
     return msg, [parseaddr(a)[1] for a in to_list + cc_list + bcc_list]
 
 
+def _attachments(items: Any) -> list[dict]:
+    """Validated attachments: ``{"key": K, "filename": F, "content_type": T}``; K is under
+    ``uploads/`` (a producer must not mail itself the bucket's other objects)."""
+    from .upload import _key
+
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(isinstance(a, dict) for a in items):
+        raise Fail("attachments: expected a list of {key, filename, content_type} objects")
+    out = []
+    for a in items:
+        key = _key("attachments.key", a.get("key"))
+        name = _one_line("attachments.filename", a.get("filename") or key.rsplit("/", 1)[-1])
+        kind = _one_line("attachments.content_type",
+                         a.get("content_type") or "application/octet-stream")
+        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", kind):
+            raise Fail(f"attachments.content_type: expected type/subtype (got {kind!r:.80})")
+        out.append({"key": key, "filename": name, "content_type": kind})
+    return out
+
+
+def _spool(msg: EmailMessage, attachments: list[dict], store: Any) -> Any:
+    """The whole message, CRLF line endings, in a temporary file (memory up to 1 MiB, then
+    disk): each attachment streams from the bucket through base64 in 57 KiB reads, so a
+    large one is never held whole in memory."""
+    placeholders = []
+    for i, a in enumerate(attachments):
+        mark = f"QLITEATTACHMENT{i}X{uuid.uuid4().hex}"
+        placeholders.append(mark.encode())
+        maintype, subtype = a["content_type"].split("/", 1)
+        msg.add_attachment(b"", maintype=maintype, subtype=subtype, filename=a["filename"])
+        part = msg.get_payload()[-1]
+        part.set_payload(mark)  # stays base64-declared; replaced by the stream below
+    out = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+    rendered = msg.as_bytes(policy=SMTP)
+    for i, mark in enumerate(placeholders):
+        head, rendered = rendered.split(mark, 1)
+        out.write(head)
+        _base64_into(out, store.stream(attachments[i]["key"]))
+    out.write(rendered)
+    out.seek(0)
+    return out
+
+
+def _base64_into(out: Any, body: Any) -> None:
+    line = 57  # bytes per 76-character base64 line
+    rest = b""
+    while True:
+        data = body.read(line * 1024)
+        if not data:
+            break
+        data, cut = rest + data, (len(rest + data) // line) * line
+        data, rest = data[:cut], data[cut:]
+        out.write(base64.encodebytes(data).replace(b"\n", b"\r\n"))
+    if rest:
+        out.write(base64.encodebytes(rest).replace(b"\n", b"\r\n"))
+
+
+def _transmit(smtp: smtplib.SMTP, sender: str, recipients: list[str], message: Any) -> dict:
+    """MAIL, RCPT and a streamed DATA (dot-stuffed line by line): smtplib's send_message
+    needs the message whole in memory."""
+    code, reply = smtp.mail(sender, ["BODY=8BITMIME"] if smtp.has_extn("8bitmime") else [])
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    refused = {}
+    for r in recipients:
+        code, reply = smtp.rcpt(r)
+        if code not in (250, 251):
+            refused[r] = (code, reply)
+    if len(refused) == len(recipients):
+        smtp.rset()
+        raise smtplib.SMTPRecipientsRefused(refused)
+    code, reply = smtp.docmd("data")
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    line = b"\r\n"
+    for line in message:
+        smtp.send(b"." + line if line.startswith(b".") else line)
+    smtp.send(b".\r\n" if line.endswith(b"\r\n") else b"\r\n.\r\n")
+    code, reply = smtp.getreply()
+    if code != 250:
+        raise smtplib.SMTPDataError(code, reply)
+    return refused
+
+
 def send(ctx: Any, to: Any, subject: str, text: str | None = None, html: str | None = None,
          cc: Any = None, bcc: Any = None, reply_to: str | None = None,
-         sender: str | None = None, timeout: float = 30.0) -> dict:
+         sender: str | None = None, attachments: list | None = None,
+         timeout: float = 30.0) -> dict:
     msg, recipients = build(to, subject, text, html, cc, bcc, reply_to, sender)
+    files = _attachments(attachments)
     # The same Message-ID on every attempt lets a receiving system drop a repeat.
     msg.replace_header("Message-ID", f"<{ctx.job_id}@qlite>")
     conf = smtp_settings()
+    message = _spool(msg, files, ctx.client.store)
     context = ssl.create_default_context()
     cls = smtplib.SMTP_SSL if conf["implicit_tls"] else smtplib.SMTP
     kwargs = {"context": context} if conf["implicit_tls"] else {}
@@ -115,7 +208,7 @@ def send(ctx: Any, to: Any, subject: str, text: str | None = None, html: str | N
                 smtp.ehlo()
             if conf["user"]:
                 smtp.login(conf["user"], conf["password"] or "")
-            refused = smtp.send_message(msg, to_addrs=recipients)
+            refused = _transmit(smtp, parseaddr(msg["From"])[1], recipients, message)
     except smtplib.SMTPRecipientsRefused as e:
         codes = {addr: code for addr, (code, _) in e.recipients.items()}
         if all(code >= 500 for code in codes.values()):
@@ -125,6 +218,8 @@ def send(ctx: Any, to: Any, subject: str, text: str | None = None, html: str | N
         if e.smtp_code >= 500:
             raise Fail(f"SMTP server refused: {e.smtp_code} {_text(e.smtp_error)}") from None
         raise  # 4xx: transient, retried
+    finally:
+        message.close()
     return {"message_id": msg["Message-ID"], "accepted": [r for r in recipients
                                                           if r not in refused],
             "refused": _replies(refused)}

@@ -101,3 +101,27 @@ def start_worker(*args: str, env: dict, log: Path) -> subprocess.Popen:
     out = open(log, "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "qlite", "worker", *args], env=env,
                             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def drain_with(app, target: Target, jobs, timeout: float = 30.0, settings: dict | None = None,
+               worker: dict | None = None) -> list[dict]:
+    """Run burst workers of ``app`` until every job is terminal; return their statuses."""
+    import time
+
+    from qlite.worker import Worker
+
+    deadline = time.monotonic() + timeout
+    while True:
+        Worker(app, target.settings(**(settings or {})), **(worker or {})).run(burst=True)
+        statuses = [j.status() for j in jobs]
+        if all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses):
+            return statuses
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.05)
+
+
+def bucket_keys(target: Target, prefix: str) -> list[str]:
+    """Keys under the queue's ``prefix`` (relative to it), straight from the server."""
+    resp = target.server.client().list_objects_v2(Bucket=target.bucket,
+                                                   Prefix=target.prefix + prefix)
+    return [o["Key"].removeprefix(target.prefix) for o in resp.get("Contents", [])]

@@ -2,6 +2,7 @@
 redirect-to-private endpoints; a real SMTP server (aiosmtpd); real S3 and SQLite."""
 
 import json
+import os
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 import qlite
 from conftest import qlite as run_qlite
@@ -70,6 +72,9 @@ class Handler(BaseHTTPRequestHandler):
             piece = bytes(range(256)) * 4096  # 1 MiB
             for _ in range(LARGE // len(piece)):
                 self.wfile.write(piece)
+        elif path == "/slow":
+            time.sleep(2)
+            self._send(200, b"late")
         elif path == "/binary":
             self._send(200, bytes(range(256)))
         else:
@@ -203,13 +208,23 @@ class Mailbox:
         return "250 Message accepted"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:  # aiosmtpd checks its own port, so it cannot be 0
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_login(server, session, envelope, mechanism, auth_data):
+    ok = (auth_data.login, auth_data.password) == (b"mailer", b"p@ss/word")
+    return AuthResult(success=ok)
+
+
 @pytest.fixture
 def smtp(monkeypatch):
     box = Mailbox()
-    with socket.socket() as probe:  # aiosmtpd checks its own port, so it cannot be 0
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(box, hostname="127.0.0.1", port=port)
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port, auth_require_tls=False,
+                            authenticator=check_login)
     controller.start()
     monkeypatch.setenv("QLITE_SMTP_URL", f"smtp://127.0.0.1:{port}?tls=off")
     monkeypatch.setenv("QLITE_SMTP_FROM", "App <app@example.com>")
@@ -378,4 +393,28 @@ def test_an_attachment_outside_uploads_is_refused(s3, smtp):
     [status] = run(s3, [put("email.send", to="a@example.com", subject="s", text="t",
                             attachments=[{"key": "../index/generations"}])])
     assert status["state"] == "failed" and "expected a relative key" in status["error"]["message"]
+    assert smtp.messages == []
+
+
+def test_a_slow_api_times_out_and_the_attempt_fails(s3, web, allow_loopback):
+    job = qlite.Client().put("http.request", kwargs={"url": f"{web}/slow", "timeout": 0.5},
+                             max_attempts=1)
+    [status] = run(s3, [job.id])
+    assert status["state"] == "failed" and "ReadTimeoutError" in status["error"]["message"]
+
+
+def test_smtp_login_with_an_escaped_password_works(s3, smtp, monkeypatch):
+    # (aiosmtpd 1.4 leaves a refused AUTH unanswered, so the refusal path is not tested here.)
+    port = os.environ["QLITE_SMTP_URL"].split(":")[2].split("?")[0]
+    monkeypatch.setenv("QLITE_SMTP_URL", f"smtp://mailer:p%40ss%2Fword@127.0.0.1:{port}?tls=off")
+    [ok] = run(s3, [put("email.send", to="a@example.com", subject="s", text="t")])
+    assert ok["state"] == "succeeded", ok
+    assert "p@ss/word" not in json.dumps(ok)
+
+
+def test_smtp_without_starttls_is_refused_unless_tls_is_off(s3, smtp, monkeypatch):
+    port = os.environ["QLITE_SMTP_URL"].split(":")[2].split("?")[0]
+    monkeypatch.setenv("QLITE_SMTP_URL", f"smtp://127.0.0.1:{port}")
+    [status] = run(s3, [put("email.send", to="a@example.com", subject="s", text="t")])
+    assert status["state"] == "failed" and "does not offer STARTTLS" in status["error"]["message"]
     assert smtp.messages == []

@@ -10,8 +10,8 @@ import time
 import pytest
 
 import qlite
+from conftest import bucket_keys, drain_with, start_worker
 from conftest import qlite as run_qlite
-from conftest import start_worker
 from qlite.index import Index
 from qlite.worker import Worker
 
@@ -63,23 +63,13 @@ def rated(i):
 
 app.spec = f"{__name__}:app"  # child processes load this app by name
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def drain(s3, jobs, timeout=30.0, **kw) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        Worker(app, s3.settings(**kw.get("settings", {})), **kw.get("worker", {})).run(burst=True)
-        statuses = [j.status() for j in jobs]
-        if all(s["state"] in TERMINAL for s in statuses):
-            return statuses
-        assert time.monotonic() < deadline, statuses
-        time.sleep(0.05)
+def drain(s3, jobs, timeout=30.0, settings=None, worker=None) -> list[dict]:
+    return drain_with(app, s3, jobs, timeout, settings, worker)
 
 
-def keys(s3, prefix: str) -> list[str]:
-    resp = s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.prefix + prefix)
-    return [o["Key"].removeprefix(s3.prefix) for o in resp.get("Contents", [])]
+keys = bucket_keys
 
 
 # -- expiry -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import qlite
+from conftest import bucket_keys, drain_with
 from qlite import envelope
 from qlite.index import Index
 from qlite.worker import Worker
@@ -102,20 +103,10 @@ app.spec = f"{__name__}:app"  # child processes load this app by name
 
 
 def drain(s3, jobs, timeout=30.0, **settings) -> list[dict]:
-    """Run burst workers until every job is terminal; return their statuses."""
-    deadline = time.monotonic() + timeout
-    while True:
-        Worker(app, s3.settings(**settings)).run(burst=True)
-        statuses = [j.status() for j in jobs]
-        if all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses):
-            return statuses
-        assert time.monotonic() < deadline, statuses
-        time.sleep(0.05)
+    return drain_with(app, s3, jobs, timeout, settings)
 
 
-def keys(s3, prefix: str) -> list[str]:
-    resp = s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.prefix + prefix)
-    return [o["Key"].removeprefix(s3.prefix) for o in resp.get("Contents", [])]
+keys = bucket_keys
 
 
 def test_a_job_runs_and_its_result_is_readable_from_the_bucket(s3):

@@ -207,7 +207,7 @@ def send(ctx: Any, to: Any, subject: str, text: str | None = None, html: str | N
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if conf["user"]:
-                smtp.login(conf["user"], conf["password"] or "")
+                _login(smtp, conf["user"], conf["password"] or "")
             refused = _transmit(smtp, parseaddr(msg["From"])[1], recipients, message)
     except smtplib.SMTPRecipientsRefused as e:
         codes = {addr: code for addr, (code, _) in e.recipients.items()}
@@ -223,6 +223,18 @@ def send(ctx: Any, to: Any, subject: str, text: str | None = None, html: str | N
     return {"message_id": msg["Message-ID"], "accepted": [r for r in recipients
                                                           if r not in refused],
             "refused": _replies(refused)}
+
+
+def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
+    """AUTH with one mechanism, PLAIN or LOGIN: smtplib's login() falls through every
+    mechanism after a refusal, and some servers then wait for input that never comes."""
+    offered = smtp.esmtp_features.get("auth", "").upper().split()
+    mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+    if mechanism is None:
+        raise Fail(f"the SMTP server offers no PLAIN or LOGIN authentication "
+                   f"(offers: {' '.join(offered) or 'none'})")
+    smtp.user, smtp.password = user, password
+    smtp.auth(mechanism, getattr(smtp, f"auth_{mechanism.lower()}"))
 
 
 def _text(value: Any) -> str:

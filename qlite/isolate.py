@@ -38,6 +38,10 @@ def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: An
     from .producer import Client
 
     app = load_app(spec)
+    if app.builtins:  # as the worker did: a built-in task may run here too
+        from .tasks import register
+
+        register(app)
     conn.send("started")
     from .runner import run
 

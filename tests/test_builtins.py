@@ -418,3 +418,10 @@ def test_smtp_without_starttls_is_refused_unless_tls_is_off(s3, smtp, monkeypatc
     [status] = run(s3, [put("email.send", to="a@example.com", subject="s", text="t")])
     assert status["state"] == "failed" and "does not offer STARTTLS" in status["error"]["message"]
     assert smtp.messages == []
+
+
+def test_built_in_tasks_also_run_in_child_processes(s3, web, allow_loopback):
+    job = qlite.Client().put("http.request", kwargs={"url": f"{web}/echo"}, timeout=30)
+    app.spec = f"{__name__}:app"  # a timeout runs the job in a child, which loads the app
+    [status] = run(s3, [job.id])
+    assert status["state"] == "succeeded", status

@@ -39,8 +39,6 @@ class Sweep:
 class Pass:
     taken: int = 0
     quarantined: int = 0
-    requests: int = 0  # cancel and retry requests taken in
-    cancelled: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
 
@@ -202,8 +200,6 @@ class Ingest:
         if new:
             fresh = [m for m in markers if m[0] in new]
             cancelled, settled = self.index.add_requests(fresh, self.clock())
-            result.requests += len(fresh)
-            result.cancelled += cancelled
             for job_id in cancelled:
                 log.info("job cancelled on request job_id=%s", job_id)
             published = self.index.known(sorted({r["job_id"] for r in settled}))

@@ -106,11 +106,12 @@ class Client:
                  allowed: tuple[str, ...]) -> dict:
         status = self.status(job_id, queue)
         if status["state"] not in allowed:
-            what = "finished" if kind == "cancel" else "not failed or cancelled"
-            raise JobStateError(
-                f"job {job_id} is {status['state']}: {what}, so it cannot be {kind}"
-                f"{'led' if kind == 'cancel' else 'ied'}"
-                + (". Try: qlite retry for failed jobs" if kind == "cancel" else ""))
+            why, done, hint = {
+                "cancel": ("finished", "cancelled", ". Try: qlite retry for failed jobs"),
+                "retry": ("not failed or cancelled", "retried", ""),
+            }[kind]
+            raise JobStateError(f"job {job_id} is {status['state']}: {why}, so it cannot be "
+                                f"{done}{hint}")
         marker = envelope.marker_key(status["queue"], job_id, kind, envelope.new_id())
         body = json.dumps({"v": 1, "kind": kind, "id": job_id,
                            "at": envelope.now_rfc3339()}).encode()
@@ -267,15 +268,15 @@ class Group:
         return f"<Group {self.id} jobs={len(self.jobs)}>"
 
     def result(self, timeout: float | None = None) -> Any:
-        """The ``then`` job's result (waits up to ``timeout`` seconds for it to exist and
-        finish); JobNotFound while the members are still running and timeout is 0."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """The ``then`` job's result, waiting up to ``timeout`` seconds (None: do not wait,
+        as ``Job.result``) for it to be enqueued and finish. Raises JobNotFound while members
+        are still running, WaitTimeout while ``then`` runs, JobFailed if it failed."""
+        deadline = time.monotonic() + (timeout or 0)
         while True:
             try:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                return self.then.result(left)
+                return self.then.result(max(0.0, deadline - time.monotonic()))
             except JobNotFound:
-                if deadline is not None and time.monotonic() >= deadline:
+                if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
 

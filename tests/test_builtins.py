@@ -425,3 +425,11 @@ def test_built_in_tasks_also_run_in_child_processes(s3, web, allow_loopback):
     app.spec = f"{__name__}:app"  # a timeout runs the job in a child, which loads the app
     [status] = run(s3, [job.id])
     assert status["state"] == "succeeded", status
+
+
+def test_arguments_of_the_wrong_type_fail_at_once_with_the_field(s3, web, allow_loopback):
+    headers, size = run(s3, [put("http.request", url=f"{web}/echo", headers=["x"]),
+                             put("http.request", url=f"{web}/echo", max_body="big")])
+    assert (headers["state"], headers["attempts"]) == ("failed", 1)
+    assert "headers: expected a JSON object (got list)" in headers["error"]["message"]
+    assert "max_body: expected a whole number" in size["error"]["message"]

@@ -169,7 +169,8 @@ def test_cancel_of_a_finished_job_and_retry_of_a_succeeded_one_are_refused(s3):
     drain(s3, [job])
     with pytest.raises(qlite.JobStateError, match="is succeeded: finished, so it cannot be"):
         client.cancel(job.id)
-    with pytest.raises(qlite.JobStateError, match="not failed or cancelled"):
+    with pytest.raises(qlite.JobStateError,
+                       match="is succeeded: not failed or cancelled, so it cannot be retried$"):
         client.retry(job.id)
     for command in ("cancel", "retry"):
         r = run_qlite(command, job.id, env=s3.env)

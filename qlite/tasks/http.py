@@ -117,6 +117,11 @@ def request(ctx: Any, url: str, method: str = "GET", headers: dict | None = None
         raise Fail("give json= or body=, not both")
     if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
         raise Fail(f"timeout: expected seconds in (0, 3600] (got {timeout!r})")
+    for name, value, kind in (("headers", headers, dict), ("params", params, dict)):
+        if value is not None and not isinstance(value, kind):
+            raise Fail(f"{name}: expected a JSON object (got {type(value).__name__})")
+    if type(max_body) is not int or max_body < 0:
+        raise Fail(f"max_body: expected a whole number of bytes >= 0 (got {max_body!r})")
     headers = {str(k): str(v) for k, v in (headers or {}).items()}
     if any("\r" in k + v or "\n" in k + v for k, v in headers.items()):
         raise Fail("headers: CR or LF in a header name or value (header injection refused)")

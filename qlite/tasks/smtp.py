@@ -72,10 +72,10 @@ def build(to: Any, subject: str, text: str | None = None, html: str | None = Non
           cc: Any = None, bcc: Any = None, reply_to: str | None = None,
           sender: str | None = None) -> tuple[EmailMessage, list[str]]:
     """The message and its envelope recipients, every header field checked."""
-    sender = _addresses("sender", sender or os.environ.get("QLITE_SMTP_FROM") or "")[0] \
-        if (sender or os.environ.get("QLITE_SMTP_FROM")) else None
-    if sender is None:
+    sender = sender or os.environ.get("QLITE_SMTP_FROM")
+    if not sender:
         raise Fail("sender: not given and QLITE_SMTP_FROM is not set on the worker")
+    sender = _addresses("sender", sender)[0]
     to_list, cc_list, bcc_list = (_addresses("to", to), _addresses("cc", cc),
                                   _addresses("bcc", bcc))
     if not to_list + cc_list + bcc_list:

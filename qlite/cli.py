@@ -351,14 +351,20 @@ def purge(
     endpoint_url: Endpoint = None,
 ) -> None:
     """Delete finished jobs from the index and their records from results/ (run on the worker
-    VM). An idempotency key is remembered until its job is purged: the same key put after
+    VM; a pack's batched record is deleted with the last of its members). An idempotency key is remembered until its job is purged: the same key put after
     that is a new job.
 
     Example: qlite purge --state failed --older-than 30d
     """
     import time
 
-    from .envelope import payload_key, result_key, value_key
+    from .envelope import (
+        pack_result_key,
+        parse_pack_key,
+        payload_key,
+        result_key,
+        value_key,
+    )
     from .index import TERMINAL
     from .store import Store
 
@@ -378,6 +384,9 @@ def purge(
         store.delete_many([k for i in ids for k in (result_key(i), value_key(i),
                                                     payload_key(i))])
         total += index.purge(ids)
+        # A pack's batched record goes with the last of its members.
+        gone = index.forget_packs(sorted({j["pack"] for j in jobs if j["pack"]}))
+        store.delete_many([pack_result_key(parse_pack_key(k)[1]) for k in gone])
     typer.echo(f"purged {total} job(s) finished before "
                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(before))} "
                f"(states: {', '.join(states)})")

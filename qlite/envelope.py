@@ -63,9 +63,19 @@ def _format(value: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_last_time: tuple[float, str] = (-1.0, "")
+
+
 def now_rfc3339(now: float | None = None) -> str:
-    t = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    global _last_time
+    now = time.time() if now is None else now
+    last = _last_time  # one tuple read: safe across threads
+    if last[0] == now:  # put_many stamps thousands of envelopes with one time
+        return last[1]
+    t = datetime.fromtimestamp(now, UTC)
+    text = t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    _last_time = (now, text)
+    return text
 
 
 def parse_time(value: str, field: str = "time") -> float:
@@ -101,14 +111,15 @@ def make(
     meta: dict | None = None,
     group: dict | None = None,
     now: float | None = None,
+    job_id: str | None = None,
 ) -> dict:
-    """Build and validate an envelope dict."""
+    """Build and validate an envelope dict (``job_id``: a pack member's id, see pack_ids)."""
     now = time.time() if now is None else now
     if key is not None and (not isinstance(key, str) or not key or len(key) > 512):
         raise EnvelopeError(f"key: expected a non-empty string of at most 512 chars (got {key!r})")
     env: dict[str, Any] = {
         "v": VERSION,
-        "id": key_id(key) if key is not None else new_id(now),
+        "id": job_id or (key_id(key) if key is not None else new_id(now)),
         "task": task,
         "args": list(args) if isinstance(args, list | tuple) else args,
         "kwargs": {} if kwargs is None else kwargs,
@@ -344,3 +355,71 @@ def parse_inbox_key(relative_key: str) -> tuple[str, str] | None:
     if not QUEUE_RE.match(parts[1]) or not ID_RE.match(job_id):
         return None
     return parts[1], job_id
+
+
+# Packs: put_many writes many envelopes as one object, inbox/{queue}/{pack_id}.pack.jsonl, one
+# envelope per line. Member i of pack P has the id P with its last 12 bits set to i, so the
+# pack of any job id is known without a lookup (pack_of) and status can find its record.
+
+PACK_MAX = 1000  # jobs per pack (at most 4096: the index must fit in 12 bits)
+PACK_LIMIT = 16 << 20  # bytes per pack object
+
+
+def pack_ids(n: int, now: float | None = None) -> tuple[str, list[str]]:
+    """A new pack id and the ids of its ``n`` members."""
+    if not 1 <= n <= PACK_MAX:
+        raise ValueError(f"a pack holds 1..{PACK_MAX} jobs (got {n})")
+    pack_id = new_id(now)[:-3] + "000"
+    return pack_id, [pack_id[:-3] + f"{i:03x}" for i in range(n)]
+
+
+def pack_of(job_id: str) -> str:
+    """The id of the pack that ``job_id`` would belong to, were it a pack member."""
+    return job_id[:-3] + "000"
+
+
+def pack_key(queue: str, pack_id: str) -> str:
+    return f"inbox/{queue}/{pack_id}.pack.jsonl"
+
+
+def pack_result_key(pack_id: str) -> str:
+    """The terminal records of a pack's members, written together (results batched)."""
+    return f"results/packs/{pack_id}.json"
+
+
+def parse_pack_key(relative_key: str) -> tuple[str, str] | None:
+    """``inbox/{queue}/{pack_id}.pack.jsonl`` to (queue, pack_id), else None."""
+    parts = relative_key.split("/")
+    if len(parts) != 3 or parts[0] != "inbox" or not parts[2].endswith(".pack.jsonl"):
+        return None
+    pack_id = parts[2][: -len(".pack.jsonl")]
+    if not QUEUE_RE.match(parts[1]) or not ID_RE.match(pack_id) or not pack_id.endswith("000"):
+        return None
+    return parts[1], pack_id
+
+
+def decode_pack(data: bytes, queue: str, pack_id: str, max_size: int) -> list[tuple[dict, bytes]]:
+    """A pack object to its (envelope, line bytes), validated as a whole: one bad line and
+    the pack is refused (EnvelopeError naming the line), so nothing of a bad pack runs."""
+    if len(data) > PACK_LIMIT:
+        raise EnvelopeError(f"pack is {len(data)} bytes, over the {PACK_LIMIT}-byte limit")
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not 1 <= len(lines) <= PACK_MAX:
+        raise EnvelopeError(f"pack holds {len(lines)} lines; expected 1..{PACK_MAX} envelopes")
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            env = decode(line, max_size)
+            expected = pack_id[:-3] + f"{i:03x}"
+            if env["id"] != expected or env["queue"] != queue:
+                raise EnvelopeError(f"id/queue ({env['id']}, {env['queue']}) do not match the "
+                                    f"pack: expected ({expected}, {queue})")
+            if env.get("key") is not None or env.get("payload_ref") is not None:
+                raise EnvelopeError("a packed job cannot have a key or payload_ref (those are "
+                                    "put one object per job)")
+        except EnvelopeError as e:
+            raise EnvelopeError(f"pack line {i + 1}: {e}") from None
+        out.append((env, line))
+    return out

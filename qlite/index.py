@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .envelope import now_rfc3339
+from .envelope import now_rfc3339, pack_key
 from .errors import IndexUnavailable
 
 
@@ -82,11 +82,13 @@ class Index:
         """Bring an index written by an older qlite up to this schema (columns added since)."""
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(jobs)")}
         with self.conn:
-            for column in ("expires_at REAL", "grp TEXT"):
+            for column in ("expires_at REAL", "grp TEXT", "pack TEXT"):
                 if column.split()[0] not in columns:
                     self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
             self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_group ON jobs (grp) "
                               "WHERE grp IS NOT NULL")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_pack ON jobs (pack, state) "
+                              "WHERE pack IS NOT NULL")
             self.conn.execute(
                 "CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) "
                 "WHERE state IN ('queued', 'scheduled') AND expires_at IS NOT NULL")
@@ -115,18 +117,35 @@ class Index:
     def known(self, ids: list[str]) -> dict[str, dict]:
         return {r["id"]: r for r in self._rows("known", ids=json.dumps(ids))}
 
-    def insert_jobs(self, jobs: Iterable[dict], now: float | None = None) -> int:
-        """Insert ingested jobs (dicts with the insert_job parameters) in one transaction."""
+    def insert_jobs(self, jobs: Iterable[dict], now: float | None = None,
+                    packs: Iterable[tuple[str, str, int]] = ()) -> int:
+        """Insert ingested jobs (dicts with the insert_job parameters) and the packs they came
+        in ((key, queue, size)) in one transaction."""
         now, now_iso = self._now(now)
         n = 0
         with self.conn:
+            for key, queue, size in packs:
+                self.conn.execute(QUERIES["insert_pack"], {"key": key, "queue": queue,
+                                                           "size": size, "now_iso": now_iso})
             for job in jobs:
                 n += self.conn.execute(QUERIES["insert_job"], {
-                    "expires_at": None, "grp": None, **job, "now": now, "now_iso": now_iso,
+                    "expires_at": None, "grp": None, "pack": None, **job, "now": now,
+                    "now_iso": now_iso,
                 }).rowcount
             # A cancel request may have arrived before its job: it applies as the job lands.
             self.conn.execute(QUERIES["apply_cancels"], {"now_iso": now_iso}).fetchall()
         return n
+
+    def known_packs(self, keys: list[str]) -> set[str]:
+        return {r["key"] for r in self._rows("known_packs", keys=json.dumps(keys))}
+
+    def pack_open(self, keys: list[str]) -> dict[str, int]:
+        """How many members of each pack are not terminal yet (absent: none)."""
+        return {r["pack"]: r["n"] for r in self._rows("pack_open", keys=json.dumps(keys))}
+
+    def pack_members(self, key: str) -> list[dict]:
+        """The terminal members still in pack ``key``, with their attempts."""
+        return self._with_attempts(self._rows("pack_members", key=key))
 
     def quarantine(self, key: str, reason: str, size: int | None, now: float | None = None):
         _, now_iso = self._now(now)
@@ -143,15 +162,21 @@ class Index:
         params = {"queues": json.dumps(list(queues)), "owner": owner, "now": now,
                   "lease_until": now + lease, "now_iso": now_iso}
         if not limits:
+            rows = []
             with self.conn:
-                rows = self._rows("claim", n=n, blocked="[]", **params)
+                for queue in queues:
+                    rows += self._rows("claim", n=n - len(rows), blocked="[]", queue=queue,
+                                       **params)
+                    if len(rows) >= n:
+                        break
                 self._attempts_started(rows, owner, now_iso)
         else:
-            rows = self._claim_limited(n, limits, params)
+            rows = self._claim_limited(n, queues, limits, params)
         order = {q: i for i, q in enumerate(queues)}
         return sorted(rows, key=lambda r: (order[r["queue"]], r["id"]))
 
-    def _claim_limited(self, n: int, limits: Limits, params: dict) -> list[dict]:
+    def _claim_limited(self, n: int, queues: tuple[str, ...], limits: Limits,
+                       params: dict) -> list[dict]:
         """One job per statement, in one IMMEDIATE transaction: the counts and rate state
         read here cannot change under it, even with other worker processes on the file."""
         now = params["now"]
@@ -172,7 +197,12 @@ class Index:
                         blocked.append(task)
                         free_at = recent[-jobs] + period
                         limits.held_until = min(limits.held_until or free_at, free_at)
-                got = self._rows("claim", n=1, blocked=json.dumps(blocked), **params)
+                got = []
+                for queue in queues:
+                    got = self._rows("claim", n=1, blocked=json.dumps(blocked), queue=queue,
+                                     **params)
+                    if got:
+                        break
                 if not got:
                     break
                 row = got[0]
@@ -257,7 +287,10 @@ class Index:
 
     def unpublished(self, n: int = 1000, exclude: list[str] = ()) -> list[dict]:
         """Terminal jobs not yet acknowledged, except ``exclude`` (results already written)."""
-        jobs = self._rows("unpublished", n=n, exclude=json.dumps(list(exclude)))
+        return self._with_attempts(
+            self._rows("unpublished", n=n, exclude=json.dumps(list(exclude))))
+
+    def _with_attempts(self, jobs: list[dict]) -> list[dict]:
         if jobs:
             attempts: dict[str, list[dict]] = {}
             for a in self._rows("attempts_of", ids=json.dumps([j["id"] for j in jobs])):
@@ -283,12 +316,14 @@ class Index:
         added = 0
         with self.conn:
             for r in records:
+                pack = pack_key(r["queue"], r["pack"]) if r.get("pack") else None
                 envelope = {"v": 1, "id": r["id"], "task": r["task"], "args": [], "kwargs": {},
                             "queue": r["queue"], "enqueued_at": r["enqueued_at"],
                             "meta": {"rebuilt_from": "results/"}}
                 added += self.conn.execute(QUERIES["restore_job"], {
                     **r, "now_iso": now_iso, "envelope": json.dumps(envelope),
-                    "inbox_key": f"inbox/{r['queue']}/{r['id']}.json",
+                    "inbox_key": pack or f"inbox/{r['queue']}/{r['id']}.json",
+                    "pack": pack, "published": 0 if pack else 1,
                     "result": json.dumps(r.get("result")) if r["state"] == "succeeded" else None,
                     "error": json.dumps(r["error"]) if r.get("error") else None}).rowcount
                 for e in r.get("errors") or []:
@@ -338,10 +373,14 @@ class Index:
         """Failed or cancelled jobs, already published, with a retry request pending."""
         return self._rows("retry_candidates")
 
-    def apply_retry(self, job_id: str, budget: int, now: float | None = None) -> bool:
+    def apply_retry(self, job_id: str, budget: int, inbox_key: str,
+                    now: float | None = None) -> bool:
+        """Requeue a failed or cancelled job whose envelope was put back at ``inbox_key`` (a
+        packed job leaves its pack: it is a job of its own from now on)."""
         now, _ = self._now(now)
         with self.conn:
-            done = self._rows("apply_retry", id=job_id, budget=budget, now=now)
+            done = self._rows("apply_retry", id=job_id, budget=budget, now=now,
+                              inbox_key=inbox_key)
             self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
         return bool(done)
 
@@ -361,10 +400,16 @@ class Index:
             self._rows("purge_requests", ids=json.dumps(ids))
             return self.conn.execute(QUERIES["purge"], {"ids": json.dumps(ids)}).rowcount
 
+    def forget_packs(self, keys: list[str]) -> list[str]:
+        """Drop the rows of packs none of whose members is left (after a purge); returns
+        their keys."""
+        return [r["key"] for r in self._write("forget_packs", keys=json.dumps(keys))]
+
     # -- reading ----------------------------------------------------------------------------
 
     def next_run_at(self, queues: tuple[str, ...]) -> float | None:
-        return self._rows("next_run_at", queues=json.dumps(list(queues)))[0]["run_at"]
+        times = [self._rows("next_run_at", queue=q)[0]["run_at"] for q in queues]
+        return min((t for t in times if t is not None), default=None)
 
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._rows("counts")}

@@ -92,11 +92,15 @@ class Ingest:
         by_id: dict[str, tuple[str, int]] = {}
         bad_names = []
         markers = []
+        packs = []
         for key, size in page:
             parsed = envelope.parse_inbox_key(key)
             marker = envelope.parse_marker(key) if parsed is None else None
+            pack = envelope.parse_pack_key(key) if parsed is None and marker is None else None
             if parsed is not None:
                 by_id[parsed[1]] = (key, size)
+            elif pack is not None:
+                packs.append((key, pack[1], size))
             elif marker is not None:
                 markers.append((key, marker[1], marker[2]))
             else:
@@ -113,15 +117,23 @@ class Ingest:
                 # The same idempotency key put again: the job exists, this object is a duplicate.
                 log.info("duplicate of job %s deleted key=%s", job_id, key)
                 result.deleted.append(key)
+        # A pack taken in stays in the inbox until all its members are published.
+        known_packs = self.index.known_packs([key for key, _, _ in packs]) if packs else set()
+        fetch.extend((queue, ("pack", pack_id), key, size) for key, pack_id, size in packs
+                     if key not in known_packs)
         # Every object at a malformed key is read and quarantined anew (never deleted unseen).
         fetch.extend((queue, None, key, size) for key, size in bad_names)
 
         rows = []
+        taken_packs = []
         for outcome in self.io.map(self._take_in_safely, fetch):
             if outcome is None:
                 continue
             if outcome[0] == "job":
                 rows.append(outcome[1])
+            elif outcome[0] == "pack":
+                taken_packs.append(outcome[1])
+                rows.extend(outcome[2])
             else:
                 _, key, reason, size = outcome
                 self.index.quarantine(key, reason, size, self.clock())
@@ -129,17 +141,21 @@ class Ingest:
                 result.quarantined += 1
         if rows:
             try:
-                result.taken += self.index.insert_jobs(rows, self.clock())
+                result.taken += self.index.insert_jobs(rows, self.clock(), taken_packs)
             except Exception as e:  # one row SQLite refuses must not block the page
                 if "disk is full" in str(e):
                     raise  # no row fits: the worker stops taking in until space is freed
                 log.warning("batch insert failed (%s); inserting one by one", e)
-                for row in rows:
+                # A pack goes in whole or not at all: a pack row without all its jobs would
+                # let the pack object be deleted with a job never run.
+                units = [([row], []) for row in rows if not row.get("pack")]
+                units += [([r for r in rows if r.get("pack") == p[0]], [p]) for p in taken_packs]
+                for unit, unit_packs in units:
                     try:
-                        result.taken += self.index.insert_jobs([row], self.clock())
+                        result.taken += self.index.insert_jobs(unit, self.clock(), unit_packs)
                     except Exception as row_error:
                         log.error("job %s cannot be indexed: %s (left in the inbox)",
-                                  row["id"], row_error)
+                                  unit[0]["id"], row_error)
             crash_point("after_ingest_commit")
         sweep.found += len(fetch)
         if sweep.cursor is None:
@@ -158,6 +174,8 @@ class Ingest:
     def _take_in(self, item: tuple[str, str | None, str, int]) -> tuple | None:
         """GET and validate one inbox object (runs on the I/O pool; touches no SQLite)."""
         queue, job_id, key, size = item
+        if isinstance(job_id, tuple):
+            return self._take_in_pack(queue, job_id[1], key, size)
         limit = self.settings.max_payload
         try:
             if job_id is None:
@@ -177,21 +195,42 @@ class Ingest:
         except EnvelopeError as e:
             self._quarantine(key, job_id, str(e))
             return ("quarantine", key, str(e), size)
+        return ("job", self._row(env, raw, key))
+
+    def _take_in_pack(self, queue: str, pack_id: str, key: str, size: int) -> tuple | None:
+        """GET and validate a pack: all its jobs, or (one bad line) quarantine for all."""
+        try:
+            if size > envelope.PACK_LIMIT:
+                raise EnvelopeError(f"pack object is {size} bytes, over the "
+                                    f"{envelope.PACK_LIMIT}-byte limit")
+            try:
+                raw = self.store.get(key)
+            except ObjectNotFound:
+                return None
+            members = envelope.decode_pack(raw, queue, pack_id, self.settings.max_payload)
+        except EnvelopeError as e:
+            self._quarantine(key, None, str(e))
+            return ("quarantine", key, str(e), size)
+        rows = [{**self._row(env, line, key), "pack": key} for env, line in members]
+        return ("pack", (key, queue, len(rows)), rows)
+
+    def _row(self, env: dict, raw: bytes, key: str) -> dict:
+        """The index row of a valid envelope that came in object ``key``."""
         task = self.app.tasks.get(env["task"])
         max_attempts = (env.get("max_attempts")
                         or (task.max_attempts if task else None)
                         or self.settings.max_attempts)
         run_at = (envelope.parse_time(env["not_before"])
                   if env.get("not_before") else envelope.parse_time(env["enqueued_at"]))
-        return ("job", {
-            "id": job_id, "task": env["task"], "queue": queue,
+        return {
+            "id": env["id"], "task": env["task"], "queue": env["queue"],
             "priority": env.get("priority") or 0, "max_attempts": max_attempts,
             "run_at": run_at, "envelope": raw.decode("utf-8"), "inbox_key": key,
             "key": env.get("key"), "enqueued_at": env["enqueued_at"],
             "expires_at": (envelope.parse_time(env["expires_at"])
                            if env.get("expires_at") else None),
             "grp": env["group"]["id"] if env.get("group") else None,
-        })
+        }
 
     def _requests(self, markers: list[tuple[str, str, str]], result: Pass) -> None:
         """Take in cancel/retry markers (each applied once), then run the retries that can go.
@@ -216,8 +255,9 @@ class Ingest:
         task = self.app.tasks.get(job["task"])
         budget = (env.get("max_attempts") or (task.max_attempts if task else None)
                   or self.settings.max_attempts)
-        self.store.put(job["inbox_key"], job["envelope"].encode("utf-8"))
-        if self.index.apply_retry(job["id"], budget, self.clock()):
+        key = envelope.inbox_key(job["queue"], job["id"])  # a packed job leaves its pack
+        self.store.put(key, job["envelope"].encode("utf-8"))
+        if self.index.apply_retry(job["id"], budget, key, self.clock()):
             self.store.delete_many([envelope.result_key(job["id"])])
             log.info("job requeued on request job_id=%s task=%s attempts_so_far=%d",
                      job["id"], job["task"], job["attempts"])

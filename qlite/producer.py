@@ -57,12 +57,48 @@ class Client:
                              on_success=on_success, on_failure=on_failure, meta=meta)
         return self._write(*self._encode(env))
 
-    def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16) -> list[Job]:
-        """Enqueue many jobs concurrently; each item is a dict of ``put``'s arguments
+    def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16,
+                 pack: bool = True) -> list[Job]:
+        """Enqueue many jobs; each item is a dict of ``put``'s arguments
         (``{"task": "math.add", "args": [1, 2]}``) or a tuple ``(task, args[, kwargs])``.
-        Every envelope is validated before the first PUT, so bad input enqueues nothing."""
-        return self._write_all([self._encode(self._envelope(**item))
-                                for item in _items(jobs, "put_many")], workers)
+        Every envelope is validated before the first PUT, so bad input enqueues nothing.
+
+        Jobs are packed: up to envelope.PACK_MAX of one queue per object, written
+        concurrently, and the worker writes their results in batches too. Jobs with ``key=``
+        (idempotent) or arguments over the inline limit are still put one object each;
+        ``pack=False`` puts every job as its own object."""
+        now = time.time()  # one timestamp for the batch
+        handles, writes = [], []
+        packs: dict[str, _Pack] = {}
+        for item in _items(jobs, "put_many"):
+            if not pack or "key" in item:
+                env, raw, payload = self._encode(self._envelope(**item, now=now))
+                writes.append((self._write, (env, raw, payload)))
+                handles.append(Job(self, env["id"], env["queue"]))
+                continue
+            queue = item.get("queue", "default")
+            current = packs.get(queue)
+            for _ in range(2):  # a full pack is sealed and the job goes to a fresh one
+                if current is None:
+                    current = packs[queue] = _Pack(queue, now)
+                env = self._envelope(**item, now=now, job_id=current.next_id())
+                try:
+                    raw = envelope.encode(env, self.settings.max_payload)
+                except PayloadTooLarge:  # claim check: its own object
+                    env, raw, payload = self._encode(self._envelope(**item, now=now))
+                    writes.append((self._write, (env, raw, payload)))
+                    break
+                if current.fits(raw):
+                    current.add(raw)
+                    break
+                writes.append((self._write_pack, (current,)))
+                current = packs[queue] = None
+            handles.append(Job(self, env["id"], env["queue"]))
+        writes += [(self._write_pack, (p,)) for p in packs.values() if p is not None and p.lines]
+        if writes:
+            with ThreadPoolExecutor(max_workers=min(workers, len(writes))) as pool:
+                list(pool.map(lambda w: w[0](*w[1]), writes))
+        return handles
 
     def group(self, jobs: Iterable[dict | tuple], *, then: Any = None, on_failure: Any = None,
               key: str | None = None, workers: int = 16) -> Group:
@@ -134,8 +170,16 @@ class Client:
             raw = self.store.get_or_none(envelope.inbox_key(q, job_id))
             if raw is not None:
                 return _pending(job_id, q, raw)
-        # The worker may have finished it between our two reads.
-        record = self._result(job_id)
+        # A packed job (put_many): its record is in its pack's results, or the pack is pending.
+        record = self._packed_result(job_id)
+        if record is not None:
+            return record
+        pack_id = envelope.pack_of(job_id)
+        for q in queues:
+            if self.store.exists(envelope.pack_key(q, pack_id)):
+                return {**_pending(job_id, q, b""), "pack": pack_id}
+        # The worker may have finished it between our reads.
+        record = self._result(job_id) or self._packed_result(job_id)
         if record is not None:
             return record
         raise JobNotFound(f"no job {job_id} in {self.store.url}: not in results/ nor inbox/ "
@@ -153,6 +197,8 @@ class Client:
             time.sleep(poll if left is None else min(poll, left))
             poll = min(poll * 1.5, poll_max)
             record = self._result(job_id)
+            if record is None and "pack" in status:
+                record = self._packed_result(job_id)
             if record is not None:
                 status = record
         return status
@@ -164,11 +210,12 @@ class Client:
                   at: Any = None, priority: int | None = None, max_attempts: int | None = None,
                   timeout: float | None = None, ttl: Any = None, expires_at: Any = None,
                   webhook: str | None = None, on_success: Any = None, on_failure: Any = None,
-                  meta: dict | None = None, group: dict | None = None) -> dict:
+                  meta: dict | None = None, group: dict | None = None,
+                  now: float | None = None, job_id: str | None = None) -> dict:
         name = getattr(task, "name", task)
         if not isinstance(name, str) or not envelope.TASK_RE.match(name):
             raise ConfigError(f"task: expected a task name like 'math.add' (got {name!r})")
-        now = time.time()
+        now = time.time() if now is None else now
         not_before = _when(delay, at, now)
         expiry = _when(ttl, expires_at, now, names=("ttl", "expires_at"))
         if ttl is not None and expiry is None:
@@ -180,7 +227,8 @@ class Client:
                              not_before=not_before, expires_at=expiry, priority=priority,
                              webhook=webhook, on_success=getattr(on_success, "name", on_success),
                              on_failure=getattr(on_failure, "name", on_failure), group=group,
-                             max_attempts=max_attempts, timeout=timeout, meta=meta, now=now)
+                             max_attempts=max_attempts, timeout=timeout, meta=meta, now=now,
+                             job_id=job_id)
 
     def _encode(self, env: dict) -> tuple[dict, bytes, bytes | None]:
         """The envelope's bytes; arguments over the inline limit go to their own object
@@ -210,6 +258,29 @@ class Client:
                 raise
         return Job(self, env["id"], env["queue"])
 
+    def _write_pack(self, pack: _Pack) -> None:
+        # A new pack id per call: never an overwrite, so a 412 means boto3 retried our PUT.
+        key = envelope.pack_key(pack.queue, pack.id)
+        body = b"\n".join(pack.lines) + b"\n"
+        try:
+            self.store.put(key, body, if_none_match=True)
+        except AlreadyExists:
+            if self.store.get_or_none(key) != body:
+                raise
+
+    def _packed_result(self, job_id: str) -> dict | None:
+        """The job's record in its pack's batched results, if it is a finished pack member."""
+        raw = self.store.get_or_none(envelope.pack_result_key(envelope.pack_of(job_id)))
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)["jobs"].get(job_id)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise JobNotFound(f"{envelope.pack_result_key(envelope.pack_of(job_id))} is not a "
+                              "qlite pack results record (was it written by something else?)"
+                              ) from None
+        return self._resolve(record) if isinstance(record, dict) else None
+
     def _result(self, job_id: str) -> dict | None:
         raw = self.store.get_or_none(envelope.result_key(job_id))
         if raw is None:
@@ -221,6 +292,9 @@ class Client:
         if not isinstance(record, dict) or "state" not in record:
             raise JobNotFound(f"results/{job_id}.json is not a qlite status record "
                               "(was it written by something else?)")
+        return self._resolve(record)
+
+    def _resolve(self, record: dict) -> dict:
         if record.get("result_ref"):  # a large result, claim-checked: read it transparently
             record["result"] = json.loads(self.store.get(record["result_ref"]))
         return record
@@ -279,6 +353,29 @@ class Group:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
+
+
+class _Pack:
+    """Envelopes of one queue being gathered into one pack object."""
+
+    def __init__(self, queue: str, now: float):
+        self.queue = queue
+        self.id, _ = envelope.pack_ids(1, now)
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.next_index = 0
+
+    def next_id(self) -> str:
+        return self.id[:-3] + f"{self.next_index:03x}"
+
+    def fits(self, raw: bytes) -> bool:
+        return (self.next_index < envelope.PACK_MAX
+                and self.size + len(raw) + 1 <= envelope.PACK_LIMIT)
+
+    def add(self, raw: bytes) -> None:
+        self.lines.append(raw)
+        self.size += len(raw) + 1
+        self.next_index += 1
 
 
 def _items(jobs: Iterable[dict | tuple], what: str) -> list[dict]:

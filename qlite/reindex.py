@@ -19,7 +19,10 @@ def reindex(store: Store, index: Index) -> tuple[int, int]:
     """Add the terminal jobs of results/ that the index does not hold as terminal (unknown, or
     restored from a replica older than their end); returns (records read, rows written).
     One LIST per 1,000 results, and a GET only for those jobs."""
-    keys = [key for key, _ in store.list("results/") if key.endswith(".json")]
+    keys = [key for key, _ in store.list("results/")
+            if key.endswith(".json") and not key.endswith(".value.json")]
+    pack_keys = [k for k in keys if k.startswith("results/packs/")]
+    keys = [k for k in keys if not k.startswith("results/packs/")]
     ids = [key.removeprefix("results/").removesuffix(".json") for key in keys]
     done: set[str] = set()  # ids the index already holds as terminal
     for i in range(0, len(ids), 5000):
@@ -28,15 +31,25 @@ def reindex(store: Store, index: Index) -> tuple[int, int]:
     keys = [k for k, job_id in zip(keys, ids, strict=True) if job_id not in done]
     with ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(store.get_or_none, keys))
-    records = []
+        packs = list(pool.map(store.get_or_none, pack_keys))
+    candidates = []
     for body in bodies:
-        if body is None:
-            continue
         try:
-            record = json.loads(body)
+            candidates.append(json.loads(body) if body is not None else None)
         except ValueError:
             continue
+    for body in packs:  # batched records of packed jobs (put_many)
+        try:
+            candidates.extend(json.loads(body)["jobs"].values() if body is not None else ())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    ids = [r.get("id") for r in candidates if isinstance(r, dict)]
+    done = {job_id for job_id, row in index.known([i for i in ids if i]).items()
+            if row["state"] in TERMINAL} if packs else set()
+    records = []
+    for record in candidates:
         # Quarantined objects never were jobs: their record stays in the bucket only.
-        if isinstance(record, dict) and record.get("task") and record.get("state"):
+        if (isinstance(record, dict) and record.get("task") and record.get("state")
+                and record.get("id") not in done):
             records.append(record)
     return len(records), index.restore(records)

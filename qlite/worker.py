@@ -43,6 +43,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+PACK_FLUSH = 1.0  # seconds: how long a pack's finished jobs may wait for their batched record
+
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
@@ -118,12 +120,16 @@ class Worker:
         # job id -> its inbox key and request markers: results/ written, delete due
         self.acked: dict[str, list[str]] = {}
         self.acked_at: float | None = None
+        self.next_publish = 0.0  # when to look for terminal jobs again (sooner: see _collect)
+        self.pack_seen: dict[str, float] = {}  # pack key -> when a member was first seen done
+        self.packed: set[str] = set()  # running jobs that came in a pack
         self.record_failures: dict[str, int] = {}
         self.cancels: dict[str, threading.Event] = {}  # running job id -> its ctx.cancelled
         self.next_cancel_check = 0.0
         self.next_expiry = 0.0  # when the next queued job expires (0: look it up)
         self.next_fire: dict[str, float] = {}  # schedule name -> its next tick
         self.held = False  # the last claim left runnable jobs behind, held back by limits
+        self.backlog = False  # the last claim filled every free slot
         self.held_until: float | None = None
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
@@ -206,10 +212,13 @@ class Worker:
 
     def _step(self, burst: bool) -> bool:
         """One iteration; False when some part failed (S3 outage, disk trouble)."""
+        self.wake.clear()
         ok = True
         full = False
-        for part in (self._collect, self._publish, self._maintain, self._check_cancels,
-                     lambda: self._poll(burst), self._schedule, self._claim):
+        # Claim right after collecting, so a freed slot is refilled before the S3 work.
+        for part in (self._collect, self._claim, self._publish, self._maintain,
+                     self._check_cancels, lambda: self._poll(burst), self._schedule,
+                     self._claim):
             try:
                 part()
             except Exception as e:  # each part logs its own failure; the loop goes on
@@ -243,16 +252,17 @@ class Worker:
     def _sleep(self, burst: bool) -> None:
         now = self.clock()
         wait = self.next_poll - now if not burst else 0.05
-        at = self.index.next_run_at(self.settings.queues)
+        full = len(self.running) >= self.settings.concurrency  # a finished job wakes us
+        at = None if full else self.index.next_run_at(self.settings.queues)
         if self.held and at is not None and at <= now:
             at = self.held_until  # runnable jobs wait for a limit: a slot frees or a token
         if at is not None and len(self.running) < self.settings.concurrency:
             wait = min(wait, at - now)
         if self.app.schedules and self.next_fire:
             wait = min(wait, min(self.next_fire.values()) - now)
-        wait = min(max(wait, self.outage, 0.01), self.next_beat - now, 1.0)
-        self.wake.wait(max(wait, 0.0))
-        self.wake.clear()
+        wait = min(max(wait, self.outage, 0.01), self.next_beat - now, 1.0,
+                   max(self.next_publish - now, 0.01))
+        self.wake.wait(max(wait, 0.0))  # cleared at the start of each step: no lost wake-up
 
     # -- parts ------------------------------------------------------------------------------
 
@@ -262,7 +272,7 @@ class Worker:
         if self.clock() < self.next_poll and not (burst and self._quiet()):
             return
         # Do not LIST while every slot is busy and more jobs wait locally: the inbox waits.
-        if len(self.running) >= self.settings.concurrency and self._runnable_now():
+        if len(self.running) >= self.settings.concurrency and self.backlog:
             return
         result = self.ingest.run()
         if result.taken:
@@ -285,6 +295,7 @@ class Worker:
         limits = Limits(self.concurrency_limits, self.rate_limits)
         rows = self.index.claim(self._queue_order(), free, self.owner, self.settings.lease,
                                 now, limits)
+        self.backlog = len(rows) == free  # more may be runnable: no LIST while slots are full
         self.held = bool(limits) and len(rows) < free
         self.held_until = limits.held_until
         if rows:
@@ -297,6 +308,8 @@ class Worker:
             task = self.app.tasks.get(claim.task)
             timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
             cancel = self.cancels[claim.id] = threading.Event()
+            if row["packed"]:
+                self.packed.add(claim.id)
             if task and (timeout or self.settings.pool == "process"):
                 future = self.handlers.submit(run_in_child, self.app, claim, timeout,
                                               str(self.store.url), self.settings.endpoint_url,
@@ -331,6 +344,10 @@ class Worker:
                         "type": "RecordError", "traceback": None,
                         "message": f"the outcome could not be recorded: {type(e).__name__}"}))
             crash_point("after_record")
+            # A job of its own is published at once; a packed one joins its pack's batch.
+            soon = self.clock() + (0.25 if claim.id in self.packed else 0.0)
+            self.next_publish = min(self.next_publish, soon)
+            self.packed.discard(claim.id)
             self.record_failures.pop(claim.id, None)
             self.cancels.pop(claim.id, None)
             del self.running[future]
@@ -376,22 +393,50 @@ class Worker:
 
     def _publish(self, flush: bool = False) -> None:
         """PUT results/ for terminal jobs, then acknowledge their inbox objects in batches:
-        one DeleteObjects per 500 jobs, or per second, or when the queue goes quiet."""
-        jobs = self.index.unpublished(500, exclude=list(self.acked))
+        one DeleteObjects per 500 jobs, or per second, or when the queue goes quiet. Jobs that
+        came in a pack get one results/packs/ record per pack, written once the pack is done
+        or every PACK_FLUSH seconds while it runs (results batched)."""
+        now = self.clock()
         failed = None
-        if jobs:
-            markers = self.index.markers_of([j["id"] for j in jobs])
-            futures = {self.io.submit(self._write_result, j): j for j in jobs}
-            for future, job in futures.items():
+        if flush or now >= self.next_publish or self._quiet():
+            self.next_publish = now + 1.0  # a job ending by expiry, cancel or reap shows then
+            jobs = self.index.unpublished(500, exclude=list(self.acked))
+            packed: dict[str, list[dict]] = {}
+            for job in jobs:
+                if job["pack"] and job["pack"] == job["inbox_key"]:
+                    packed.setdefault(job["pack"], []).append(job)
+            singles = [j for j in jobs if not (j["pack"] and j["pack"] == j["inbox_key"])]
+            markers = self.index.markers_of([j["id"] for j in jobs]) if jobs else {}
+            open_ = self.index.pack_open(list(packed)) if packed else {}
+            due = []
+            quiet = bool(packed) and self._quiet()
+            for key in packed:
+                first = self.pack_seen.setdefault(key, now)
+                if flush or key not in open_ or now - first >= PACK_FLUSH or quiet:
+                    due.append(key)
+                else:
+                    self.next_publish = min(self.next_publish, first + PACK_FLUSH)
+            futures = {self.io.submit(self._write_result, j): [j] for j in singles}
+            futures.update({self.io.submit(self._write_pack, key, self.index.pack_members(key),
+                                           key not in open_): packed[key] for key in due})
+            for future, batch in futures.items():
                 try:
-                    future.result()
-                    self._group_done(job)
-                    self.acked[job["id"]] = [job["inbox_key"], *markers.get(job["id"], [])]
+                    done = future.result() or batch
+                    for job in done:
+                        self._group_done(job)
+                        self.acked[job["id"]] = markers.get(job["id"], [])
+                    if batch[0]["pack"] and batch[0]["pack"] == batch[0]["inbox_key"]:
+                        self.pack_seen.pop(batch[0]["pack"], None)
+                        if batch[0]["pack"] not in open_:  # every member is in the record
+                            self.acked[done[-1]["id"]].append(batch[0]["pack"])
+                    else:
+                        self.acked[batch[0]["id"]].append(batch[0]["inbox_key"])
                 except Exception as e:
                     failed = e
-            self.acked_at = self.acked_at or self.clock()
+            if futures:
+                self.acked_at = self.acked_at or now
         if self.acked and (flush or self._quiet() or len(self.acked) >= 500
-                           or self.clock() - (self.acked_at or 0) >= 1.0):
+                           or now - (self.acked_at or 0) >= 1.0):
             crash_point("after_result_put")
             self.store.delete_many([k for keys in self.acked.values() for k in keys])
             crash_point("after_inbox_delete")
@@ -401,16 +446,37 @@ class Worker:
         if failed is not None:
             raise failed
 
-    def _write_result(self, job: dict) -> None:
-        """PUT the terminal record, then enqueue the job's follow-ups (webhook, on_success,
-        on_failure) with keys derived from its id: repeating this after a crash repeats the
-        PUTs, never the follow-ups."""
+    def _record_of(self, job: dict) -> dict:
+        """The job's public status record; a result too large to inline is written to its
+        own object first (claim check: the record stays small to poll)."""
         record = result_record(job)
         if job.get("result") and len(job["result"]) > self.settings.max_payload:
-            # Claim check: the status record stays small to poll; the value is read on demand.
             self.store.put(envelope.value_key(job["id"]), job["result"].encode("utf-8"))
             record = {**record, "result": None, "result_ref": envelope.value_key(job["id"])}
+        return record
+
+    def _write_result(self, job: dict) -> None:
+        """PUT the terminal record, then enqueue the job's follow-ups."""
+        record = self._record_of(job)
         self.store.put(envelope.result_key(job["id"]), json.dumps(record).encode())
+        self._follow_ups(job, record)
+
+    def _write_pack(self, key: str, members: list[dict], complete: bool) -> list[dict]:
+        """PUT the batched record of every terminal member of pack ``key`` (``members``), then
+        enqueue the follow-ups of those not published before; returns those (to acknowledge).
+        Runs on the I/O pool: no SQLite here."""
+        pack_id = envelope.parse_pack_key(key)[1]
+        records = {m["id"]: {**self._record_of(m), "pack": pack_id} for m in members}
+        body = {"v": 1, "pack": pack_id, "complete": complete, "jobs": records}
+        self.store.put(envelope.pack_result_key(pack_id), json.dumps(body).encode())
+        new = [m for m in members if not m["published"]]
+        for m in new:
+            self._follow_ups(m, records[m["id"]])
+        return new
+
+    def _follow_ups(self, job: dict, record: dict) -> None:
+        """Enqueue the job's follow-ups (webhook, on_success, on_failure) with keys derived
+        from its id: repeating this after a crash repeats the PUTs, never the follow-ups."""
         if record.get("result_ref"):
             record = {**record, "result": json.loads(job["result"])}  # for on_success
         env = json.loads(job["envelope"])

@@ -5,28 +5,54 @@ SELECT id, inbox_key, published, state FROM jobs WHERE id IN (SELECT value FROM 
 
 -- name: insert_job
 INSERT OR IGNORE INTO jobs (id, task, queue, state, priority, max_attempts, run_at, envelope,
-                            inbox_key, key, enqueued_at, ingested_at, expires_at, grp)
+                            inbox_key, key, enqueued_at, ingested_at, expires_at, grp, pack)
 VALUES (:id, :task, :queue, CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
         :priority, :max_attempts, :run_at, :envelope, :inbox_key, :key, :enqueued_at, :now_iso,
-        :expires_at, :grp);
+        :expires_at, :grp, :pack);
+
+-- name: insert_pack
+INSERT OR IGNORE INTO packs (key, queue, size, at) VALUES (:key, :queue, :size, :now_iso);
+
+-- name: known_packs
+SELECT key FROM packs WHERE key IN (SELECT value FROM json_each(:keys));
+
+-- name: pack_open
+-- Members of these packs not yet terminal (a member retried on request has left its pack).
+SELECT pack, count(*) AS n FROM jobs
+WHERE pack IN (SELECT value FROM json_each(:keys)) AND inbox_key = pack
+  AND state NOT IN ('succeeded', 'failed', 'cancelled')
+GROUP BY pack;
+
+-- name: pack_members
+-- The terminal members of a pack: its batched results record holds them all.
+SELECT * FROM jobs
+WHERE pack = :key AND inbox_key = pack AND state IN ('succeeded', 'failed', 'cancelled')
+ORDER BY id;
+
+-- name: forget_packs
+DELETE FROM packs WHERE key IN (SELECT value FROM json_each(:keys))
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.pack = packs.key)
+RETURNING key;
 
 -- name: insert_quarantine
 INSERT OR IGNORE INTO quarantine (key, reason, size, at) VALUES (:key, :reason, :size, :now_iso);
 
 -- name: claim
--- Counts the attempt before the handler runs, so a crash can never reset it.
+-- Counts the attempt before the handler runs, so a crash can never reset it. One queue per
+-- statement: the jobs_runnable index then gives the order without sorting the backlog.
 UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = :now_iso,
                 lease_until = :lease_until, owner = :owner
 WHERE id IN (
-    SELECT jobs.id FROM jobs JOIN json_each(:queues) AS q ON q.value = jobs.queue
-    WHERE jobs.state IN ('queued', 'scheduled') AND jobs.run_at <= :now
+    SELECT jobs.id FROM jobs INDEXED BY jobs_runnable
+    WHERE jobs.queue = :queue AND jobs.state IN ('queued', 'scheduled') AND jobs.run_at <= :now
       AND (jobs.expires_at IS NULL OR jobs.expires_at > :now OR jobs.attempts > 0)
       AND jobs.task NOT IN (SELECT value FROM json_each(:blocked))
       AND NOT EXISTS (SELECT 1 FROM requests AS r
                       WHERE r.job_id = jobs.id AND r.kind = 'cancel' AND r.done = 0)
-    ORDER BY q.key, jobs.priority DESC, jobs.run_at, jobs.id
+    ORDER BY jobs.priority DESC, jobs.run_at, jobs.id
     LIMIT :n)
-RETURNING id, task, queue, attempts, max_attempts, envelope, enqueued_at;
+RETURNING id, task, queue, attempts, max_attempts, envelope, enqueued_at,
+          coalesce(pack = inbox_key, 0) AS packed;
 
 -- name: expire
 -- A job not started before its expires_at ends cancelled; one already tried goes on.
@@ -137,8 +163,7 @@ SELECT * FROM attempts WHERE job_id IN (SELECT value FROM json_each(:ids))
 ORDER BY job_id, attempt;
 
 -- name: next_run_at
-SELECT min(run_at) AS run_at FROM jobs JOIN json_each(:queues) AS q ON q.value = jobs.queue
-WHERE state IN ('queued', 'scheduled');
+SELECT min(run_at) AS run_at FROM jobs WHERE queue = :queue AND state IN ('queued', 'scheduled');
 
 -- name: counts
 SELECT state, count(*) AS n FROM jobs GROUP BY state;
@@ -159,15 +184,18 @@ SELECT * FROM quarantine ORDER BY at DESC LIMIT :limit;
 -- name: restore_job
 -- qlite reindex: a terminal job from its results/ record. A row the replica restored in an
 -- older, unfinished state takes the terminal one; a terminal row is left alone.
+-- A packed job is restored unpublished: publishing rewrites its pack's record and deletes the
+-- pack object if a crash left it behind.
 INSERT INTO jobs (id, task, queue, state, attempts, max_attempts, run_at, envelope,
                   inbox_key, key, result, error, enqueued_at, ingested_at,
-                  started_at, finished_at, published)
+                  started_at, finished_at, published, pack)
 VALUES (:id, :task, :queue, :state, :attempts, :max_attempts, 0, :envelope, :inbox_key, :key,
-        :result, :error, :enqueued_at, :now_iso, :started_at, :finished_at, 1)
+        :result, :error, :enqueued_at, :now_iso, :started_at, :finished_at, :published, :pack)
 ON CONFLICT (id) DO UPDATE SET
     state = excluded.state, attempts = excluded.attempts, result = excluded.result,
     error = excluded.error, started_at = excluded.started_at,
-    finished_at = excluded.finished_at, published = 1, lease_until = NULL, owner = NULL
+    finished_at = excluded.finished_at, published = excluded.published,
+    inbox_key = excluded.inbox_key, pack = excluded.pack, lease_until = NULL, owner = NULL
 WHERE jobs.state NOT IN ('succeeded', 'failed', 'cancelled');
 
 -- name: restore_attempt
@@ -217,7 +245,7 @@ WHERE done = 0
 RETURNING key, job_id, kind;
 
 -- name: retry_candidates
-SELECT r.key, jobs.id, jobs.task, jobs.inbox_key, jobs.envelope, jobs.attempts
+SELECT r.key, jobs.id, jobs.task, jobs.queue, jobs.inbox_key, jobs.envelope, jobs.attempts
 FROM requests AS r JOIN jobs ON jobs.id = r.job_id
 WHERE r.kind = 'retry' AND r.done = 0
   AND jobs.state IN ('failed', 'cancelled') AND jobs.published = 1;
@@ -226,7 +254,7 @@ WHERE r.kind = 'retry' AND r.done = 0
 -- qlite retry: a failed or cancelled job runs again with a fresh budget of attempts; its
 -- attempt history stays.
 UPDATE jobs SET state = 'queued', run_at = :now, max_attempts = attempts + :budget,
-                finished_at = NULL, published = 0
+                finished_at = NULL, published = 0, inbox_key = :inbox_key
 WHERE id = :id AND state IN ('failed', 'cancelled') AND published = 1
 RETURNING id;
 
@@ -238,7 +266,7 @@ SELECT DISTINCT job_id FROM requests
 WHERE kind = 'cancel' AND done = 0 AND job_id IN (SELECT value FROM json_each(:ids));
 
 -- name: purgeable
-SELECT id, queue FROM jobs
+SELECT id, queue, CASE WHEN inbox_key = pack THEN pack END AS pack FROM jobs
 WHERE state IN (SELECT value FROM json_each(:states)) AND published = 1
   AND finished_at < :before AND (:queue IS NULL OR queue = :queue)
 ORDER BY finished_at LIMIT :n;

@@ -23,10 +23,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at  TEXT,
     published    INTEGER NOT NULL DEFAULT 0,   -- 1: results/ has the terminal record, inbox object deleted
     expires_at   REAL,                         -- Unix seconds: cancelled if not started by then
-    grp          TEXT                          -- the group (qlite.group) this job belongs to
+    grp          TEXT,                         -- the group (qlite.group) this job belongs to
+    pack         TEXT                          -- the pack object it came in (put_many), if any
 );
 
 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, run_at, id)
+    WHERE state IN ('queued', 'scheduled');
+CREATE INDEX IF NOT EXISTS jobs_next ON jobs (queue, run_at)
     WHERE state IN ('queued', 'scheduled');
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (owner, lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs (finished_at)
@@ -77,4 +80,13 @@ CREATE INDEX IF NOT EXISTS requests_job ON requests (job_id, kind, done);
 CREATE TABLE IF NOT EXISTS rates (
     key    TEXT PRIMARY KEY,
     starts TEXT NOT NULL
+);
+
+-- Pack objects taken in (put_many: many envelopes in one inbox object). The object is deleted
+-- once every member still in it is terminal and in its batched results/packs/ record.
+CREATE TABLE IF NOT EXISTS packs (
+    key   TEXT PRIMARY KEY,      -- inbox/{queue}/{pack_id}.pack.jsonl
+    queue TEXT NOT NULL,
+    size  INTEGER NOT NULL,
+    at    TEXT NOT NULL
 );

@@ -351,8 +351,8 @@ def purge(
     endpoint_url: Endpoint = None,
 ) -> None:
     """Delete finished jobs from the index and their records from results/ (run on the worker
-    VM; a pack's batched record is deleted with the last of its members). An idempotency key is remembered until its job is purged: the same key put after
-    that is a new job.
+    VM; a pack's batched record is deleted with the last of its members). An idempotency key
+    is remembered until its job is purged: the same key put after that is a new job.
 
     Example: qlite purge --state failed --older-than 30d
     """

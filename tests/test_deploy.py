@@ -326,3 +326,21 @@ def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam):
     assert denied(lambda: w.get_object(Bucket=bucket, Key="elsewhere/x"))
     assert not denied(lambda: w.put_object(Bucket=bucket, Key=f"{prefix}/index/probe",
                                            Body=b"{}"))
+
+
+def test_the_compose_file_pins_its_images_and_creates_the_bucket_the_suite_uses():
+    yaml = pytest.importorskip("yaml")
+    from conftest import EXTERNAL_BUCKET
+
+    compose = yaml.safe_load((ROOT / "localstack" / "docker-compose.yml").read_text())
+    images = {name: s["image"] for name, s in compose["services"].items()}
+    assert images["localstack"] == "localstack/localstack:4.14"
+    assert re.fullmatch(r"quay\.io/minio/minio:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z", images["minio"])
+    assert re.fullmatch(r"quay\.io/minio/mc:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z",
+                        images["minio-init"])
+    init = ROOT / "localstack" / "init" / "ready.d" / "create-bucket.sh"
+    assert os.access(init, os.X_OK)
+    assert f"s3://{EXTERNAL_BUCKET}" in init.read_text()
+    assert f"local/{EXTERNAL_BUCKET}" in " ".join(compose["services"]["minio-init"]["entrypoint"])
+    volume = compose["services"]["localstack"]["volumes"][0]
+    assert volume.startswith("./init/ready.d:/etc/localstack/init/ready.d")

@@ -330,7 +330,7 @@ def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam):
 
 def test_the_compose_file_pins_its_images_and_creates_the_bucket_the_suite_uses():
     yaml = pytest.importorskip("yaml")
-    from conftest import EXTERNAL_BUCKET
+    bucket = "qlite-tests"  # the suite's default QLITE_TEST_BUCKET
 
     compose = yaml.safe_load((ROOT / "localstack" / "docker-compose.yml").read_text())
     images = {name: s["image"] for name, s in compose["services"].items()}
@@ -340,7 +340,7 @@ def test_the_compose_file_pins_its_images_and_creates_the_bucket_the_suite_uses(
                         images["minio-init"])
     init = ROOT / "localstack" / "init" / "ready.d" / "create-bucket.sh"
     assert os.access(init, os.X_OK)
-    assert f"s3://{EXTERNAL_BUCKET}" in init.read_text()
-    assert f"local/{EXTERNAL_BUCKET}" in " ".join(compose["services"]["minio-init"]["entrypoint"])
+    assert f"s3://{bucket}" in init.read_text()
+    assert f"local/{bucket}" in " ".join(compose["services"]["minio-init"]["entrypoint"])
     volume = compose["services"]["localstack"]["volumes"][0]
     assert volume.startswith("./init/ready.d:/etc/localstack/init/ready.d")

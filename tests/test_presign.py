@@ -148,3 +148,8 @@ def test_presign_mistakes_are_one_line_errors(args, message):
     assert result.returncode == 1
     assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_presign_help_has_an_example():
+    result = qlite("presign", "--help", env=dict(os.environ))
+    assert result.returncode == 0 and "Example: qlite presign" in result.stdout

@@ -3,12 +3,18 @@ the worker runs (or quarantines) what arrives."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import qlite
+from conftest import ROOT, qlite
 from qlite import envelope
+
+pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
 
 
 def presign(target, *args: str) -> dict:
@@ -101,7 +107,9 @@ def test_a_presigned_post_takes_jobs_within_its_limits_and_refuses_the_rest(s3, 
     big = envelope.new_id()
     code, body = post_with_curl(signed, f"{signed['key_prefix']}{big}.json",
                                 job_file(tmp_path, big, meta={"pad": "x" * 3000}))
-    assert code == 400 and "EntityTooLarge" in body, body
+    assert code == 400 and "EntityTooLarge" in body, (
+        f"{s3.name} stored an upload over the POST policy's content-length-range: it does not "
+        f"enforce POST policies ({code} {body[:200]})")
 
     elsewhere = envelope.new_id()
     code, body = post_with_curl(signed, f"{s3.prefix}results/{elsewhere}.json",
@@ -153,3 +161,22 @@ def test_presign_mistakes_are_one_line_errors(args, message):
 def test_presign_help_has_an_example():
     result = qlite("presign", "--help", env=dict(os.environ))
     assert result.returncode == 0 and "Example: qlite presign" in result.stdout
+
+
+def test_the_curl_examples_of_the_deploy_guide_enqueue_jobs_that_run(seaweed_target, tmp_path):
+    if not shutil.which("jq"):
+        pytest.skip("the guide's examples use jq, which is not installed")
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text.split("## Enqueue without credentials", 1)[1]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 4, blocks  # presign PUT, upload it, presign POST, upload through it
+    env = {**seaweed_target.env,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    script = "\n".join(blocks) + '\necho "$(jq -r .id signed.json) $ID"\n'
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    put_id, post_id = result.stdout.split()[-2:]
+    run_worker(seaweed_target)
+    assert status(seaweed_target, put_id)["result"] == 5
+    assert status(seaweed_target, post_id)["result"] == 9

@@ -4,6 +4,7 @@ server with IAM authorization on)."""
 
 import configparser
 import fcntl
+import inspect
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 from conftest import ROOT, TASKS_DIR, qlite
 from qlite import envelope
 from qlite.devserver import MotoServer, _wait_port
+from qlite.replica import Replica
 from qlite.settings import Settings
 
 DEPLOY = ROOT / "deploy"
@@ -100,9 +102,10 @@ def test_the_systemd_unit_restarts_always_and_outlasts_the_graceful_stop():
     service = unit()["Service"]
     assert service["Restart"] == "always" and float(service["RestartSec"]) > 0
     assert service["KillSignal"] == "SIGTERM" and service["KillMode"] == "mixed"
-    # The worker waits QLITE_GRACE for running jobs, then litestream syncs (up to 30 s, then
-    # 15 s for it to exit: Replica.stop) before systemd may SIGKILL.
-    assert float(service["TimeoutStopSec"]) > Settings().grace + 30 + 15
+    # The worker waits QLITE_GRACE for running jobs, then Replica.stop lets litestream sync
+    # (its timeout + 5 s for the subprocess) and exit (15 s) before systemd may SIGKILL.
+    sync = inspect.signature(Replica.sync).parameters["timeout"].default + 5
+    assert float(service["TimeoutStopSec"]) > Settings().grace + sync + 15
     assert service["EnvironmentFile"] == "/etc/qlite/env"
     assert service["User"] == "qlite" and service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"

@@ -180,3 +180,18 @@ def test_the_curl_examples_of_the_deploy_guide_enqueue_jobs_that_run(seaweed_tar
     run_worker(seaweed_target)
     assert status(seaweed_target, put_id)["result"] == 5
     assert status(seaweed_target, post_id)["result"] == 9
+
+
+def test_on_aws_the_url_is_sigv4_on_the_buckets_regional_endpoint():
+    # No request is sent: signing is local. The region must be the bucket's, or AWS refuses.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "QLITE_"))}
+    env.update(QLITE_URL="s3://my-bucket/jobs", AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+               AWS_SECRET_ACCESS_KEY="secret", AWS_REGION="eu-west-1")
+    signed = json.loads(qlite("presign", "--queue", "emails", env=env).stdout)
+    assert signed["url"].startswith(
+        f"https://my-bucket.s3.eu-west-1.amazonaws.com/jobs/inbox/emails/{signed['id']}.json?")
+    assert "X-Amz-SignedHeaders=content-type%3Bhost%3Bif-none-match" in signed["url"]
+    assert "%2Feu-west-1%2Fs3%2Faws4_request" in signed["url"]
+    form = json.loads(qlite("presign", "--post", env=env).stdout)
+    assert form["url"] == "https://my-bucket.s3.eu-west-1.amazonaws.com/"
+    assert form["key_prefix"] == "jobs/inbox/default/" and form["max_bytes"] == 262144

@@ -311,6 +311,10 @@ def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam):
     assert pending.returncode == 0, pending.stderr
     assert json.loads(pending.stdout)["state"] == "pending"
 
+    bad = envelope.new_id()  # a malformed job, put by hand: the worker must quarantine it
+    p.put_object(Bucket=bucket, Key=f"{prefix}/{envelope.inbox_key('default', bad)}",
+                 Body=b"not json")
+
     run = qlite("worker", "--app", "testapp:app", "--burst", env=worker, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "AccessDenied" not in run.stderr, run.stderr
@@ -318,6 +322,10 @@ def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam):
     # ... and then its result, and cannot write anything or read the inbox.
     done = qlite("status", job_id, "--json", env=reader)
     assert json.loads(done.stdout)["result"] == 5, done.stderr
+    quarantined = json.loads(qlite("status", bad, "--json", env=reader).stdout)
+    assert quarantined["error"]["type"] == "Quarantined"
+    kept = envelope.quarantine_key(envelope.inbox_key("default", bad))
+    assert iam["s3"]("admin").head_object(Bucket=bucket, Key=f"{prefix}/{kept}")
     r = iam["s3"]("reader")
     assert denied(lambda: r.put_object(Bucket=bucket, Key=f"{prefix}/results/x.json",
                                        Body=b"{}"))

@@ -5,10 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test check lint clean bench chaos
+.PHONY: help install run test check lint clean bench chaos test-endpoint
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: $(STAMP) ## start SeaweedFS + a worker on examples/, enqueue demo jobs, kee
 
 test: $(STAMP) ## run the suite (starts SeaweedFS and moto server on free ports)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-endpoint: $(STAMP) ## the suite against any S3 endpoint: ENDPOINT=http://host:port [PYTEST_ARGS=...]
+	@test -n "$(ENDPOINT)" || { echo "Error: ENDPOINT is not set. Try: make test-endpoint ENDPOINT=http://127.0.0.1:4566 (see localstack/README.md)" >&2; exit 2; }
+	QLITE_TEST_ENDPOINT=$(ENDPOINT) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check qlite tests scripts examples

@@ -431,3 +431,47 @@ def schedules(
         typer.echo(f"{r['name']:<28}  {r['schedule']:<16}  tz={r['tz']:<14}  "
                    f"misfire={r['misfire']:<6}  last={r['last_tick'] or '-'}  "
                    f"next={r['next_tick']}")
+
+
+@app.command()
+@_errors
+def presign(
+    queue: Annotated[str, typer.Option(help="queue the job goes to")] = "default",
+    expires: Annotated[int, typer.Option(help="seconds the URL stays valid (at most 604800)")
+                       ] = 3600,
+    job_id: Annotated[str | None, typer.Option("--id", help="job id (default: a new one)")
+                      ] = None,
+    key: Annotated[str | None, typer.Option(
+        help="idempotency key: the job id is derived from it, as with qlite put --key")] = None,
+    post: Annotated[bool, typer.Option(
+        "--post", help="an HTML-form POST policy for any key under inbox/QUEUE/ instead")
+                    ] = False,
+    max_bytes: Annotated[int | None, typer.Option(
+        help="--post: largest upload in bytes (default QLITE_MAX_PAYLOAD)")] = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Print a presigned upload as JSON, so a browser or a program in any language enqueues
+    without credentials (signed with yours; see docs/deploy.md).
+
+    PUT (default): one new job, {"id", "key", "url", "headers", ...}; upload the envelope with
+    that id and exactly those headers. --post: {"url", "fields", "key_prefix", "max_bytes"} for
+    a multipart/form-data POST of any number of jobs under inbox/QUEUE/.
+
+    Example: qlite presign --queue default --expires 600 | jq -r .url
+    """
+    from .presign import presign_post, presign_put
+
+    if post:
+        if job_id is not None or key is not None:
+            raise QliteError("--post signs any key under inbox/QUEUE/, so --id and --key do "
+                             "not apply. Try: drop them, or presign a PUT without --post")
+        out = presign_post(url, queue=queue, expires=expires, max_bytes=max_bytes,
+                           endpoint_url=endpoint_url)
+    else:
+        if max_bytes is not None:
+            raise QliteError("--max-bytes limits --post uploads only (a presigned PUT is one "
+                             "envelope, checked by the worker). Try: add --post")
+        out = presign_put(url, queue=queue, job_id=job_id, key=key, expires=expires,
+                          endpoint_url=endpoint_url)
+    typer.echo(json.dumps(out, indent=2))

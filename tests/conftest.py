@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qlite.devserver import MotoServer, SeaweedFS
+from qlite.devserver import MotoServer, SeaweedFS, Server
 from qlite.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +30,35 @@ def seaweed(tmp_path_factory):
 def moto():
     with MotoServer() as server:
         yield server
+
+
+# `make test-endpoint ENDPOINT=...`: the `s3` fixture runs against that one server instead.
+EXTERNAL = os.environ.get("QLITE_TEST_ENDPOINT")
+EXTERNAL_BUCKET = os.environ.get("QLITE_TEST_BUCKET", "qlite-tests")
+EXTERNAL_KEYS = (os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+                 os.environ.get("AWS_SECRET_ACCESS_KEY", "test"))
+
+
+class ExternalServer(Server):
+    """An S3-compatible server started elsewhere (LocalStack, MinIO, AWS itself)."""
+
+    def __init__(self, endpoint: str, keys: tuple[str, str]):
+        self.endpoint, self.keys = endpoint, keys
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "AWS_ACCESS_KEY_ID": self.keys[0],
+                "AWS_SECRET_ACCESS_KEY": self.keys[1]}
+
+    def client(self):  # noqa: ANN201
+        from qlite.store import _make_client
+
+        return _make_client(self.endpoint, aws_access_key_id=self.keys[0],
+                            aws_secret_access_key=self.keys[1], region_name="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def external():
+    return ExternalServer(EXTERNAL, EXTERNAL_KEYS)
 
 
 @dataclass
@@ -53,12 +82,13 @@ def _clean_env() -> dict:
             if not k.startswith(("AWS_", "QLITE_")) or k == "AWS_CA_BUNDLE"}
 
 
-@pytest.fixture(params=["seaweedfs", "moto"])
+@pytest.fixture(params=["external"] if EXTERNAL else ["seaweedfs", "moto"])
 def s3(request, tmp_path, monkeypatch) -> Target:
-    server = request.getfixturevalue("seaweed" if request.param == "seaweedfs" else "moto")
+    server = request.getfixturevalue(
+        {"seaweedfs": "seaweed", "moto": "moto", "external": "external"}[request.param])
     # One bucket per server, a fresh prefix per test: SeaweedFS gives every bucket volumes of
     # its own and runs out of them after some 80 buckets.
-    bucket = "qlite-tests"
+    bucket = EXTERNAL_BUCKET if EXTERNAL else "qlite-tests"
     server.create_bucket(bucket)
     prefix = f"t{uuid.uuid4().hex[:12]}/q/"
     url = f"s3://{bucket}/{prefix}"
@@ -75,8 +105,11 @@ def s3(request, tmp_path, monkeypatch) -> Target:
 
 
 @pytest.fixture
-def seaweed_target(seaweed, tmp_path, monkeypatch) -> Target:
+def seaweed_target(request, tmp_path, monkeypatch) -> Target:
     """Like ``s3`` but SeaweedFS only (for what moto cannot show, e.g. refused credentials)."""
+    if EXTERNAL:
+        pytest.skip("needs the local SeaweedFS; QLITE_TEST_ENDPOINT selects another server")
+    seaweed = request.getfixturevalue("seaweed")
     bucket = "qlite-tests"
     seaweed.create_bucket(bucket)
     prefix = f"t{uuid.uuid4().hex[:12]}/q/"

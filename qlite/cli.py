@@ -324,7 +324,7 @@ def retry(
                f"{status.get('attempts')} attempt(s)); follow it with: qlite wait {job_id}")
 
 
-def parse_age(text: str) -> float:
+def parse_age(text: str, option: str = "--older-than") -> float:
     """'30d', '12h', '90m', '45s' or plain seconds to seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
@@ -333,7 +333,7 @@ def parse_age(text: str) -> float:
     except ValueError:
         seconds = -1.0
     if not seconds >= 0 or seconds == float("inf"):
-        raise QliteError(f"--older-than: expected an age such as 30d, 12h, 90m or 3600 "
+        raise QliteError(f"{option}: expected an age such as 30d, 12h, 90m or 3600 "
                          f"(got {text!r})")
     return seconds
 
@@ -422,3 +422,33 @@ def schedules(
         typer.echo(f"{r['name']:<28}  {r['schedule']:<16}  tz={r['tz']:<14}  "
                    f"misfire={r['misfire']:<6}  last={r['last_tick'] or '-'}  "
                    f"next={r['next_tick']}")
+
+
+# -- seeing: stats, top, dashboard (docs/observe.md) ------------------------------------------
+
+Since = Annotated[str, typer.Option(
+    "--since", help="the window of throughput and latency: 1h, 15m, 1d, 3600")]
+
+
+@app.command()
+@_errors
+def stats(
+    since: Since = "1h",
+    as_json: AsJson = False,
+    db: Db = None,
+    url: Url = None,
+) -> None:
+    """Jobs per state and queue, throughput, p50/p95 wait and run time (overall and per task),
+    the oldest waiting job, failure rate, S3 requests per job and dollars per million jobs at
+    AWS list prices. Reads the worker's index (run on the worker VM).
+
+    Example: qlite stats --since 15m --json
+    """
+    from .stats import lines, stats
+
+    s = stats(_index(db, url), parse_age(since, "--since") or 1.0)
+    if as_json:
+        typer.echo(json.dumps(s))
+        return
+    for line in lines(s):
+        typer.echo(line)

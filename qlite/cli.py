@@ -452,3 +452,55 @@ def stats(
         return
     for line in lines(s):
         typer.echo(line)
+
+
+@app.command()
+@_errors
+def dashboard(
+    host: Annotated[str, typer.Option(
+        help="address to bind; anything but 127.0.0.1 exposes job data to the network")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8765,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="allow retry and cancel to requests carrying it "
+        "(env QLITE_DASHBOARD_TOKEN; unset: read-only)")] = None,
+    db: Db = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Serve a web dashboard of the worker's index until Ctrl-C: queues, recent and failed
+    jobs with their tracebacks, per-task charts of throughput and run time. Read-only unless
+    started with a token; then the page shows Retry and Cancel buttons.
+
+    Example: qlite dashboard --port 8765 --token "$(python3 -c 'import secrets;
+    print(secrets.token_urlsafe())')"
+    """
+    from .dashboard import Dashboard, make_server
+
+    settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url, dashboard_token=token)
+    index = _index(db, url)  # fails early, with a hint, when there is no index here
+    index.close()
+    client = _client(url, endpoint_url) if settings.dashboard_token and settings.url else None
+    board = Dashboard(settings.db_path(), token=settings.dashboard_token, client=client)
+    try:
+        server = make_server(board, host, port)
+    except OSError as e:
+        raise QliteError(f"--host {host} --port {port}: cannot listen: {e.strerror or e}. "
+                         "Try: another --port (0 picks a free one)") from None
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    where = f"http://{shown}:{bound_port}/"
+    mode = "retry and cancel allowed with the token" if board.token else "read-only"
+    typer.echo(f"qlite dashboard on {where} ({mode}); Ctrl-C stops it", err=False)
+    if board.token:
+        typer.echo(f"open {where}#token=YOUR_TOKEN, or paste the token into the page")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: bound to {host}: anyone who can reach it sees job arguments "
+                   "and tracebacks", err=True)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

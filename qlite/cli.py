@@ -161,6 +161,8 @@ def status(
 def wait(
     job_id: Annotated[str, typer.Argument(help="the id printed by qlite put")],
     timeout: Annotated[float | None, typer.Option(help="give up after SECONDS")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print JSON (accepted for symmetry: wait always prints JSON)")] = False,
     url: Url = None,
     endpoint_url: Endpoint = None,
 ) -> None:
@@ -456,6 +458,24 @@ def stats(
 
 @app.command()
 @_errors
+def top(
+    since: Since = "1h",
+    once: Annotated[bool, typer.Option(help="print one frame and exit")] = False,
+    db: Db = None,
+    url: Url = None,
+) -> None:
+    """A live view of the worker's index, redrawn every second until Ctrl-C: jobs per state
+    and queue, per-task throughput and p50/p95 wait and run time, the latest failures, S3 cost.
+
+    Example: qlite top --since 15m
+    """
+    from .top import run
+
+    run(_index(db, url), parse_age(since, "--since") or 1.0, once=once)
+
+
+@app.command()
+@_errors
 def dashboard(
     host: Annotated[str, typer.Option(
         help="address to bind; anything but 127.0.0.1 exposes job data to the network")
@@ -472,8 +492,7 @@ def dashboard(
     jobs with their tracebacks, per-task charts of throughput and run time. Read-only unless
     started with a token; then the page shows Retry and Cancel buttons.
 
-    Example: qlite dashboard --port 8765 --token "$(python3 -c 'import secrets;
-    print(secrets.token_urlsafe())')"
+    Example: QLITE_DASHBOARD_TOKEN="$(openssl rand -hex 16)" qlite dashboard --port 8765
     """
     from .dashboard import Dashboard, make_server
 

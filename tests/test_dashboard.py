@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_observe import run_jobs
 
 from conftest import ROOT, bucket_keys, qlite
-from test_observe import run_jobs
 
 CHROMIUM = Path("/usr/bin/chromium")
 OUTPUT = ROOT / "tests" / "output"
@@ -98,9 +98,9 @@ def screenshot(page, name: str) -> Path:
 
 
 def test_dashboard_renders_queues_charts_and_a_failed_jobs_traceback(s3, dashboards, page):
-    import qlite as q
-
     from playwright.sync_api import expect
+
+    import qlite as q
 
     hostile = q.Client().put("math.add", XSS).id
     good, bad = run_jobs(s3, ok=4, failing=2)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import qlite
+from conftest import ROOT, qlite
 from qlite.index import Index
 from qlite.stats import PRICE_PER_1000, cost, percentile, stats
 
@@ -117,3 +123,49 @@ def test_stats_without_an_index_and_with_a_bad_window_say_what_to_do(s3, tmp_pat
     bad = qlite("stats", "--since", "soon", env=s3.env)
     assert bad.returncode == 1 and "--since: expected an age" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_top_once_prints_queues_tasks_and_the_latest_failures(s3):
+    good, bad = run_jobs(s3, ok=3, failing=1)
+    out = qlite("top", "--once", env=s3.env)
+    assert out.returncode == 0, out.stderr
+    assert "qlite top" in out.stdout and "queues" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.startswith("│ default "))
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    assert cells == ["default", "0", "0", "0", "3", "1", "0", "-"], row
+    assert "math.add" in out.stdout and "test.always_fail" in out.stdout
+    assert bad[0] in out.stdout and "ValueError: boom" in out.stdout
+    assert "per million jobs" in out.stdout
+
+
+def test_top_redraws_every_second_until_ctrl_c(s3):
+    run_jobs(s3, ok=1, failing=0)
+    primary, secondary = pty.openpty()  # a terminal, so rich draws live frames
+    proc = subprocess.Popen([sys.executable, "-m", "qlite", "top"], env={
+        **s3.env, "COLUMNS": "160", "LINES": "50"}, stdin=secondary, stdout=secondary,
+        stderr=secondary, cwd=ROOT)
+    os.close(secondary)
+    output = b""
+    deadline = time.monotonic() + 30
+    while output.count(b"qlite top") < 3 and time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            output += os.read(primary, 65536)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 0
+    os.close(primary)
+    assert output.count(b"qlite top") >= 3, output  # the first frame and two redraws
+    assert b"Traceback" not in output
+
+
+def test_every_read_command_prints_json_with_json(s3):
+    good, bad = run_jobs(s3, ok=1, failing=1)
+    commands = [("status", good[0]), ("wait", good[0], "--timeout", "10"), ("ls",),
+                ("show", bad[0]), ("stats",), ("schedules", "--app", "testapp:app")]
+    for args in commands:
+        out = qlite(*args, "--json", env=s3.env)
+        assert out.returncode == 0, (args, out.stderr)
+        value = json.loads(out.stdout)
+        assert value or value == [], args
+    assert json.loads(qlite("show", bad[0], "--json", env=s3.env).stdout)["attempt_log"][0][
+        "traceback"].startswith("Traceback")

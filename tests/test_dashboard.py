@@ -119,8 +119,10 @@ def test_dashboard_renders_queues_charts_and_a_failed_jobs_traceback(s3, dashboa
     bars = chart.locator("svg.throughput rect.bar.ok")
     expect(bars.first).to_be_visible()
     assert bars.first.bounding_box()["height"] > 1
-    assert chart.locator("svg.latency circle.dot.p50").count() >= 1
-    assert chart.locator("svg.latency polyline.p95").get_attribute("points").strip()
+    for plot in ("run", "wait"):
+        assert chart.locator(f"svg.{plot} circle.dot.p50").count() >= 1
+        assert chart.locator(f"svg.{plot} polyline.p95").get_attribute("points").strip()
+        assert chart.locator(f"svg.{plot}").bounding_box()["height"] > 50
     failing = page.locator('.chart[data-task="test.always_fail"] svg.throughput rect.bar.bad')
     assert failing.first.bounding_box()["height"] > 1
 

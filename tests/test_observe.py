@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, qlite
 from qlite.index import Index
-from qlite.stats import PRICE_PER_1000, cost, percentile, stats
+from qlite.stats import PRICE_PER_1000, cost, percentile, series, stats
 
 
 def run_jobs(target, ok: int = 5, failing: int = 2) -> tuple[list[str], list[str]]:
@@ -79,6 +79,22 @@ def test_stats_window_leaves_out_jobs_finished_before_it(s3):
     later = stats(index, since=60, now=time.time() + 3600)
     assert later["finished"]["succeeded"] == 0 and later["states"]["succeeded"] == 2
     assert later["wait"]["p50"] is None and later["throughput_per_minute"] == 0
+
+
+def test_series_puts_each_job_in_the_bucket_of_its_time(s3):
+    good, bad = run_jobs(s3, ok=3, failing=1)
+    index = Index(s3.db, readonly=True)
+    now = time.time()
+    s = series(index, since=600, buckets=10, now=now)
+    assert s["bucket_seconds"] == 60 and set(s["tasks"]) == {"math.add", "test.always_fail"}
+    add = s["tasks"]["math.add"]
+    assert len(add) == 10 and sum(b["finished"] for b in add) == len(good)
+    last = add[-1]  # everything finished within the last minute
+    assert last["finished"] == len(good) and last["per_minute"] == len(good)
+    assert last["run_p50"] is not None and last["wait_p95"] >= last["wait_p50"] >= 0
+    assert s["tasks"]["test.always_fail"][-1]["failed"] == len(bad)
+    # An hour later the same jobs are out of a ten-minute window.
+    assert series(index, since=600, buckets=10, now=now + 3600)["tasks"] == {}
 
 
 def test_cost_prices_requests_at_aws_list_prices():

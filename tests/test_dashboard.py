@@ -169,6 +169,7 @@ def test_dashboard_with_a_token_retries_a_failed_job_from_the_page(s3, dashboard
 
     import qlite as q
 
+    later = q.Client().put("math.add", [1, 2], delay=3600).id
     _, bad = run_jobs(s3, ok=1, failing=1)
     board = dashboards(s3, QLITE_DASHBOARD_TOKEN=TOKEN)
     assert board.post(f"api/jobs/{bad[0]}/retry", {"X-Qlite-Token": "wrong" * 5}) == 403
@@ -192,6 +193,15 @@ def test_dashboard_with_a_token_retries_a_failed_job_from_the_page(s3, dashboard
     expect(page.locator("#detail .attempt")).to_have_count(4)
     expect(page.locator("#detail pre.tb")).to_have_count(4)
     screenshot(page, f"retried-{s3.name}")
+
+    # A job not yet run has Cancel (and no Retry); the worker applies it.
+    page.locator(f'#recent tr.job[data-id="{later}"]').click()
+    expect(page.locator("#detail button.retry")).to_have_count(0)
+    page.locator("#detail button.cancel").click()
+    expect(page.locator("#action-msg")).to_contain_text("cancel requested (was pending)")
+    assert any(k.startswith(f"inbox/default/{later}.cancel.") for k in bucket_keys(s3, "inbox/"))
+    assert qlite("worker", "--app", "testapp:app", "--burst", env=s3.env).returncode == 0
+    assert client.status(later)["state"] == "cancelled"
 
 
 def test_dashboard_token_must_be_long_enough(s3):

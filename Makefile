@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test check lint clean bench chaos test-endpoint
+.PHONY: help install run test check lint clean bench chaos test-endpoint browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ install: $(STAMP) ## create .venv with qlite, test servers and tools
 run: $(STAMP) ## start SeaweedFS + a worker on examples/, enqueue demo jobs, keep running
 	$(PY) scripts/demo.py
 
-test: $(STAMP) ## run the suite (starts SeaweedFS and moto server on free ports)
+browser: ## Debian's Chromium for the dashboard's browser tests (apt-get, as root)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+test: $(STAMP) browser ## run the suite (starts SeaweedFS and moto server on free ports)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-endpoint: $(STAMP) ## the suite against any S3 endpoint: ENDPOINT=http://host:port [PYTEST_ARGS=...]

@@ -161,6 +161,8 @@ def status(
 def wait(
     job_id: Annotated[str, typer.Argument(help="the id printed by qlite put")],
     timeout: Annotated[float | None, typer.Option(help="give up after SECONDS")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print JSON (accepted for symmetry: wait always prints JSON)")] = False,
     url: Url = None,
     endpoint_url: Endpoint = None,
 ) -> None:
@@ -324,7 +326,7 @@ def retry(
                f"{status.get('attempts')} attempt(s)); follow it with: qlite wait {job_id}")
 
 
-def parse_age(text: str) -> float:
+def parse_age(text: str, option: str = "--older-than") -> float:
     """'30d', '12h', '90m', '45s' or plain seconds to seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
@@ -333,7 +335,7 @@ def parse_age(text: str) -> float:
     except ValueError:
         seconds = -1.0
     if not seconds >= 0 or seconds == float("inf"):
-        raise QliteError(f"--older-than: expected an age such as 30d, 12h, 90m or 3600 "
+        raise QliteError(f"{option}: expected an age such as 30d, 12h, 90m or 3600 "
                          f"(got {text!r})")
     return seconds
 
@@ -475,3 +477,102 @@ def presign(
         out = presign_put(url, queue=queue, job_id=job_id, key=key, expires=expires,
                           endpoint_url=endpoint_url)
     typer.echo(json.dumps(out, indent=2))
+
+
+# -- seeing: stats, top, dashboard (docs/observe.md) ------------------------------------------
+
+Since = Annotated[str, typer.Option(
+    "--since", help="the window of throughput and latency: 1h, 15m, 1d, 3600")]
+
+
+@app.command()
+@_errors
+def stats(
+    since: Since = "1h",
+    as_json: AsJson = False,
+    db: Db = None,
+    url: Url = None,
+) -> None:
+    """Jobs per state and queue, throughput, p50/p95 wait and run time (overall and per task),
+    the oldest waiting job, failure rate, S3 requests per job and dollars per million jobs at
+    AWS list prices. Reads the worker's index (run on the worker VM).
+
+    Example: qlite stats --since 15m --json
+    """
+    from .stats import lines, stats
+
+    s = stats(_index(db, url), parse_age(since, "--since") or 1.0)
+    if as_json:
+        typer.echo(json.dumps(s))
+        return
+    for line in lines(s):
+        typer.echo(line)
+
+
+@app.command()
+@_errors
+def top(
+    since: Since = "1h",
+    once: Annotated[bool, typer.Option(help="print one frame and exit")] = False,
+    db: Db = None,
+    url: Url = None,
+) -> None:
+    """A live view of the worker's index, redrawn every second until Ctrl-C: jobs per state
+    and queue, per-task throughput and p50/p95 wait and run time, the latest failures, S3 cost.
+
+    Example: qlite top --since 15m
+    """
+    from .top import run
+
+    run(_index(db, url), parse_age(since, "--since") or 1.0, once=once)
+
+
+@app.command()
+@_errors
+def dashboard(
+    host: Annotated[str, typer.Option(
+        help="address to bind; anything but 127.0.0.1 exposes job data to the network")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8765,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="allow retry and cancel to requests carrying it "
+        "(env QLITE_DASHBOARD_TOKEN; unset: read-only)")] = None,
+    db: Db = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Serve a web dashboard of the worker's index until Ctrl-C: queues, recent and failed
+    jobs with their tracebacks, per-task charts of throughput and run time. Read-only unless
+    started with a token; then the page shows Retry and Cancel buttons.
+
+    Example: QLITE_DASHBOARD_TOKEN="$(openssl rand -hex 16)" qlite dashboard --port 8765
+    """
+    from .dashboard import Dashboard, make_server
+
+    settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url, dashboard_token=token)
+    index = _index(db, url)  # fails early, with a hint, when there is no index here
+    index.close()
+    client = _client(url, endpoint_url) if settings.dashboard_token and settings.url else None
+    board = Dashboard(settings.db_path(), token=settings.dashboard_token, client=client)
+    try:
+        server = make_server(board, host, port)
+    except OSError as e:
+        raise QliteError(f"--host {host} --port {port}: cannot listen: {e.strerror or e}. "
+                         "Try: another --port (0 picks a free one)") from None
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    where = f"http://{shown}:{bound_port}/"
+    mode = "retry and cancel allowed with the token" if board.token else "read-only"
+    typer.echo(f"qlite dashboard on {where} ({mode}); Ctrl-C stops it", err=False)
+    if board.token:
+        typer.echo(f"open {where}#token=YOUR_TOKEN, or paste the token into the page")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: bound to {host}: anyone who can reach it sees job arguments "
+                   "and tracebacks", err=True)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

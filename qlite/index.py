@@ -428,3 +428,26 @@ class Index:
 
     def quarantined(self, limit: int = 50) -> list[dict]:
         return self._rows("quarantined", limit=limit)
+
+    # -- counters and stats -----------------------------------------------------------------
+
+    def add_counters(self, deltas: dict[str, int], now: float | None = None) -> None:
+        """Add to running totals (S3 requests by operation, jobs published): one transaction."""
+        _, now_iso = self._now(now)
+        with self.conn:
+            for name, n in deltas.items():
+                if n:
+                    self.conn.execute(QUERIES["counter_add"],
+                                      {"name": name, "n": n, "now_iso": now_iso})
+
+    def counters(self) -> dict[str, dict]:
+        """The running totals; empty for an index written before qlite kept them."""
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'counters'").fetchone():
+            return {}
+        return {r["name"]: r for r in self._rows("counters")}
+
+    def read(self, query: str, /, **params: Any) -> list[dict]:
+        """Rows of a named read-only query (the ``stats_*`` ones of sql/queries.sql)."""
+        if not query.startswith("stats_"):
+            raise ValueError(f"not a read-only query: {query}")
+        return self._rows(query, **params)

@@ -68,6 +68,10 @@ SETTINGS: tuple[Setting, ...] = (
             "worker quarantines a larger inbox object."),
     Setting("log_level", "QLITE_LOG_LEVEL", "--log-level", "INFO", "str",
             "Log level of the worker: DEBUG, INFO, WARNING or ERROR."),
+    Setting("dashboard_token", "QLITE_DASHBOARD_TOKEN", "--token", None, "str",
+            "Lets qlite dashboard retry and cancel jobs: requests must carry it in the "
+            "X-Qlite-Token header (the page asks for it). At least 16 characters. Unset: the "
+            "dashboard is read-only."),
 )
 
 _URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
@@ -168,6 +172,7 @@ class Settings:
     poll_max: float = 10.0
     max_payload: int = 262144
     log_level: str = "INFO"
+    dashboard_token: str | None = None
 
     @classmethod
     def load(cls, env: dict | None = None, **overrides: Any) -> Settings:

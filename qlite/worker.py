@@ -131,6 +131,8 @@ class Worker:
         self.held = False  # the last claim left runnable jobs behind, held back by limits
         self.backlog = False  # the last claim filled every free slot
         self.held_until: float | None = None
+        self.published = 0  # jobs acknowledged by this process, for qlite stats
+        self.flushed: dict[str, int] = {}  # counters already added to the index
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
         self.rate_limits = {t.name: (t.rate_key, *t.rate) for t in tasks if t.rate}
@@ -441,6 +443,7 @@ class Worker:
             self.store.delete_many([k for keys in self.acked.values() for k in keys])
             crash_point("after_inbox_delete")
             self.index.mark_published(list(self.acked))
+            self.published += len(self.acked)
             self.acked.clear()
             self.acked_at = None
         if failed is not None:
@@ -585,6 +588,16 @@ class Worker:
         self._reap()
         if self.replica is not None:
             self.replica.check()
+        self._flush_counters()
+
+    def _flush_counters(self) -> None:
+        """Add the S3 requests and jobs published since the last flush to the index's running
+        totals (qlite stats: requests per job, dollars per million jobs)."""
+        totals = {f"s3.{op}": n for op, n in dict(self.store.requests).items()}
+        totals["jobs.published"] = self.published
+        self.index.add_counters({k: n - self.flushed.get(k, 0) for k, n in totals.items()},
+                                self.clock())
+        self.flushed = totals
 
     def _reap(self) -> None:
         owners = [o for o in self.index.running_owners() if o != self.owner]
@@ -608,6 +621,7 @@ class Worker:
             self._step_quietly(self._collect)
             self._step_quietly(self._maintain)
         self._step_quietly(lambda: self._publish(flush=True))
+        self._step_quietly(self._flush_counters)
         left = len(self.running)
         self.io.shutdown(wait=True)
         self.index.close()

@@ -282,3 +282,41 @@ DELETE FROM requests WHERE job_id IN (SELECT value FROM json_each(:ids));
 
 -- name: group_members
 SELECT id, state, result, error, envelope FROM jobs WHERE grp = :grp;
+
+-- name: counter_add
+INSERT INTO counters (name, value, since, updated) VALUES (:name, :n, :now_iso, :now_iso)
+ON CONFLICT (name) DO UPDATE SET value = value + excluded.value, updated = excluded.updated;
+
+-- name: counters
+SELECT name, value, since, updated FROM counters;
+
+-- Read-only queries of qlite stats and the dashboard (qlite/stats.py). Times are RFC 3339.
+
+-- name: stats_by_queue
+SELECT queue, state, count(*) AS n FROM jobs GROUP BY queue, state;
+
+-- name: stats_finished
+SELECT task, state, finished_at FROM jobs
+WHERE finished_at >= :since AND state IN ('succeeded', 'failed', 'cancelled');
+
+-- name: stats_run_times
+-- One row per attempt that ended (not lost): how long its handler ran.
+SELECT jobs.task, a.finished_at,
+       max(0.0, (julianday(a.finished_at) - julianday(a.started_at)) * 86400) AS seconds
+FROM attempts AS a JOIN jobs ON jobs.id = a.job_id
+WHERE a.finished_at >= :since AND a.outcome IN ('succeeded', 'retry', 'failed', 'cancelled');
+
+-- name: stats_wait_times
+-- First attempts: from when the job could run (enqueued, or its not_before) to its start,
+-- and from enqueue to ingest (pickup). Producer clocks may be ahead: never below zero.
+SELECT jobs.task, a.started_at,
+       max(0.0, (julianday(a.started_at) - julianday(coalesce(
+           json_extract(jobs.envelope, '$.not_before'), jobs.enqueued_at))) * 86400) AS seconds,
+       max(0.0, (julianday(jobs.ingested_at) - julianday(jobs.enqueued_at)) * 86400) AS pickup
+FROM attempts AS a JOIN jobs ON jobs.id = a.job_id
+WHERE a.attempt = 1 AND a.started_at >= :since;
+
+-- name: stats_waiting
+-- Runnable jobs not yet started, per queue, with the oldest one's run_at (Unix seconds).
+SELECT queue, count(*) AS n, min(run_at) AS oldest FROM jobs
+WHERE state IN ('queued', 'scheduled') AND run_at <= :now GROUP BY queue;

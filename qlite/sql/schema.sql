@@ -90,3 +90,17 @@ CREATE TABLE IF NOT EXISTS packs (
     size  INTEGER NOT NULL,
     at    TEXT NOT NULL
 );
+-- Running totals the worker adds to (S3 requests by operation, jobs published), for stats.
+-- Several worker processes may share the file: each adds its own deltas.
+CREATE TABLE IF NOT EXISTS counters (
+    name    TEXT PRIMARY KEY,    -- s3.put, s3.get, s3.list, ..., jobs.published
+    value   INTEGER NOT NULL,
+    since   TEXT NOT NULL,       -- first added
+    updated TEXT NOT NULL        -- last added
+);
+
+-- Stats read jobs and attempts by when they finished or started (qlite stats, dashboard).
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attempts_finished ON attempts (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attempts_first ON attempts (started_at) WHERE attempt = 1;

@@ -422,3 +422,25 @@ def schedules(
         typer.echo(f"{r['name']:<28}  {r['schedule']:<16}  tz={r['tz']:<14}  "
                    f"misfire={r['misfire']:<6}  last={r['last_tick'] or '-'}  "
                    f"next={r['next_tick']}")
+
+
+@app.command()
+@_errors
+def doctor(
+    as_json: AsJson = False,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+    db: Db = None,
+) -> None:
+    """Check settings, credentials, the bucket, read/write/delete, that the server enforces
+    If-None-Match and If-Match (qlite's one-job-per-key guarantee rests on it), clock skew,
+    Litestream and the index replica's freshness. Prints a fix for each failure; exit 1 if any
+    check fails. Writes and deletes one scratch object under the queue's doctor/ prefix.
+
+    Example: qlite doctor --json
+    """
+    from .doctor import diagnose, render, to_json
+
+    checks = diagnose(url=url, endpoint_url=endpoint_url, db=db)
+    typer.echo(json.dumps(to_json(checks)) if as_json else render(checks))
+    raise typer.Exit(0 if to_json(checks)["ok"] else 1)

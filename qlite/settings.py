@@ -68,6 +68,13 @@ SETTINGS: tuple[Setting, ...] = (
             "worker quarantines a larger inbox object."),
     Setting("log_level", "QLITE_LOG_LEVEL", "--log-level", "INFO", "str",
             "Log level of the worker: DEBUG, INFO, WARNING or ERROR."),
+    Setting("log_format", "QLITE_LOG_FORMAT", "--log-format", "text", "str",
+            "Worker log lines: text (a sentence, then key=value fields) or json (one object "
+            "per line: ts, level, logger, msg, job_id, task, queue, attempt, exc)."),
+    Setting("metrics_port", "QLITE_METRICS_PORT", "--metrics-port", None, "int",
+            "Serve Prometheus metrics on this port (/metrics). Unset: no metrics server."),
+    Setting("metrics_host", "QLITE_METRICS_HOST", "--metrics-host", "127.0.0.1", "str",
+            "Address the metrics server binds; 0.0.0.0 exposes it to the network."),
 )
 
 _URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
@@ -104,7 +111,7 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
     try:
         if setting.kind == "int":
             value = int(raw)
-            if value < 1:
+            if value < 1 or (setting.name == "metrics_port" and value > 65535):
                 raise ValueError
             return value
         if setting.kind == "float":
@@ -114,6 +121,8 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
             return value
     except (TypeError, ValueError):
         expected = "a positive integer" if setting.kind == "int" else "a positive number"
+        if setting.name == "metrics_port":
+            expected = "a port number 1..65535"
         raise ConfigError(f"{source}: expected {expected} (got {raw!r})") from None
     if setting.kind == "list":
         items = [raw] if isinstance(raw, str) else list(raw)
@@ -143,6 +152,10 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         if raw not in ("thread", "process"):
             raise ConfigError(f"{source}: expected thread or process (got {raw!r})")
         return raw
+    if setting.name == "log_format":
+        if raw not in ("text", "json"):
+            raise ConfigError(f"{source}: expected text or json (got {raw!r})")
+        return raw
     if setting.name == "log_level":
         level = str(raw).upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -168,6 +181,9 @@ class Settings:
     poll_max: float = 10.0
     max_payload: int = 262144
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def load(cls, env: dict | None = None, **overrides: Any) -> Settings:

@@ -377,6 +377,10 @@ class Index:
     def next_run_at(self, queues: tuple[str, ...]) -> float | None:
         return self._rows("next_run_at", queues=json.dumps(list(queues)))[0]["run_at"]
 
+    def depth(self) -> list[dict]:
+        """[{queue, state, n}] of the jobs waiting or running."""
+        return self._rows("depth")
+
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._rows("counts")}
 

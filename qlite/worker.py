@@ -125,6 +125,7 @@ class Worker:
         self.next_expiry = 0.0  # when the next queued job expires (0: look it up)
         self.next_fire: dict[str, float] = {}  # schedule name -> its next tick
         self.held = False  # the last claim left runnable jobs behind, held back by limits
+        self.metrics: Any = None  # metrics.Metrics when --metrics-port is set
         self.held_until: float | None = None
         install_capture()  # a handler's own log lines are kept with its job
         tasks = app.tasks.values()
@@ -189,6 +190,10 @@ class Worker:
 
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
+        if self.settings.metrics_port:  # first: a busy port fails before any other work
+            from .metrics import start  # prometheus-client: loaded only when asked for
+
+            self.metrics = start(self)
         self._open_index()
         log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
@@ -216,6 +221,8 @@ class Worker:
                 part()
             except Exception as e:  # each part logs its own failure; the loop goes on
                 ok = False
+                if self.metrics is not None:
+                    self.metrics.step_failed(part)
                 if disk_full(e):
                     full = True
                     continue
@@ -306,6 +313,8 @@ class Worker:
             else:
                 future = self.handlers.submit(run, self.app, claim, self.client, cancel)
             self.running[future] = claim
+            if self.metrics is not None:
+                self.metrics.job_started(claim.id)
             future.add_done_callback(lambda _: self.wake.set())
 
     def _collect(self) -> None:
@@ -345,17 +354,20 @@ class Worker:
         if outcome.state == "succeeded":
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "succeeded",
                                    result=outcome.result, now=now, logs=outcome.logs)
+            label = "succeeded"
             log.info("job succeeded", extra=fields)
         elif cancel is not None and cancel.is_set():
             error = {"type": "Cancelled", "traceback": (outcome.error or {}).get("traceback"),
                      "message": f"cancelled on request while running attempt {claim.attempt}"}
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "cancelled",
                                    error=error, now=now, logs=outcome.logs)
+            label = "cancelled"
             log.info("job cancelled", extra=fields)
         elif outcome.state == "snooze":
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "snooze",
                                    run_at=now + (outcome.delay or 0), now=now,
                                    logs=outcome.logs)
+            label = "snoozed"
             log.info("job snoozed for %.1fs", outcome.delay or 0, extra=fields)
         else:
             task = self.app.tasks.get(claim.task)
@@ -367,15 +379,19 @@ class Worker:
             if run_at is None:
                 ok = self.index.finish(claim.id, claim.attempt, self.owner, "failed",
                                        error=error, now=now, logs=outcome.logs)
+                label = "failed"
                 log.warning("job failed: %s", error.get("message"),
                             extra={**fields, "error": error.get("type")})
             else:
                 ok = self.index.finish(claim.id, claim.attempt, self.owner, "retry",
                                        error=error, run_at=run_at, now=now, logs=outcome.logs)
+                label = "retry"
                 log.info("job will retry in %.1fs: %s", run_at - now, error.get("message"),
                          extra={**fields, "error": error.get("type")})
         if not ok:
             log.warning("stale attempt ignored (the job was taken over)", extra=fields)
+        elif self.metrics is not None:
+            self.metrics.job_recorded(claim.task, claim.id, label)
 
     def _publish(self, flush: bool = False) -> None:
         """PUT results/ for terminal jobs, then acknowledge their inbox objects in batches:
@@ -472,6 +488,8 @@ class Worker:
             return
         for row in self.index.expire(now, rows=True):
             log.info("job expired before it started", extra=job_fields(row))
+            if self.metrics is not None:
+                self.metrics.job_expired(row["task"])
         self.next_expiry = self.index.next_expiry() or float("inf")
 
     def _check_cancels(self) -> None:
@@ -560,6 +578,8 @@ class Worker:
             logging.shutdown()
             os._exit(0)  # handler threads cannot be interrupted; do not wait for them
         self.handlers.shutdown(wait=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("worker stopped")
         return 0
 

@@ -144,6 +144,11 @@ ORDER BY job_id, attempt;
 SELECT min(run_at) AS run_at FROM jobs JOIN json_each(:queues) AS q ON q.value = jobs.queue
 WHERE state IN ('queued', 'scheduled');
 
+-- name: depth
+-- Jobs waiting or running, by queue and state (the metrics' queue depth).
+SELECT queue, state, count(*) AS n FROM jobs
+WHERE state IN ('queued', 'scheduled', 'running') GROUP BY queue, state;
+
 -- name: counts
 SELECT state, count(*) AS n FROM jobs GROUP BY state;
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -104,6 +103,14 @@ def worker(
         help="largest envelope in bytes (env QLITE_MAX_PAYLOAD)")] = None,
     log_level: Annotated[str | None, typer.Option(
         help="DEBUG, INFO, WARNING, ERROR (env QLITE_LOG_LEVEL)")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        help="text or json log lines (env QLITE_LOG_FORMAT, default text)")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="serve Prometheus metrics on this port (env QLITE_METRICS_PORT; default off)")
+    ] = None,
+    metrics_host: Annotated[str | None, typer.Option(
+        help="address of the metrics server (env QLITE_METRICS_HOST, default 127.0.0.1)")
+    ] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
 
@@ -114,11 +121,13 @@ def worker(
                              max_attempts=max_attempts,
                              lease=lease,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
-                             max_payload=max_payload, log_level=log_level)
+                             max_payload=max_payload, log_level=log_level,
+                             log_format=log_format, metrics_port=metrics_port,
+                             metrics_host=metrics_host)
     settings.require_url()
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)
+    from .logs import setup
+
+    setup(settings.log_level, settings.log_format)
     from .worker import Worker
 
     w = Worker(load_app(app_spec), settings)
@@ -484,6 +493,25 @@ def presign(
 Since = Annotated[str, typer.Option(
     "--since", help="the window of throughput and latency: 1h, 15m, 1d, 3600")]
 
+def doctor(
+    as_json: AsJson = False,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+    db: Db = None,
+) -> None:
+    """Check settings, credentials, the bucket, read/write/delete, that the server enforces
+    If-None-Match and If-Match (qlite's one-job-per-key guarantee rests on it), clock skew,
+    Litestream and the index replica's freshness. Prints a fix for each failure; exit 1 if any
+    check fails. Writes and deletes one scratch object under the queue's doctor/ prefix.
+
+    Example: qlite doctor --json
+    """
+    from .doctor import diagnose, render, to_json
+
+    checks = diagnose(url=url, endpoint_url=endpoint_url, db=db)
+    typer.echo(json.dumps(to_json(checks)) if as_json else render(checks))
+    raise typer.Exit(0 if to_json(checks)["ok"] else 1)
+
 
 @app.command()
 @_errors
@@ -576,3 +604,31 @@ def dashboard(
         pass
     finally:
         server.server_close()
+
+def logs(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    as_json: AsJson = False,
+    db: Db = None,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Print the log lines a job's handler wrote while it ran, per attempt: from the worker's
+    index on the worker VM, else from the job's results/ record. At most 200 lines or 32 KiB
+    are kept per attempt.
+
+    Example: qlite logs 0192f1c4-8f3e-7abc-9def-0123456789ab --json
+    """
+    from .logs import attempts_of, render
+
+    try:
+        job = _index(db, url).get(job_id)
+    except QliteError:  # not on the worker VM: the results/ record has the lines too
+        job = None
+    if job is not None:
+        attempts = attempts_of(job=job)
+    else:
+        attempts = attempts_of(record=_client(url, endpoint_url).status(job_id))
+    if as_json:
+        typer.echo(json.dumps({"id": job_id, "attempts": attempts}))
+    else:
+        typer.echo(render(attempts) if attempts else f"job {job_id} has no attempts yet")

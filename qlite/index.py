@@ -85,6 +85,9 @@ class Index:
             for column in ("expires_at REAL", "grp TEXT", "pack TEXT"):
                 if column.split()[0] not in columns:
                     self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+            attempt_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
+            if "logs" not in attempt_columns:
+                self.conn.execute("ALTER TABLE attempts ADD COLUMN logs TEXT")
             self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_group ON jobs (grp) "
                               "WHERE grp IS NOT NULL")
             self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_pack ON jobs (pack, state) "
@@ -225,17 +228,20 @@ class Index:
             self.conn.execute(QUERIES["insert_attempt"], {
                 "id": r["id"], "attempt": r["attempts"], "owner": owner, "now_iso": now_iso})
 
-    def expire(self, now: float | None = None) -> list[str]:
-        """Cancel the jobs not started before their expires_at; returns their ids."""
+    def expire(self, now: float | None = None, rows: bool = False) -> list:
+        """Cancel the jobs not started before their expires_at; returns their ids (or, with
+        ``rows``, their id, task, queue and attempts)."""
         now, now_iso = self._now(now)
-        return [r["id"] for r in self._write("expire", now=now, now_iso=now_iso)]
+        expired = self._write("expire", now=now, now_iso=now_iso)
+        return expired if rows else [r["id"] for r in expired]
 
     def next_expiry(self) -> float | None:
         return self._rows("next_expiry")[0]["at"]
 
     def finish(self, job_id: str, attempt: int, owner: str, outcome: str, *,
                result: str | None = None, error: dict | None = None,
-               run_at: float | None = None, now: float | None = None) -> bool:
+               run_at: float | None = None, now: float | None = None,
+               logs: list | None = None) -> bool:
         """Record an attempt's outcome: ``succeeded``, ``retry`` (at ``run_at``), ``failed``, or
         ``snooze`` (at ``run_at``, giving the attempt back).
 
@@ -258,6 +264,11 @@ class Index:
                     "id": job_id, "attempt": attempt, "now_iso": now_iso, "outcome": outcome,
                     "error_type": error.get("type"), "message": error.get("message"),
                     "traceback": error.get("traceback")})
+                if logs:
+                    self.conn.execute(QUERIES["attempt_logs"], {
+                        "id": job_id, "attempt": attempt,
+                        "logs": json.dumps([{k: _text(v) for k, v in line.items()}
+                                            for line in logs], ensure_ascii=False)})
                 if outcome in TERMINAL:
                     self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
         return bool(done)
@@ -410,6 +421,10 @@ class Index:
     def next_run_at(self, queues: tuple[str, ...]) -> float | None:
         times = [self._rows("next_run_at", queue=q)[0]["run_at"] for q in queues]
         return min((t for t in times if t is not None), default=None)
+
+    def depth(self) -> list[dict]:
+        """[{queue, state, n}] of the jobs waiting or running."""
+        return self._rows("depth")
 
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._rows("counts")}

@@ -33,9 +33,15 @@ def _context(spec: str) -> Any:
         return _mp
 
 
-def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any) -> None:
+def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
+           log: tuple[str, str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     from .producer import Client
+
+    if log is not None:  # the worker's level and format, on the stderr it shares
+        from .logs import setup
+
+        setup(*log)
 
     app = load_app(spec)
     if app.builtins:  # as the worker did: a built-in task may run here too
@@ -65,7 +71,8 @@ def _describe(code: int | None) -> str:
 
 
 def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
-                 endpoint_url: str | None, cancel: threading.Event | None = None) -> Outcome:
+                 endpoint_url: str | None, cancel: threading.Event | None = None,
+                 log: tuple[str, str] | None = None) -> Outcome:
     if app.spec is None:
         return Outcome("failed", error={
             "type": "NotIsolatable", "traceback": None,
@@ -73,7 +80,7 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                        "loads the app by name: run it with qlite worker --app MODULE:ATTR"})
     mp = _context(app.spec)
     recv, send = mp.Pipe(duplex=False)
-    proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send),
+    proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send, log),
                       daemon=True, name=f"qlite-job-{claim.id}")
     proc.start()
     _children.add(proc)

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .app import App
@@ -38,6 +38,7 @@ class Outcome:
     result: str | None = None  # JSON text
     error: dict | None = None  # {type, message, traceback}
     delay: float | None = None  # seconds before the next attempt, when the handler named it
+    logs: list | None = None  # the handler's own log lines (logs.JobLog.result())
 
 
 @dataclass
@@ -93,6 +94,17 @@ def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
 
 def run(app: App, claim: Claim, client: Any = None,
         cancel: threading.Event | None = None) -> Outcome:
+    """Run the handler inside the job's log context: its log lines carry the job's fields and
+    come back in ``Outcome.logs``."""
+    from .logs import job_context
+
+    with job_context(claim) as captured:
+        outcome = _run(app, claim, client, cancel)
+    lines = captured.result()
+    return replace(outcome, logs=lines) if lines else outcome
+
+
+def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None) -> Outcome:
     task = app.tasks.get(claim.task)
     if task is None:
         names = ", ".join(sorted(app.tasks)) or "none"

@@ -72,6 +72,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Lets qlite dashboard retry and cancel jobs: requests must carry it in the "
             "X-Qlite-Token header (the page asks for it). At least 16 characters. Unset: the "
             "dashboard is read-only."),
+
+    Setting("log_format", "QLITE_LOG_FORMAT", "--log-format", "text", "str",
+            "Worker log lines: text (a sentence, then key=value fields) or json (one object "
+            "per line: ts, level, logger, msg, job_id, task, queue, attempt, exc)."),
+    Setting("metrics_port", "QLITE_METRICS_PORT", "--metrics-port", None, "int",
+            "Serve Prometheus metrics on this port (/metrics). Unset: no metrics server."),
+    Setting("metrics_host", "QLITE_METRICS_HOST", "--metrics-host", "127.0.0.1", "str",
+            "Address the metrics server binds; 0.0.0.0 exposes it to the network."),
 )
 
 _URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
@@ -108,7 +116,7 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
     try:
         if setting.kind == "int":
             value = int(raw)
-            if value < 1:
+            if value < 1 or (setting.name == "metrics_port" and value > 65535):
                 raise ValueError
             return value
         if setting.kind == "float":
@@ -118,6 +126,8 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
             return value
     except (TypeError, ValueError):
         expected = "a positive integer" if setting.kind == "int" else "a positive number"
+        if setting.name == "metrics_port":
+            expected = "a port number 1..65535"
         raise ConfigError(f"{source}: expected {expected} (got {raw!r})") from None
     if setting.kind == "list":
         items = [raw] if isinstance(raw, str) else list(raw)
@@ -147,6 +157,10 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         if raw not in ("thread", "process"):
             raise ConfigError(f"{source}: expected thread or process (got {raw!r})")
         return raw
+    if setting.name == "log_format":
+        if raw not in ("text", "json"):
+            raise ConfigError(f"{source}: expected text or json (got {raw!r})")
+        return raw
     if setting.name == "log_level":
         level = str(raw).upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -173,6 +187,10 @@ class Settings:
     max_payload: int = 262144
     log_level: str = "INFO"
     dashboard_token: str | None = None
+
+    log_format: str = "text"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def load(cls, env: dict | None = None, **overrides: Any) -> Settings:

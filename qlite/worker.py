@@ -32,6 +32,7 @@ from .faults import crash_point
 from .index import TERMINAL, Index, Limits
 from .ingest import Ingest
 from .isolate import kill_children, run_in_child
+from .logs import install_capture, job_fields
 from .producer import Client
 from .reindex import reindex
 from .replica import Replica
@@ -133,6 +134,8 @@ class Worker:
         self.held_until: float | None = None
         self.published = 0  # jobs acknowledged by this process, for qlite stats
         self.flushed: dict[str, int] = {}  # counters already added to the index
+        self.metrics: Any = None  # metrics.Metrics when --metrics-port is set
+        install_capture()  # a handler's own log lines are kept with its job
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
         self.rate_limits = {t.name: (t.rate_key, *t.rate) for t in tasks if t.rate}
@@ -195,6 +198,10 @@ class Worker:
 
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
+        if self.settings.metrics_port:  # first: a busy port fails before any other work
+            from .metrics import start  # prometheus-client: loaded only when asked for
+
+            self.metrics = start(self)
         self._open_index()
         log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
@@ -225,6 +232,8 @@ class Worker:
                 part()
             except Exception as e:  # each part logs its own failure; the loop goes on
                 ok = False
+                if self.metrics is not None:
+                    self.metrics.step_failed(part)
                 if disk_full(e):
                     full = True
                     continue
@@ -305,8 +314,7 @@ class Worker:
         for row in rows:
             claim = Claim(row["id"], row["task"], row["queue"], row["attempts"],
                           row["max_attempts"], json.loads(row["envelope"]), row["enqueued_at"])
-            log.info("job started job_id=%s task=%s queue=%s attempt=%d", claim.id, claim.task,
-                     claim.queue, claim.attempt)
+            log.info("job started", extra=job_fields(claim))
             task = self.app.tasks.get(claim.task)
             timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
             cancel = self.cancels[claim.id] = threading.Event()
@@ -315,10 +323,13 @@ class Worker:
             if task and (timeout or self.settings.pool == "process"):
                 future = self.handlers.submit(run_in_child, self.app, claim, timeout,
                                               str(self.store.url), self.settings.endpoint_url,
-                                              cancel)
+                                              cancel, (self.settings.log_level,
+                                                       self.settings.log_format))
             else:
                 future = self.handlers.submit(run, self.app, claim, self.client, cancel)
             self.running[future] = claim
+            if self.metrics is not None:
+                self.metrics.job_started(claim.id)
             future.add_done_callback(lambda _: self.wake.set())
 
     def _collect(self) -> None:
@@ -336,11 +347,12 @@ class Worker:
                 tries = self.record_failures[claim.id] = self.record_failures.get(claim.id, 0) + 1
                 if disk_full(e) or tries < 3:
                     if not disk_full(e):
-                        log.warning("recording job %s failed (%s: %s); trying again", claim.id,
-                                    type(e).__name__, e)
+                        log.warning("recording the job failed (%s: %s); trying again",
+                                    type(e).__name__, e, extra=job_fields(claim))
                     continue  # the outcome stays in memory; the next step records it
                 # Never let one outcome block the others for good: record a plain failure.
-                log.error("recording job %s failed: %s: %s", claim.id, type(e).__name__, e)
+                log.error("recording the job failed: %s: %s", type(e).__name__, e,
+                          extra=job_fields(claim))
                 self._step_quietly(lambda c=claim, e=e: self.index.finish(
                     c.id, c.attempt, self.owner, "failed", now=self.clock(), error={
                         "type": "RecordError", "traceback": None,
@@ -356,23 +368,26 @@ class Worker:
 
     def _record(self, claim: Claim, outcome: Outcome) -> None:
         now = self.clock()
-        fields = f"job_id={claim.id} task={claim.task} queue={claim.queue} " \
-                 f"attempt={claim.attempt}"
+        fields = job_fields(claim)
         cancel = self.cancels.get(claim.id)
         if outcome.state == "succeeded":
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "succeeded",
-                                   result=outcome.result, now=now)
-            log.info("job succeeded %s", fields)
+                                   result=outcome.result, now=now, logs=outcome.logs)
+            label = "succeeded"
+            log.info("job succeeded", extra=fields)
         elif cancel is not None and cancel.is_set():
             error = {"type": "Cancelled", "traceback": (outcome.error or {}).get("traceback"),
                      "message": f"cancelled on request while running attempt {claim.attempt}"}
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "cancelled",
-                                   error=error, now=now)
-            log.info("job cancelled %s", fields)
+                                   error=error, now=now, logs=outcome.logs)
+            label = "cancelled"
+            log.info("job cancelled", extra=fields)
         elif outcome.state == "snooze":
             ok = self.index.finish(claim.id, claim.attempt, self.owner, "snooze",
-                                   run_at=now + (outcome.delay or 0), now=now)
-            log.info("job snoozed for %.1fs %s", outcome.delay or 0, fields)
+                                   run_at=now + (outcome.delay or 0), now=now,
+                                   logs=outcome.logs)
+            label = "snoozed"
+            log.info("job snoozed for %.1fs", outcome.delay or 0, extra=fields)
         else:
             task = self.app.tasks.get(claim.task)
             policy = RetryPolicy(max_attempts=claim.max_attempts,
@@ -382,16 +397,20 @@ class Worker:
             error = outcome.error or {}
             if run_at is None:
                 ok = self.index.finish(claim.id, claim.attempt, self.owner, "failed",
-                                       error=error, now=now)
-                log.warning("job failed %s error=%s: %s", fields, error.get("type"),
-                            error.get("message"))
+                                       error=error, now=now, logs=outcome.logs)
+                label = "failed"
+                log.warning("job failed: %s", error.get("message"),
+                            extra={**fields, "error": error.get("type")})
             else:
                 ok = self.index.finish(claim.id, claim.attempt, self.owner, "retry",
-                                       error=error, run_at=run_at, now=now)
-                log.info("job will retry in %.1fs %s error=%s: %s", run_at - now, fields,
-                         error.get("type"), error.get("message"))
+                                       error=error, run_at=run_at, now=now, logs=outcome.logs)
+                label = "retry"
+                log.info("job will retry in %.1fs: %s", run_at - now, error.get("message"),
+                         extra={**fields, "error": error.get("type")})
         if not ok:
-            log.warning("stale attempt ignored (the job was taken over) %s", fields)
+            log.warning("stale attempt ignored (the job was taken over)", extra=fields)
+        elif self.metrics is not None:
+            self.metrics.job_recorded(claim.task, claim.id, label)
 
     def _publish(self, flush: bool = False) -> None:
         """PUT results/ for terminal jobs, then acknowledge their inbox objects in batches:
@@ -536,8 +555,10 @@ class Worker:
     def _expire(self, now: float) -> None:
         if now < self.next_expiry:
             return
-        for job_id in self.index.expire(now):
-            log.info("job expired before it started job_id=%s", job_id)
+        for row in self.index.expire(now, rows=True):
+            log.info("job expired before it started", extra=job_fields(row))
+            if self.metrics is not None:
+                self.metrics.job_expired(row["task"])
         self.next_expiry = self.index.next_expiry() or float("inf")
 
     def _check_cancels(self) -> None:
@@ -548,7 +569,9 @@ class Worker:
         self.next_cancel_check = now + 0.5
         for job_id in self.index.cancelling(list(self.cancels)):
             if not self.cancels[job_id].is_set():
-                log.info("cancellation requested for running job job_id=%s", job_id)
+                claim = next((c for c in self.running.values() if c.id == job_id), None)
+                log.info("cancellation requested for the running job",
+                         extra=job_fields(claim) if claim else {"job_id": job_id})
                 self.cancels[job_id].set()
 
     def _schedule(self) -> None:
@@ -606,9 +629,9 @@ class Worker:
         # its jobs are not taken from it.
         alive = [self.owner] + [o for o in owners if o not in dead and is_local(o)]
         for row in self.index.reap(dead, alive, self.clock()):
-            log.warning("job %s after its worker stopped job_id=%s attempt=%d",
-                        "requeued" if row["state"] == "queued" else "failed", row["id"],
-                        row["attempts"])
+            log.warning("job %s after its worker stopped",
+                        "requeued" if row["state"] == "queued" else "failed",
+                        extra=job_fields(row))
 
     def _shutdown(self) -> int:
         if self.running:
@@ -635,6 +658,8 @@ class Worker:
             logging.shutdown()
             os._exit(0)  # handler threads cannot be interrupted; do not wait for them
         self.handlers.shutdown(wait=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("worker stopped")
         return 0
 
@@ -663,6 +688,9 @@ def result_record(job: dict) -> dict:
              "traceback": a["traceback"], "at": a["finished_at"]}
             for a in job.get("attempt_log", []) if a["outcome"] not in (None, "succeeded")
         ],
+        # The handler's own log lines per attempt (bounded, see logs.py): qlite logs ID.
+        "logs": [{"attempt": a["attempt"], "lines": json.loads(a["logs"])}
+                 for a in job.get("attempt_log", []) if a.get("logs")],
         "key": job.get("key"),
         "enqueued_at": job["enqueued_at"],
         "started_at": job["started_at"],

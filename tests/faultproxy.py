@@ -13,8 +13,11 @@ SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Cod
 
 
 class FaultProxy:
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, strip: tuple[str, ...] = ()):
+        """``strip``: header names dropped from every request, as a proxy that does not know
+        them would (the upstream must not check signatures: moto)."""
         target = urlsplit(upstream)
+        dropped = {h.lower() for h in strip}
         self.failing = threading.Event()
         self.fail_next = 0  # answer this many requests with 503, then forward again
         self.seen_503 = 0
@@ -43,7 +46,8 @@ class FaultProxy:
                     return
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
                 # Headers go through unchanged: the client signed them, Host included.
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                conn.request(self.command, self.path, body=body, headers={
+                    k: v for k, v in self.headers.items() if k.lower() not in dropped})
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)

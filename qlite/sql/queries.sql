@@ -62,7 +62,7 @@ UPDATE jobs SET state = 'cancelled', finished_at = :now_iso,
                                                strftime('%Y-%m-%dT%H:%M:%SZ', expires_at,
                                                         'unixepoch'))
 WHERE state IN ('queued', 'scheduled') AND attempts = 0 AND expires_at <= :now
-RETURNING id;
+RETURNING id, task, queue, attempts;
 
 -- name: next_expiry
 SELECT min(expires_at) AS at FROM jobs
@@ -120,6 +120,10 @@ UPDATE attempts SET finished_at = :now_iso, outcome = :outcome, error_type = :er
                     message = :message, traceback = :traceback
 WHERE job_id = :id AND attempt = :attempt;
 
+-- name: attempt_logs
+-- The handler's own log lines of one attempt (JSON array, bounded by the worker).
+UPDATE attempts SET logs = :logs WHERE job_id = :id AND attempt = :attempt;
+
 -- name: heartbeat
 UPDATE jobs SET lease_until = :lease_until WHERE state = 'running' AND owner = :owner;
 
@@ -139,7 +143,7 @@ UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'q
 WHERE state = 'running'
   AND (owner IN (SELECT value FROM json_each(:dead))
        OR (lease_until < :now AND owner NOT IN (SELECT value FROM json_each(:alive))))
-RETURNING id, state, attempts, error;
+RETURNING id, task, queue, state, attempts, error;
 
 -- name: lost_attempt
 UPDATE attempts SET finished_at = :now_iso, outcome = 'lost', error_type = 'WorkerLost',
@@ -164,6 +168,11 @@ ORDER BY job_id, attempt;
 
 -- name: next_run_at
 SELECT min(run_at) AS run_at FROM jobs WHERE queue = :queue AND state IN ('queued', 'scheduled');
+
+-- name: depth
+-- Jobs waiting or running, by queue and state (the metrics' queue depth).
+SELECT queue, state, count(*) AS n FROM jobs
+WHERE state IN ('queued', 'scheduled', 'running') GROUP BY queue, state;
 
 -- name: counts
 SELECT state, count(*) AS n FROM jobs GROUP BY state;

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_type  TEXT,
     message     TEXT,
     traceback   TEXT,
+    logs        TEXT,            -- JSON array of the handler's own log lines (qlite logs ID)
     PRIMARY KEY (job_id, attempt)
 );
 

@@ -104,6 +104,10 @@ def worker(
         help="largest envelope in bytes (env QLITE_MAX_PAYLOAD)")] = None,
     log_level: Annotated[str | None, typer.Option(
         help="DEBUG, INFO, WARNING, ERROR (env QLITE_LOG_LEVEL)")] = None,
+    signing_key: Annotated[str | None, typer.Option(
+        help="kid:secret[,kid:secret] to verify and sign inbox objects (env "
+             "QLITE_SIGNING_KEY; prefer the env var, ps shows options)",
+        show_default=False)] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
 
@@ -114,7 +118,8 @@ def worker(
                              max_attempts=max_attempts,
                              lease=lease,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
-                             max_payload=max_payload, log_level=log_level)
+                             max_payload=max_payload, log_level=log_level,
+                             signing_key=signing_key)
     settings.require_url()
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

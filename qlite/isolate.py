@@ -33,7 +33,8 @@ def _context(spec: str) -> Any:
         return _mp
 
 
-def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any) -> None:
+def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
+           signing_key: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     from .producer import Client
 
@@ -45,7 +46,7 @@ def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: An
     conn.send("started")
     from .runner import run
 
-    conn.send(run(app, claim, Client(url, endpoint_url=endpoint_url)))
+    conn.send(run(app, claim, Client(url, endpoint_url=endpoint_url, signing_key=signing_key)))
     conn.close()
 
 
@@ -65,7 +66,8 @@ def _describe(code: int | None) -> str:
 
 
 def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
-                 endpoint_url: str | None, cancel: threading.Event | None = None) -> Outcome:
+                 endpoint_url: str | None, cancel: threading.Event | None = None,
+                 signing_key: Any = None) -> Outcome:
     if app.spec is None:
         return Outcome("failed", error={
             "type": "NotIsolatable", "traceback": None,
@@ -73,7 +75,8 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                        "loads the app by name: run it with qlite worker --app MODULE:ATTR"})
     mp = _context(app.spec)
     recv, send = mp.Pipe(duplex=False)
-    proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send),
+    proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send,
+                                           signing_key),
                       daemon=True, name=f"qlite-job-{claim.id}")
     proc.start()
     _children.add(proc)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .signing import Keyring
+from .signing import parse as parse_keyring
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Setting:
     env: str
     option: str
     default: Any
-    kind: str  # "str", "int", "float", "list", "url"
+    kind: str  # "str", "int", "float", "list", "url", "keyring"
     help: str
 
 
@@ -68,6 +70,11 @@ SETTINGS: tuple[Setting, ...] = (
             "worker quarantines a larger inbox object."),
     Setting("log_level", "QLITE_LOG_LEVEL", "--log-level", "INFO", "str",
             "Log level of the worker: DEBUG, INFO, WARNING or ERROR."),
+    Setting("signing_key", "QLITE_SIGNING_KEY", "--signing-key", None, "keyring",
+            "Sign inbox objects (producers) and quarantine unsigned or badly signed ones "
+            "(worker): kid:secret pairs, comma-separated, secrets of 16 bytes or more; the "
+            "first signs, all verify (docs/signing.md). Prefer the environment variable: a "
+            "command-line value is visible in ps."),
 )
 
 _URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
@@ -135,6 +142,8 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         return tuple(names)
     if setting.kind == "url":
         return parse_url(raw)
+    if setting.kind == "keyring":
+        return raw if isinstance(raw, Keyring) else parse_keyring(raw, source)
     if setting.name == "replicate":
         if raw not in ("auto", "on", "off"):
             raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
@@ -168,6 +177,7 @@ class Settings:
     poll_max: float = 10.0
     max_payload: int = 262144
     log_level: str = "INFO"
+    signing_key: Keyring | None = None  # its repr shows key ids, never a secret
 
     @classmethod
     def load(cls, env: dict | None = None, **overrides: Any) -> Settings:

@@ -105,7 +105,7 @@ class Worker:
         self.handlers = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="qlite-job")
         self.io = ThreadPoolExecutor(8, thread_name_prefix="qlite-io")
         self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
-                             store=self.store)
+                             store=self.store, signing_key=settings.signing_key)
         self.running: dict[Future, Claim] = {}
         self.wake = threading.Event()
         self.stopping = False
@@ -188,9 +188,10 @@ class Worker:
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
         self._open_index()
-        log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s",
+        keyring = self.settings.signing_key
+        log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s signing=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
-                 self.index.path, self.store.url)
+                 self.index.path, self.store.url, ",".join(keyring.kids) if keyring else "off")
         self._step_quietly(self._reap)
         while not self.stopping:
             ok = self._step(burst)
@@ -300,7 +301,7 @@ class Worker:
             if task and (timeout or self.settings.pool == "process"):
                 future = self.handlers.submit(run_in_child, self.app, claim, timeout,
                                               str(self.store.url), self.settings.endpoint_url,
-                                              cancel)
+                                              cancel, self.settings.signing_key)
             else:
                 future = self.handlers.submit(run, self.app, claim, self.client, cancel)
             self.running[future] = claim

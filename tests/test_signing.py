@@ -44,6 +44,19 @@ def fails_first_run(tag):
     return "second run"
 
 
+@app.task(name="t.sum")
+def total(values):
+    return sum(values)
+
+
+ticks: list = []
+
+
+@app.periodic(every=60, name="p.tick")
+def tick(ctx):
+    ticks.append(ctx.meta["tick"])
+
+
 app.spec = f"{__name__}:app"
 
 
@@ -191,6 +204,20 @@ def test_follow_up_jobs_the_worker_writes_are_signed_and_run(s3):
     [child] = drain(s3, [qlite.Client().job(status["result"])])
     assert (child["state"], child["result"]) == ("succeeded", 8)
     assert Index(s3.db).quarantined() == []
+
+
+def test_periodic_ticks_and_group_then_jobs_the_worker_enqueues_are_signed(s3):
+    ticks.clear()
+    now = [time.time() // 60 * 60 + 61]
+    Worker(app, s3.settings(signing_key=K1), clock=lambda: now[0]).run(burst=True)  # start
+    now[0] += 60
+    Worker(app, s3.settings(signing_key=K1), clock=lambda: now[0]).run(burst=True)  # fires
+    group = qlite.Client(signing_key=K1).group([("math.add", [1, 2]), ("math.add", [3, 4])],
+                                               then="t.sum")
+    drain(s3, group.jobs)
+    [then] = drain(s3, [group.then])  # enqueued by the worker once both members succeeded
+    assert (then["state"], then["result"]) == ("succeeded", 10)
+    assert len(ticks) == 1 and Index(s3.db).quarantined() == []
 
 
 def test_follow_up_jobs_from_a_child_process_are_signed_too(s3):

@@ -111,6 +111,10 @@ def worker(
     metrics_host: Annotated[str | None, typer.Option(
         help="address of the metrics server (env QLITE_METRICS_HOST, default 127.0.0.1)")
     ] = None,
+    signing_key: Annotated[str | None, typer.Option(
+        help="kid:secret[,kid:secret] to verify and sign inbox objects (env "
+             "QLITE_SIGNING_KEY; prefer the env var, ps shows options)",
+        show_default=False)] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
 
@@ -123,7 +127,8 @@ def worker(
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
                              max_payload=max_payload, log_level=log_level,
                              log_format=log_format, metrics_port=metrics_port,
-                             metrics_host=metrics_host)
+                             metrics_host=metrics_host,
+                             signing_key=signing_key)
     settings.require_url()
     from .logs import setup
 

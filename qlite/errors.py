@@ -10,6 +10,7 @@
     ├── IndexUnavailable          the SQLite index cannot be opened or used
     ├── JobFailed                 result() of a job that failed or was cancelled
     ├── JobStateError             cancel of a finished job, retry of one that did not fail
+    ├── SignatureError            an inbox object is unsigned or its signature does not verify
     └── StorageError              the object store failed; wraps the cause
         ├── EndpointUnreachable   could not connect to the S3 endpoint
         ├── BucketNotFound        the bucket does not exist
@@ -79,6 +80,10 @@ class ObjectNotFound(StorageError):
 
 class AlreadyExists(StorageError):
     """The object already exists (conditional write refused)."""
+
+
+class SignatureError(QliteError):
+    """The object is unsigned, or its signature does not verify with the signing keys."""
 
 
 class WaitTimeout(QliteError):

@@ -15,9 +15,9 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from . import envelope
+from . import envelope, signing
 from .app import App
-from .errors import AlreadyExists, EnvelopeError, ObjectNotFound
+from .errors import AlreadyExists, EnvelopeError, ObjectNotFound, SignatureError
 from .faults import crash_point
 from .index import Index
 from .settings import Settings
@@ -177,6 +177,7 @@ class Ingest:
         if isinstance(job_id, tuple):
             return self._take_in_pack(queue, job_id[1], key, size)
         limit = self.settings.max_payload
+        meta: dict[str, str] = {}
         try:
             if job_id is None:
                 raise EnvelopeError(
@@ -185,31 +186,34 @@ class Ingest:
                 raise EnvelopeError(f"object is {size} bytes, over the {limit}-byte limit "
                                     "(QLITE_MAX_PAYLOAD)")
             try:
-                raw = self.store.get(key)
+                raw, meta = self.store.get_with_metadata(key)
             except ObjectNotFound:
                 return None  # deleted since the LIST (another worker took it)
+            self._verify(raw, meta)  # before parsing: unsigned bytes are never interpreted
             env = envelope.decode(raw, limit)
             if env["id"] != job_id or env["queue"] != queue:
                 raise EnvelopeError(f"envelope id/queue ({env['id']}, {env['queue']}) do not "
                                     f"match its object key {key!r}")
-        except EnvelopeError as e:
-            self._quarantine(key, job_id, str(e))
+        except (EnvelopeError, SignatureError) as e:
+            self._quarantine(key, job_id, str(e), meta.get(signing.METADATA))
             return ("quarantine", key, str(e), size)
         return ("job", self._row(env, raw, key))
 
     def _take_in_pack(self, queue: str, pack_id: str, key: str, size: int) -> tuple | None:
         """GET and validate a pack: all its jobs, or (one bad line) quarantine for all."""
+        meta: dict[str, str] = {}
         try:
             if size > envelope.PACK_LIMIT:
                 raise EnvelopeError(f"pack object is {size} bytes, over the "
                                     f"{envelope.PACK_LIMIT}-byte limit")
             try:
-                raw = self.store.get(key)
+                raw, meta = self.store.get_with_metadata(key)
             except ObjectNotFound:
                 return None
+            self._verify(raw, meta)  # the signature covers the whole pack
             members = envelope.decode_pack(raw, queue, pack_id, self.settings.max_payload)
-        except EnvelopeError as e:
-            self._quarantine(key, None, str(e))
+        except (EnvelopeError, SignatureError) as e:
+            self._quarantine(key, None, str(e), meta.get(signing.METADATA))
             return ("quarantine", key, str(e), size)
         rows = [{**self._row(env, line, key), "pack": key} for env, line in members]
         return ("pack", (key, queue, len(rows)), rows)
@@ -236,8 +240,10 @@ class Ingest:
         """Take in cancel/retry markers (each applied once), then run the retries that can go.
         A marker is deleted with its job's inbox object, or now if the job was published."""
         new = set(self.index.new_requests([key for key, _, _ in markers])) if markers else set()
-        if new:
-            fresh = [m for m in markers if m[0] in new]
+        fresh = [m for m in markers if m[0] in new]
+        if fresh and self.settings.signing_key is not None:
+            fresh = self._verified_markers(fresh, result)
+        if fresh:
             cancelled, settled = self.index.add_requests(fresh, self.clock())
             for job_id in cancelled:
                 log.info("job cancelled on request job_id=%s", job_id)
@@ -256,20 +262,80 @@ class Ingest:
         budget = (env.get("max_attempts") or (task.max_attempts if task else None)
                   or self.settings.max_attempts)
         key = envelope.inbox_key(job["queue"], job["id"])  # a packed job leaves its pack
-        self.store.put(key, job["envelope"].encode("utf-8"))
+        raw = job["envelope"].encode("utf-8")
+        self.store.put(key, raw, metadata=signing.metadata(raw, self.settings.signing_key))
         if self.index.apply_retry(job["id"], budget, key, self.clock()):
             self.store.delete_many([envelope.result_key(job["id"])])
             log.info("job requeued on request job_id=%s task=%s attempts_so_far=%d",
                      job["id"], job["task"], job["attempts"])
 
-    def _quarantine(self, key: str, job_id: str | None, reason: str) -> None:
-        """Copy the object to quarantine/ with the reason; tell a waiting producer it failed."""
+    def _verify(self, raw: bytes, meta: dict[str, str]) -> None:
+        """With QLITE_SIGNING_KEY set, the object's bytes must carry a valid signature."""
+        if self.settings.signing_key is not None:
+            signing.verify(raw, meta.get(signing.METADATA), self.settings.signing_key)
+
+    def _verified_markers(self, markers: list[tuple[str, str, str]],
+                          result: Pass) -> list[tuple[str, str, str]]:
+        """The cancel/retry markers whose signature verifies and whose body names the job,
+        kind and request of its key (so a signed marker cannot be replayed under another
+        key); the others are quarantined. Costs a GET per new marker, only with a key."""
+        good = []
+        for marker, outcome in zip(markers, self.io.map(self._check_marker, markers),
+                                   strict=True):
+            if outcome == "ok":
+                good.append(marker)
+            elif outcome is not None:
+                reason, signature = outcome
+                key = marker[0]
+                try:
+                    self._quarantine(key, None, reason, signature)
+                except Exception as e:
+                    log.warning("cannot quarantine %s: %s (retried next pass)", key, e)
+                    continue
+                self.index.quarantine(key, reason, None, self.clock())
+                result.deleted.append(key)
+                result.quarantined += 1
+        return good
+
+    def _check_marker(self, marker: tuple[str, str, str]) -> str | tuple[str, str | None] | None:
+        """"ok", (reason, signature) to quarantine, or None to look again next pass."""
+        key, job_id, kind = marker
+        meta: dict[str, str] = {}
+        try:
+            raw, meta = self.store.get_with_metadata(key)
+            self._verify(raw, meta)
+            body = envelope.loads_strict(raw, "request marker")
+            request_id = key.rsplit(".", 1)[1]
+            if not isinstance(body, dict) or (
+                    body.get("kind"), body.get("id"), body.get("request")) != (
+                    kind, job_id, request_id):
+                raise EnvelopeError(
+                    f"request marker body does not match its key {key!r}: expected a JSON "
+                    f"object with kind {kind!r}, id {job_id!r} and request {request_id!r}")
+        except (EnvelopeError, SignatureError) as e:
+            return str(e), meta.get(signing.METADATA)
+        except ObjectNotFound:
+            return None
+        except Exception as e:
+            log.warning("cannot check request %s: %s: %s (retried next pass)", key,
+                        type(e).__name__, e)
+            return None
+        return "ok"
+
+    def _quarantine(self, key: str, job_id: str | None, reason: str,
+                    signature: str | None = None) -> None:
+        """Copy the object to quarantine/ with the reason (and its signature, if it had one,
+        for whoever looks into it); tell a waiting producer it failed."""
         log.warning("quarantined key=%s reason=%s", key, reason)
         safe = reason.encode("ascii", "backslashreplace").decode("ascii")[:1024]
         target = envelope.quarantine_key(key)
         if self.store.exists(target):  # an earlier object at the same key: keep both
             target = f"{target}.{int(self.clock() * 1000)}"
-        self.store.copy(key, target, metadata={"qlite-reason": safe})
+        metadata = {"qlite-reason": safe}
+        if signature:
+            metadata[signing.METADATA] = signature.encode(
+                "ascii", "backslashreplace").decode("ascii")[:512]
+        self.store.copy(key, target, metadata=metadata)
         if job_id is not None:
             record = {"v": 1, "id": job_id, "state": "failed", "task": None,
                       "queue": key.split("/")[1], "attempts": 0, "result": None,

@@ -34,7 +34,7 @@ def _context(spec: str) -> Any:
 
 
 def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
-           log: tuple[str, str] | None = None) -> None:
+           log: tuple[str, str] | None = None, signing_key: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     from .producer import Client
 
@@ -51,7 +51,7 @@ def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: An
     conn.send("started")
     from .runner import run
 
-    conn.send(run(app, claim, Client(url, endpoint_url=endpoint_url)))
+    conn.send(run(app, claim, Client(url, endpoint_url=endpoint_url, signing_key=signing_key)))
     conn.close()
 
 
@@ -72,7 +72,7 @@ def _describe(code: int | None) -> str:
 
 def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                  endpoint_url: str | None, cancel: threading.Event | None = None,
-                 log: tuple[str, str] | None = None) -> Outcome:
+                 log: tuple[str, str] | None = None, signing_key: Any = None) -> Outcome:
     if app.spec is None:
         return Outcome("failed", error={
             "type": "NotIsolatable", "traceback": None,
@@ -80,7 +80,8 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                        "loads the app by name: run it with qlite worker --app MODULE:ATTR"})
     mp = _context(app.spec)
     recv, send = mp.Pipe(duplex=False)
-    proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send, log),
+    proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send, log,
+                                           signing_key),
                       daemon=True, name=f"qlite-job-{claim.id}")
     proc.start()
     _children.add(proc)

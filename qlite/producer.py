@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import envelope
+from . import envelope, signing
 from .errors import (
     AccessDenied,
     AlreadyExists,
@@ -35,9 +35,12 @@ class Client:
     """Enqueue jobs and read their status. ``url`` defaults to ``QLITE_URL``."""
 
     def __init__(self, url: str | None = None, *, endpoint_url: str | None = None,
-                 max_payload: int | None = None, store: Store | None = None):
-        self.settings = Settings.load(url=url, endpoint_url=endpoint_url, max_payload=max_payload)
+                 max_payload: int | None = None, store: Store | None = None,
+                 signing_key: str | signing.Keyring | None = None):
+        self.settings = Settings.load(url=url, endpoint_url=endpoint_url, max_payload=max_payload,
+                                      signing_key=signing_key)
         self.store = store or Store(self.settings.require_url(), self.settings.endpoint_url)
+        self.keyring = self.settings.signing_key  # QLITE_SIGNING_KEY: sign what we write
 
     def put(self, task: Any, args: Any = (), kwargs: dict | None = None, *,
             queue: str = "default", key: str | None = None, delay: float | timedelta | None = None,
@@ -149,10 +152,12 @@ class Client:
             }[kind]
             raise JobStateError(f"job {job_id} is {status['state']}: {why}, so it cannot be "
                                 f"{done}{hint}")
-        marker = envelope.marker_key(status["queue"], job_id, kind, envelope.new_id())
-        body = json.dumps({"v": 1, "kind": kind, "id": job_id,
+        request_id = envelope.new_id()
+        marker = envelope.marker_key(status["queue"], job_id, kind, request_id)
+        # The request id in the body ties a signed marker to its key: no replay elsewhere.
+        body = json.dumps({"v": 1, "kind": kind, "id": job_id, "request": request_id,
                            "at": envelope.now_rfc3339()}).encode()
-        self.store.put(marker, body, if_none_match=True)
+        self.put_object(marker, body)
         return status
 
     def job(self, job_id: str, queue: str | None = None) -> Job:
@@ -253,11 +258,11 @@ class Client:
         key = envelope.inbox_key(env["queue"], env["id"])
         if payload is not None:  # first, so the worker never sees a job without its payload
             try:
-                self.store.put(env["payload_ref"], payload, if_none_match=True)
+                self.put_object(env["payload_ref"], payload)
             except AlreadyExists:
                 pass  # the same job put again (key=, or a retried request): keep the first
         try:
-            self.store.put(key, raw, if_none_match=True)
+            self.put_object(key, raw)
         except AlreadyExists:
             # With an idempotency key the job already exists: return its handle. Without one,
             # the usual cause is boto3 retrying a PUT whose first response was lost: it is
@@ -271,7 +276,7 @@ class Client:
         key = envelope.pack_key(pack.queue, pack.id)
         body = b"\n".join(pack.lines) + b"\n"
         try:
-            self.store.put(key, body, if_none_match=True)
+            self.put_object(key, body)  # signed, as every producer write
         except AlreadyExists:
             if self.store.get_or_none(key) != body:
                 raise
@@ -288,6 +293,12 @@ class Client:
                               "qlite pack results record (was it written by something else?)"
                               ) from None
         return self._resolve(record) if isinstance(record, dict) else None
+
+    def put_object(self, key: str, body: bytes) -> None:
+        """The one write of the producer path: PUT ``body`` to ``key`` if absent, signed when
+        QLITE_SIGNING_KEY is set (docs/signing.md)."""
+        self.store.put(key, body, if_none_match=True,
+                       metadata=signing.metadata(body, self.keyring))
 
     def _result(self, job_id: str) -> dict | None:
         raw = self.store.get_or_none(envelope.result_key(job_id))

@@ -73,11 +73,18 @@ def _error(kind: str, message: str, tb: str | None = None) -> dict:
 def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
     """The arguments of a claim-checked job, from their own object."""
     from .envelope import loads_strict
-    from .errors import EnvelopeError, ObjectNotFound
+    from .errors import EnvelopeError, ObjectNotFound, SignatureError
+    from .signing import METADATA, verify
 
     ref = claim.envelope["payload_ref"]
     try:
-        payload = loads_strict(client.store.get(ref), "payload")
+        raw, meta = client.store.get_with_metadata(ref)
+        keyring = getattr(client, "keyring", None)
+        if keyring is not None:  # signed like the envelope that names it
+            verify(raw, meta.get(METADATA), keyring)
+        payload = loads_strict(raw, "payload")
+    except SignatureError as e:
+        return Outcome("failed", error=_error("BadSignature", f"{ref}: {e}"))
     except ObjectNotFound:
         return Outcome("failed", error=_error("PayloadMissing", f"{ref} does not exist (deleted "
                                               "by hand, or by a purge)"))

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .signing import Keyring
+from .signing import parse as parse_keyring
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Setting:
     env: str
     option: str
     default: Any
-    kind: str  # "str", "int", "float", "list", "url"
+    kind: str  # "str", "int", "float", "list", "url", "keyring"
     help: str
 
 
@@ -72,7 +74,6 @@ SETTINGS: tuple[Setting, ...] = (
             "Lets qlite dashboard retry and cancel jobs: requests must carry it in the "
             "X-Qlite-Token header (the page asks for it). At least 16 characters. Unset: the "
             "dashboard is read-only."),
-
     Setting("log_format", "QLITE_LOG_FORMAT", "--log-format", "text", "str",
             "Worker log lines: text (a sentence, then key=value fields) or json (one object "
             "per line: ts, level, logger, msg, job_id, task, queue, attempt, exc)."),
@@ -80,6 +81,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Serve Prometheus metrics on this port (/metrics). Unset: no metrics server."),
     Setting("metrics_host", "QLITE_METRICS_HOST", "--metrics-host", "127.0.0.1", "str",
             "Address the metrics server binds; 0.0.0.0 exposes it to the network."),
+    Setting("signing_key", "QLITE_SIGNING_KEY", "--signing-key", None, "keyring",
+            "Sign inbox objects (producers) and quarantine unsigned or badly signed ones "
+            "(worker): kid:secret pairs, comma-separated, secrets of 16 bytes or more; the "
+            "first signs, all verify (docs/signing.md). Prefer the environment variable: a "
+            "command-line value is visible in ps."),
 )
 
 _URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
@@ -149,6 +155,8 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         return tuple(names)
     if setting.kind == "url":
         return parse_url(raw)
+    if setting.kind == "keyring":
+        return raw if isinstance(raw, Keyring) else parse_keyring(raw, source)
     if setting.name == "replicate":
         if raw not in ("auto", "on", "off"):
             raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
@@ -187,10 +195,10 @@ class Settings:
     max_payload: int = 262144
     log_level: str = "INFO"
     dashboard_token: str | None = None
-
     log_format: str = "text"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    signing_key: Keyring | None = None  # its repr shows key ids, never a secret
 
     @classmethod
     def load(cls, env: dict | None = None, **overrides: Any) -> Settings:

@@ -67,11 +67,17 @@ class Store:
         self._call("put", key, "put_object", Key=self.prefix + key, Body=body, **extra)
 
     def get(self, key: str) -> bytes:
+        return self.get_with_metadata(key)[0]
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]]:
+        """The object's bytes and its user metadata (``x-amz-meta-NAME`` as ``NAME``,
+        lowercase), from the same GET."""
         resp = self._call("get", key, "get_object", Key=self.prefix + key)
         try:
-            return resp["Body"].read()
+            body = resp["Body"].read()
         except Exception as e:  # a connection dropped mid-body
             raise StorageError(f"s3: get {self._name(key)}: reading body: {e}") from e
+        return body, {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}
 
     def get_or_none(self, key: str) -> bytes | None:
         try:

@@ -108,7 +108,7 @@ class Worker:
         self.handlers = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="qlite-job")
         self.io = ThreadPoolExecutor(8, thread_name_prefix="qlite-io")
         self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
-                             store=self.store)
+                             store=self.store, signing_key=settings.signing_key)
         self.running: dict[Future, Claim] = {}
         self.wake = threading.Event()
         self.stopping = False
@@ -203,9 +203,10 @@ class Worker:
 
             self.metrics = start(self)
         self._open_index()
-        log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s",
+        keyring = self.settings.signing_key
+        log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s signing=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
-                 self.index.path, self.store.url)
+                 self.index.path, self.store.url, ",".join(keyring.kids) if keyring else "off")
         self._step_quietly(self._reap)
         while not self.stopping:
             ok = self._step(burst)
@@ -324,7 +325,8 @@ class Worker:
                 future = self.handlers.submit(run_in_child, self.app, claim, timeout,
                                               str(self.store.url), self.settings.endpoint_url,
                                               cancel, (self.settings.log_level,
-                                                       self.settings.log_format))
+                                                       self.settings.log_format),
+                                              self.settings.signing_key)
             else:
                 future = self.handlers.submit(run, self.app, claim, self.client, cancel)
             self.running[future] = claim

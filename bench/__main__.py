@@ -24,7 +24,8 @@ SIZES = {
     "latency_puts": knob("BENCH_LATENCY_N", 300),   # case 1: puts per variant per round
     "cold_runs": knob("BENCH_COLD_N", 7),           # case 2: subprocesses per variant per round
     "bulk_jobs": knob("BENCH_BULK_N", 10_000),      # case 3: put_many size
-    "drain_jobs": knob("BENCH_DRAIN_N", 1_000),     # cases 4 and 5: jobs drained per worker
+    "drain_jobs": knob("BENCH_DRAIN_N", 10_000),    # cases 4 and 5: jobs drained per worker
+    "single_jobs": knob("BENCH_SINGLE_N", 1_000),   # case 4/6: drain of jobs put one by one
     "rate_max": knob("BENCH_RATE", 100),            # case 4: steady producer rate cap, jobs/s
     "rate_seconds": knob("BENCH_RATE_SECONDS", 20), # case 4: seconds of steady production
     "idle_seconds": knob("BENCH_IDLE_SECONDS", 60), # case 6: at least this long idle
@@ -64,13 +65,16 @@ def one_round(r: int, tmp: Path, rate: float | None) -> dict:
     say(f"round {r}: put_many of {SIZES['bulk_jobs']:,} jobs")
     out["bulk"] = s3cases.put_many(f"bulk-{r}", SIZES["bulk_jobs"])
     for c in (1, 4):
-        say(f"round {r}: drain of {n:,} jobs, concurrency {c}")
+        say(f"round {r}: drain of {n:,} packed jobs, concurrency {c}")
         out[f"drain_c{c}"] = s3cases.drain(n, c, tmp)
+    single = SIZES["single_jobs"]
+    say(f"round {r}: drain of {single:,} jobs put one object each, concurrency 4")
+    out["drain_single"] = s3cases.drain(single, 4, tmp, pack=False)
     for peer in PEERS:
         say(f"round {r}: {peer}: enqueue and drain of {n:,} jobs")
         out[peer] = run_child("bench.peers", peer, str(n), timeout=900)
     if rate is None:  # a rate the worker can sustain: at most half its measured drain
-        rate = max(1.0, min(SIZES["rate_max"], round(out["drain_c4"]["jobs_s"] / 2)))
+        rate = max(1.0, min(SIZES["rate_max"], round(out["drain_single"]["jobs_s"] / 2)))
     say(f"round {r}: steady {rate:g} jobs/s for {SIZES['rate_seconds']} s")
     out["steady"] = s3cases.steady(rate, SIZES["rate_seconds"], tmp)
     out["steady"]["rate_asked"] = rate

@@ -40,9 +40,11 @@ def flat(rnd: dict) -> dict:
         "steady_p99_ms": rnd["steady"]["p99_ms"],
         "steady_visible_fraction": rnd["steady"]["visible"] / rnd["steady"]["jobs"],
     }
-    for c in (1, 4):
-        d = rnd[f"drain_c{c}"]
-        ops = per_job(d["worker_requests"])
+    for c in (1, 4, "single"):
+        d = rnd[f"drain_c{c}"] if c != "single" else rnd["drain_single"]
+        c = c if c != "single" else "single"
+        # The producer's own requests per job: put_many's packs, or one PUT per job.
+        ops = per_job(d["worker_requests"], sum(d.get("producer_requests", {"put": 1}).values()))
         worker_total = sum(d["worker_requests"].values())
         f[f"drain_c{c}_jobs_s"] = d["jobs_s"]
         f[f"drain_c{c}_rss_mb"] = d["peak_rss_mb"]
@@ -54,6 +56,9 @@ def flat(rnd: dict) -> dict:
             f[f"requests_c{c}_{op}"] = n
         for peer in PEER_NAMES:
             f[f"drain_c{c}_vs_{peer}"] = d["jobs_s"] / rnd[peer]["drain_jobs_s"]
+    # Single puts are the c=4 row of older runs: keep those names for the targets.
+    for k in [k for k in f if k.startswith(("requests_csingle", "dollars_csingle"))]:
+        f[k.replace("csingle", "single")] = f.pop(k)
     steady_ops = rnd["steady"]["requests"]
     f["requests_steady"] = sum(steady_ops.values())
     f["dollars_steady"] = dollars_per_million(steady_ops)
@@ -100,7 +105,7 @@ def targets(m: dict, sizes: dict) -> list[dict]:
         t("drain (c=1) >= 5x Celery", f"{m['drain_c1_vs_celery']:.2f}x Celery",
           m["drain_c1_vs_celery"] >= 5),
         t("S3 requests per job <= 3.1 (single put, busy queue c=4)",
-          f"{m['requests_c4']:.2f}", m["requests_c4"] <= 3.1),
+          f"{m['requests_single']:.2f}", m["requests_single"] <= 3.1),
         t("S3 requests per job <= 3.1 (single put, steady rate)",
           f"{m['requests_steady']:.2f}", m["requests_steady"] <= 3.1),
         t("idle <= 1 LIST per 10 s per queue (360/h)",
@@ -109,6 +114,8 @@ def targets(m: dict, sizes: dict) -> list[dict]:
           f"{m['rss_index_mb']:.0f} MB", m["rss_index_mb"] < 200),
         t(f"worker RSS < 200 MB with {sizes['bulk_jobs']:,} pending (inbox)",
           f"{m['rss_inbox_mb']:.0f} MB", m["rss_inbox_mb"] < 200),
+        t("S3 requests per job <= 0.05 (put_many packs, results batched, c=4)",
+          f"{m['requests_c4']:.4f}", m["requests_c4"] <= 0.05),
     ]
 
 
@@ -139,8 +146,10 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         (f"3 put_many {s['bulk_jobs']:,}, jobs/s", _n(m["put_many_jobs_s"]), "", "",
          f">=25,000: {met[tg[2]]}"),
     ]
-    for c in (1, 4):
-        out.append((f"4 drain {n:,} c={c}, jobs/s", _n(m[f"drain_c{c}_jobs_s"], 1),
+    for c in (1, 4, "single"):
+        label = (f"4 drain {n:,} packed c={c}, jobs/s" if c != "single" else
+                 f"4 drain {s['single_jobs']:,} single puts c=4, jobs/s")
+        out.append((label, _n(m[f"drain_c{c}_jobs_s"], 1),
                     f"Huey {_n(m['huey_drain_jobs_s'])}", f"{m[f'drain_c{c}_vs_huey']:.3f}x",
                     f">=Huey: {met[tg[3]]}" if c == 1 else ""))
         out.append(("", "", f"Celery {_n(m['celery_drain_jobs_s'])}",
@@ -160,12 +169,14 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         out.append((f"5 enqueue 1 by 1 vs {label}, jobs/s", _n(m["enqueue_jobs_s"]),
                     f"{label} {_n(m[f'{peer}_enqueue_jobs_s'])}",
                     f"{m[f'enqueue_vs_{peer}']:.3f}x", ""))
-    for case, label in (("c4", "busy c=4"), ("c1", "busy c=1"), ("steady", "steady rate")):
+    for case, label in (("single", "single puts, busy c=4"), ("c4", "put_many packs c=4"),
+                        ("c1", "put_many packs c=1"), ("steady", "single puts, steady rate")):
         ops = {k.rsplit("_", 1)[1]: v for k, v in m.items()
                if k.startswith(f"requests_{case}_")}
-        detail = " ".join(f"{op.upper()} {v:.3f}" for op, v in sorted(ops.items()) if v)
-        target = {"c4": f"<=3.1: {met[tg[5]]}", "steady": f"<=3.1: {met[tg[6]]}"}.get(case, "")
-        out.append((f"6 S3 requests/job, {label}", f"{m[f'requests_{case}']:.2f}", detail, "",
+        detail = " ".join(f"{op.upper()} {v:.4f}" for op, v in sorted(ops.items()) if v)
+        target = {"single": f"<=3.1: {met[tg[5]]}", "steady": f"<=3.1: {met[tg[6]]}",
+                  "c4": f"<=0.05: {met[tg[10]]}"}.get(case, "")
+        out.append((f"6 S3 requests/job, {label}", f"{m[f'requests_{case}']:.4f}", detail, "",
                     target))
         out.append((f"6 $ per million jobs, {label}", f"{m[f'dollars_{case}']:.2f}", "", "",
                     ""))

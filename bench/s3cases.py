@@ -125,11 +125,11 @@ def cold_producer(n: int) -> dict:
 
 # -- 3. bulk enqueue ----------------------------------------------------------------------------
 
-def put_many(name: str, n: int) -> dict:
+def put_many(name: str, n: int, pack: bool = True) -> dict:
     client = qlite.Client(url(name))
     jobs = [("bench.noop", [i]) for i in range(n)]
     t0 = time.perf_counter()
-    client.put_many(jobs)
+    client.put_many(jobs, pack=pack)
     elapsed = time.perf_counter() - t0
     return {"jobs_s": n / elapsed, "elapsed": elapsed,
             "producer_requests": {k: v / n for k, v in client.store.requests.items()}}
@@ -137,10 +137,11 @@ def put_many(name: str, n: int) -> dict:
 
 # -- 4. drain -----------------------------------------------------------------------------------
 
-def drain(n: int, concurrency: int, tmp: Path) -> dict:
-    """put_many N no-op jobs into a fresh prefix, then time one worker draining them."""
+def drain(n: int, concurrency: int, tmp: Path, pack: bool = True) -> dict:
+    """put_many N no-op jobs (packed, or one object each) into a fresh prefix, then time one
+    worker draining them."""
     name = f"drain-c{concurrency}-{uuid.uuid4().hex[:8]}"
-    bulk = put_many(name, n)
+    bulk = put_many(name, n, pack)
     out = run_child(CHILD, "drain", "--url", url(name), "--db", str(tmp / f"{name}.db"),
                     "--concurrency", str(concurrency), timeout=600)
     done = out["counts"].get("succeeded", 0)
@@ -148,7 +149,8 @@ def drain(n: int, concurrency: int, tmp: Path) -> dict:
         raise RuntimeError(f"drain: {done} of {n} jobs succeeded: {out['counts']}")
     return {"jobs_s": n / out["elapsed"], "elapsed": out["elapsed"],
             "worker_requests": {k: v / n for k, v in out["requests"].items()},
-            "peak_rss_mb": out["peak_rss_mb"], "put_many_jobs_s": bulk["jobs_s"]}
+            "peak_rss_mb": out["peak_rss_mb"], "put_many_jobs_s": bulk["jobs_s"],
+            "producer_requests": bulk["producer_requests"]}
 
 
 class ServeWorker:

@@ -71,6 +71,36 @@ def put(
                           priority=priority))
 
 
+@app.command("put-many")
+@_errors
+def put_many(
+    file: Annotated[Path, typer.Argument(help="JSON Lines: one job object per line")],
+    queue: Annotated[str, typer.Option(help="queue of lines that name none")] = "default",
+    key: Annotated[str | None, typer.Option(
+        help="batch key for resuming (default: the file's SHA-256)")] = None,
+    as_json: AsJson = False,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """Enqueue one job per line of FILE, packed (up to 1,000 jobs per object), with a progress
+    bar. Each line is an object with "task" and put's options ("args", "kwargs", "queue",
+    "key", "delay", "priority", ...). Every line is checked before the first write. Run it
+    again after an interruption: packs already enqueued are skipped (idempotent by line).
+
+    Example: qlite put-many jobs.jsonl --queue imports
+    """
+    from .putmany import put_many_file
+
+    out = put_many_file(file, queue=queue, key=key, url=url, endpoint_url=endpoint_url)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    rate = out["jobs"] / out["seconds"] if out["seconds"] else 0
+    typer.echo(f"{out['enqueued']:,} job(s) enqueued, {out['skipped']:,} already enqueued "
+               f"(skipped), from {out['file']} in {out['seconds']:.2f}s ({rate:,.0f} jobs/s); "
+               f"ids {out['first_id']} .. {out['last_id']}")
+
+
 @app.command()
 @_errors
 def worker(

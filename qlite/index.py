@@ -11,7 +11,8 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,6 +56,7 @@ def _text(value: Any) -> Any:
 class Index:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        self._batch = False  # inside batch(): calls use savepoints, batch() commits
         try:
             if readonly:
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
@@ -81,7 +83,7 @@ class Index:
     def _migrate(self) -> None:
         """Bring an index written by an older qlite up to this schema (columns added since)."""
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(jobs)")}
-        with self.conn:
+        with self._tx():
             for column in ("expires_at REAL", "grp TEXT", "pack TEXT"):
                 if column.split()[0] not in columns:
                     self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
@@ -92,11 +94,47 @@ class Index:
                               "WHERE grp IS NOT NULL")
             self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_pack ON jobs (pack, state) "
                               "WHERE pack IS NOT NULL")
+            for name in ("jobs_state", "jobs_finished", "attempts_finished", "attempts_first"):
+                self.conn.execute(f"DROP INDEX IF EXISTS {name}")  # see schema.sql
             self.conn.execute(
                 "CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) "
                 "WHERE state IN ('queued', 'scheduled') AND expires_at IS NOT NULL")
 
     # -- helpers ----------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for several calls (the worker records outcomes and claims the next
+        jobs in one commit). Each call inside still succeeds or fails alone (a savepoint)."""
+        if self._batch:  # nested: a savepoint
+            with self._tx():
+                yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._batch = True
+        try:
+            yield
+        except BaseException:
+            self._batch = False
+            self.conn.rollback()
+            raise
+        self._batch = False
+        self.conn.commit()
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        if not self._batch:
+            with self.conn:
+                yield
+            return
+        self.conn.execute("SAVEPOINT call")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO call")
+            self.conn.execute("RELEASE call")
+            raise
+        self.conn.execute("RELEASE call")
 
     def _rows(self, query: str, /, **params: Any) -> list[dict]:
         try:
@@ -107,7 +145,7 @@ class Index:
             raise IndexUnavailable(f"index {self.path}: {query}: {e}") from e
 
     def _write(self, query: str, /, **params: Any) -> list[dict]:
-        with self.conn:
+        with self._tx():
             return self._rows(query, **params)
 
     @staticmethod
@@ -126,7 +164,7 @@ class Index:
         in ((key, queue, size)) in one transaction."""
         now, now_iso = self._now(now)
         n = 0
-        with self.conn:
+        with self._tx():
             for key, queue, size in packs:
                 self.conn.execute(QUERIES["insert_pack"], {"key": key, "queue": queue,
                                                            "size": size, "now_iso": now_iso})
@@ -143,7 +181,8 @@ class Index:
         return {r["key"] for r in self._rows("known_packs", keys=json.dumps(keys))}
 
     def pack_open(self, keys: list[str]) -> dict[str, int]:
-        """How many members of each pack are not terminal yet (absent: none)."""
+        """Per pack, how many members are not terminal yet (+1 if the pack was not taken in):
+        0 means its batched record is complete and the pack object may go."""
         return {r["pack"]: r["n"] for r in self._rows("pack_open", keys=json.dumps(keys))}
 
     def pack_members(self, key: str) -> list[dict]:
@@ -166,7 +205,7 @@ class Index:
                   "lease_until": now + lease, "now_iso": now_iso}
         if not limits:
             rows = []
-            with self.conn:
+            with self._tx():
                 for queue in queues:
                     rows += self._rows("claim", n=n - len(rows), blocked="[]", queue=queue,
                                        **params)
@@ -184,8 +223,7 @@ class Index:
         read here cannot change under it, even with other worker processes on the file."""
         now = params["now"]
         rows: list[dict] = []
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self.batch():  # BEGIN IMMEDIATE, or a savepoint inside the worker's batch
             running = {r["task"]: r["n"] for r in self._rows(
                 "running_by_task", tasks=json.dumps(list(limits.concurrency)))}
             starts = {r["key"]: json.loads(r["starts"]) for r in self._rows(
@@ -217,10 +255,6 @@ class Index:
                     starts[key].append(now)
                     self._rows("rate_set", key=key, starts=json.dumps(starts[key]))
             self._attempts_started(rows, params["owner"], params["now_iso"])
-            self.conn.commit()
-        except BaseException:
-            self.conn.rollback()
-            raise
         return rows
 
     def _attempts_started(self, rows: list[dict], owner: str, now_iso: str) -> None:
@@ -252,7 +286,7 @@ class Index:
         if error:  # a handler's message may hold lone surrogates, which SQLite cannot store
             error = {k: _text(v) for k, v in error.items()}
         error_json = json.dumps(error) if error else None
-        with self.conn:
+        with self._tx():
             query = {"succeeded": "succeed", "retry": "retry", "failed": "fail",
                      "snooze": "snooze", "cancelled": "cancel"}[outcome]
             done = self._rows(query, id=job_id,
@@ -285,7 +319,7 @@ class Index:
         """Requeue (or fail, when out of attempts) jobs whose owner died, or whose lease
         expired unless their owner is a process on this host known to be alive."""
         now, now_iso = self._now(now)
-        with self.conn:
+        with self._tx():
             rows = self._rows("reap", dead=json.dumps(dead_owners),
                               alive=json.dumps(list(alive_owners)), now=now, now_iso=now_iso)
             for r in rows:
@@ -325,7 +359,7 @@ class Index:
         left alone. Returns how many rows were added."""
         _, now_iso = self._now(now)
         added = 0
-        with self.conn:
+        with self._tx():
             for r in records:
                 pack = pack_key(r["queue"], r["pack"]) if r.get("pack") else None
                 envelope = {"v": 1, "id": r["id"], "task": r["task"], "args": [], "kwargs": {},
@@ -350,7 +384,7 @@ class Index:
     def schedule_last(self, name: str, now: float | None = None) -> float:
         """The schedule's last tick; a schedule seen for the first time starts from now."""
         now, now_iso = self._now(now)
-        with self.conn:
+        with self._tx():
             self._rows("schedule_init", name=name, now=now, now_iso=now_iso)
             return self._rows("schedule_last", name=name)[0]["last_tick"]
 
@@ -372,7 +406,7 @@ class Index:
         """Record (marker key, job id, kind) requests and apply cancels to jobs not running.
         Returns the ids cancelled and the requests settled (their job is terminal)."""
         _, now_iso = self._now(now)
-        with self.conn:
+        with self._tx():
             for key, job_id, kind in requests:
                 self.conn.execute(QUERIES["insert_request"], {
                     "key": key, "job_id": job_id, "kind": kind, "now_iso": now_iso})
@@ -389,7 +423,7 @@ class Index:
         """Requeue a failed or cancelled job whose envelope was put back at ``inbox_key`` (a
         packed job leaves its pack: it is a job of its own from now on)."""
         now, _ = self._now(now)
-        with self.conn:
+        with self._tx():
             done = self._rows("apply_retry", id=job_id, budget=budget, now=now,
                               inbox_key=inbox_key)
             self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
@@ -406,7 +440,7 @@ class Index:
 
     def purge(self, ids: list[str]) -> int:
         """Forget published terminal jobs (their results/ objects are deleted first)."""
-        with self.conn:
+        with self._tx():
             self._rows("purge_attempts", ids=json.dumps(ids))
             self._rows("purge_requests", ids=json.dumps(ids))
             return self.conn.execute(QUERIES["purge"], {"ids": json.dumps(ids)}).rowcount
@@ -449,7 +483,7 @@ class Index:
     def add_counters(self, deltas: dict[str, int], now: float | None = None) -> None:
         """Add to running totals (S3 requests by operation, jobs published): one transaction."""
         _, now_iso = self._now(now)
-        with self.conn:
+        with self._tx():
             for name, n in deltas.items():
                 if n:
                     self.conn.execute(QUERIES["counter_add"],

@@ -348,3 +348,13 @@ class Ingest:
                                if_none_match=True)
             except AlreadyExists:
                 pass
+        pack = envelope.parse_pack_key(key)
+        if pack is not None:  # every member's status: failed, with the pack's reason
+            record = {"v": 1, "pack": pack[1], "complete": True, "jobs": {},
+                      "quarantined": {"message": reason, "quarantine_key": target,
+                                      "finished_at": envelope.now_rfc3339(self.clock())}}
+            try:
+                self.store.put(envelope.pack_result_key(pack[1]), json.dumps(record).encode(),
+                               if_none_match=True)
+            except AlreadyExists:
+                pass

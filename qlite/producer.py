@@ -62,7 +62,8 @@ class Client:
         return self._write(*self._encode(env))
 
     def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16,
-                 pack: bool = True) -> list[Job]:
+                 pack: bool = True, key: str | None = None,
+                 progress: Any = None) -> list[Job]:
         """Enqueue many jobs; each item is a dict of ``put``'s arguments
         (``{"task": "math.add", "args": [1, 2]}``) or a tuple ``(task, args[, kwargs])``.
         Every envelope is validated before the first PUT, so bad input enqueues nothing.
@@ -70,11 +71,18 @@ class Client:
         Jobs are packed: up to envelope.PACK_MAX of one queue per object, written
         concurrently, and the worker writes their results in batches too. Jobs with ``key=``
         (idempotent) or arguments over the inline limit are still put one object each;
-        ``pack=False`` puts every job as its own object."""
+        ``pack=False`` puts every job as its own object.
+
+        ``key``: the whole batch is idempotent: pack ids derive from it, so the same call
+        again (say, after an interruption) skips the packs already enqueued (until purged).
+        ``progress(jobs, skipped)`` is called after each object is written."""
         now = time.time()  # one timestamp for the batch
         handles, writes = [], []
         packs: dict[str, _Pack] = {}
+        numbers: dict[str, int] = {}  # packs started per queue (for keyed pack ids)
         for item in _items(jobs, "put_many"):
+            if key is not None and "key" not in item and not pack:
+                item = {**item, "key": f"{key}:{len(handles)}"}
             if not pack or "key" in item:
                 env, raw, payload = self._encode(self._envelope(**item, now=now))
                 writes.append((self._write, (env, raw, payload)))
@@ -84,11 +92,15 @@ class Client:
             current = packs.get(queue)
             for _ in range(2):  # a full pack is sealed and the job goes to a fresh one
                 if current is None:
-                    current = packs[queue] = _Pack(queue, now)
+                    numbers[queue] = numbers.get(queue, 0) + 1
+                    current = packs[queue] = _Pack(queue, now, key and f"{key}:{queue}:"
+                                                   f"{numbers[queue]}")
                 env = self._envelope(**item, now=now, job_id=current.next_id())
                 try:
                     raw = envelope.encode(env, self.settings.max_payload)
                 except PayloadTooLarge:  # claim check: its own object
+                    if key is not None:
+                        item = {**item, "key": f"{key}:{current.id}:{current.next_index}"}
                     env, raw, payload = self._encode(self._envelope(**item, now=now))
                     writes.append((self._write, (env, raw, payload)))
                     break
@@ -99,9 +111,17 @@ class Client:
                 current = packs[queue] = None
             handles.append(Job(self, env["id"], env["queue"]))
         writes += [(self._write_pack, (p,)) for p in packs.values() if p is not None and p.lines]
+
+        def write(w: tuple) -> None:
+            fn, args = w
+            written = fn(*args)
+            if progress is not None:
+                n = len(args[0].lines) if fn == self._write_pack else 1
+                progress(n, 0 if written is not False else n)
+
         if writes:
             with ThreadPoolExecutor(max_workers=min(workers, len(writes))) as pool:
-                list(pool.map(lambda w: w[0](*w[1]), writes))
+                list(pool.map(write, writes))
         return handles
 
     def group(self, jobs: Iterable[dict | tuple], *, then: Any = None, on_failure: Any = None,
@@ -271,15 +291,21 @@ class Client:
                 raise
         return Job(self, env["id"], env["queue"])
 
-    def _write_pack(self, pack: _Pack) -> None:
-        # A new pack id per call: never an overwrite, so a 412 means boto3 retried our PUT.
+    def _write_pack(self, pack: _Pack) -> bool:
+        """PUT a pack; False when a keyed pack was enqueued before (and is skipped)."""
         key = envelope.pack_key(pack.queue, pack.id)
         body = b"\n".join(pack.lines) + b"\n"
+        if pack.keyed and self.store.exists(envelope.pack_result_key(pack.id)):
+            return False  # taken in and (partly) done already: never enqueue it twice
         try:
             self.put_object(key, body)  # signed, as every producer write
         except AlreadyExists:
-            if self.store.get_or_none(key) != body:
+            # A keyed pack: enqueued by an earlier run. Otherwise a new pack id per call
+            # never overwrites, so a 412 means boto3 retried our own PUT.
+            if not pack.keyed and self.store.get_or_none(key) != body:
                 raise
+            return not pack.keyed
+        return True
 
     def _packed_result(self, job_id: str) -> dict | None:
         """The job's record in its pack's batched results, if it is a finished pack member."""
@@ -287,7 +313,16 @@ class Client:
         if raw is None:
             return None
         try:
-            record = json.loads(raw)["jobs"].get(job_id)
+            body = json.loads(raw)
+            record = body["jobs"].get(job_id)
+            if record is None and body.get("quarantined"):  # the whole pack was refused
+                q = body["quarantined"]
+                record = {"v": 1, "id": job_id, "state": "failed", "task": None, "queue": None,
+                          "attempts": 0, "result": None, "pack": body["pack"],
+                          "error": {"type": "Quarantined", "message": q["message"],
+                                    "traceback": None}, "errors": [],
+                          "quarantine_key": q["quarantine_key"],
+                          "finished_at": q["finished_at"]}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise JobNotFound(f"{envelope.pack_result_key(envelope.pack_of(job_id))} is not a "
                               "qlite pack results record (was it written by something else?)"
@@ -377,9 +412,11 @@ class Group:
 class _Pack:
     """Envelopes of one queue being gathered into one pack object."""
 
-    def __init__(self, queue: str, now: float):
+    def __init__(self, queue: str, now: float, key: str | None = None):
         self.queue = queue
-        self.id, _ = envelope.pack_ids(1, now)
+        self.keyed = key is not None
+        self.id = (envelope.key_id(f"pack:{key}")[:-3] + "000" if key is not None
+                   else envelope.pack_ids(1, now)[0])
         self.lines: list[bytes] = []
         self.size = 0
         self.next_index = 0

@@ -226,7 +226,7 @@ class Worker:
         ok = True
         full = False
         # Claim right after collecting, so a freed slot is refilled before the S3 work.
-        for part in (self._collect, self._claim, self._publish, self._maintain,
+        for part in (self._collect_and_claim, self._publish, self._maintain,
                      self._check_cancels, lambda: self._poll(burst), self._schedule,
                      self._claim):
             try:
@@ -299,9 +299,14 @@ class Worker:
         self.next_poll = self.clock() + self.poll_every
 
     def _claim(self) -> None:
+        self._start(self._claim_rows())
+
+    def _claim_rows(self) -> list[dict]:
+        """Claim jobs for the free slots (counting their attempts); _start runs them once
+        that is committed."""
         free = self.settings.concurrency - len(self.running)
         if self.stopping or free <= 0:
-            return
+            return []
         now = self.clock()
         self._expire(now)
         limits = Limits(self.concurrency_limits, self.rate_limits)
@@ -310,6 +315,9 @@ class Worker:
         self.backlog = len(rows) == free  # more may be runnable: no LIST while slots are full
         self.held = bool(limits) and len(rows) < free
         self.held_until = limits.held_until
+        return rows
+
+    def _start(self, rows: list[dict]) -> None:
         if rows:
             crash_point("after_claim")
         for row in rows:
@@ -333,6 +341,24 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.job_started(claim.id)
             future.add_done_callback(lambda _: self.wake.set())
+
+    def _collect_and_claim(self) -> None:
+        """Record the finished jobs and claim the next ones in one SQLite commit: at
+        --concurrency 1 that commit is most of the cost of a job (docs/performance.md)."""
+        free = not self.stopping and len(self.running) < self.settings.concurrency
+        if not free and not any(f.done() for f in self.running):
+            return
+        failed = None
+        rows: list[dict] = []
+        with self.index.batch():
+            self._collect()
+            try:
+                rows = self._claim_rows()
+            except Exception as e:  # the outcomes recorded above still commit
+                failed = e
+        self._start(rows)  # after the commit: an attempt is counted before its handler runs
+        if failed is not None:
+            raise failed
 
     def _collect(self) -> None:
         for future in [f for f in self.running if f.done()]:
@@ -435,13 +461,13 @@ class Worker:
             quiet = bool(packed) and self._quiet()
             for key in packed:
                 first = self.pack_seen.setdefault(key, now)
-                if flush or key not in open_ or now - first >= PACK_FLUSH or quiet:
+                if flush or not open_[key] or now - first >= PACK_FLUSH or quiet:
                     due.append(key)
                 else:
                     self.next_publish = min(self.next_publish, first + PACK_FLUSH)
             futures = {self.io.submit(self._write_result, j): [j] for j in singles}
             futures.update({self.io.submit(self._write_pack, key, self.index.pack_members(key),
-                                           key not in open_): packed[key] for key in due})
+                                           not open_[key]): packed[key] for key in due})
             for future, batch in futures.items():
                 try:
                     done = future.result() or batch
@@ -450,7 +476,7 @@ class Worker:
                         self.acked[job["id"]] = markers.get(job["id"], [])
                     if batch[0]["pack"] and batch[0]["pack"] == batch[0]["inbox_key"]:
                         self.pack_seen.pop(batch[0]["pack"], None)
-                        if batch[0]["pack"] not in open_:  # every member is in the record
+                        if not open_[batch[0]["pack"]]:  # every member is in the record
                             self.acked[done[-1]["id"]].append(batch[0]["pack"])
                     else:
                         self.acked[batch[0]["id"]].append(batch[0]["inbox_key"])

@@ -100,6 +100,9 @@ def test_a_pack_with_one_bad_line_is_quarantined_whole(s3):
     assert quarantined == [envelope.quarantine_key(key)]
     head = s3.server.client().head_object(Bucket=s3.bucket, Key=s3.prefix + quarantined[0])
     assert "pack line 2" in head["Metadata"]["qlite-reason"]
+    status = qlite.Client().status(ids[0])  # a waiting producer learns it failed
+    assert (status["state"], status["error"]["type"]) == ("failed", "Quarantined")
+    assert "pack line 2" in status["error"]["message"]
 
 
 def test_failed_packed_jobs_are_recorded_and_one_can_be_retried(s3, tmp_path):
@@ -145,3 +148,21 @@ def test_packed_results_come_back_when_the_index_is_lost(s3):
     assert all(r["state"] == "succeeded" and r["published"] for r in rows)
     assert json.loads(rows[3]["result"]) == 6
     assert client.status(jobs[3].id)["result"] == 6
+
+
+def test_a_half_done_pack_survives_the_loss_of_the_index(s3):
+    client = qlite.Client()
+    jobs = client.put_many([("p.echo", [1]), {"task": "p.echo", "args": [2], "delay": 3600}])
+    seen.clear()
+    Worker(app, s3.settings()).run(burst=True)
+    assert seen == [1] and jobs[0].status()["state"] == "succeeded"
+    assert len(bucket_keys(s3, "inbox/")) == 1  # the pack stays until its last job is done
+    for path in (s3.db, s3.db.with_name(s3.db.name + "-wal"),
+                 s3.db.with_name(s3.db.name + "-shm")):
+        path.unlink(missing_ok=True)
+    Worker(app, s3.settings()).run(burst=True)  # rebuilt from results/, then the inbox
+    assert seen == [1]  # the finished job did not run again
+    assert len(bucket_keys(s3, "inbox/")) == 1  # and the pack was not taken for done
+    index = Index(s3.db, readonly=True)
+    assert index.get(jobs[1].id)["state"] == "scheduled"
+    assert index.get(jobs[0].id)["state"] == "succeeded"

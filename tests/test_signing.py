@@ -167,6 +167,22 @@ def test_an_unsigned_object_is_quarantined_with_the_reason(s3):
     assert bucket_keys(s3, "inbox/") == []
 
 
+def test_packs_are_signed_whole_and_a_tampered_pack_is_quarantined(s3):
+    signed = qlite.Client(signing_key=K1).put_many([("math.add", [i, i]) for i in range(3)])
+    assert [s["result"] for s in drain(s3, signed)] == [0, 2, 4]
+    jobs = qlite.Client(signing_key=K1).put_many([("math.add", [i, i]) for i in range(3)])
+    [key] = bucket_keys(s3, "inbox/")
+    client = s3.server.client()
+    old = client.get_object(Bucket=s3.bucket, Key=s3.prefix + key)
+    body = old["Body"].read().replace(b"[2,2]", b"[200,200]")
+    client.put_object(Bucket=s3.bucket, Key=s3.prefix + key, Body=body,
+                      Metadata=old["Metadata"])
+    statuses = drain(s3, jobs)
+    assert {(s["state"], s["error"]["type"]) for s in statuses} == {("failed", "Quarantined")}
+    assert "does not match" in statuses[0]["error"]["message"] or \
+        "signature" in statuses[0]["error"]["message"]
+
+
 def test_a_worker_without_a_key_runs_signed_and_unsigned_jobs(s3):
     jobs = [qlite.Client(signing_key=K1).put("math.add", [1, 1]), qlite.Client().put(
         "math.add", [2, 2])]

@@ -17,11 +17,15 @@ INSERT OR IGNORE INTO packs (key, queue, size, at) VALUES (:key, :queue, :size, 
 SELECT key FROM packs WHERE key IN (SELECT value FROM json_each(:keys));
 
 -- name: pack_open
--- Members of these packs not yet terminal (a member retried on request has left its pack).
-SELECT pack, count(*) AS n FROM jobs
-WHERE pack IN (SELECT value FROM json_each(:keys)) AND inbox_key = pack
-  AND state NOT IN ('succeeded', 'failed', 'cancelled')
-GROUP BY pack;
+-- Per pack: its members not yet terminal (a member retried on request has left its pack),
+-- plus 1 while the pack itself is not taken in (an index rebuilt from results/ may hold some
+-- members before it holds the pack): 0 means every member is in the batched record.
+SELECT k.value AS pack,
+       (SELECT count(*) FROM jobs
+        WHERE jobs.pack = k.value AND jobs.inbox_key = k.value
+          AND jobs.state NOT IN ('succeeded', 'failed', 'cancelled'))
+       + NOT EXISTS (SELECT 1 FROM packs WHERE packs.key = k.value) AS n
+FROM json_each(:keys) AS k;
 
 -- name: pack_members
 -- The terminal members of a pack: its batched results record holds them all.

@@ -38,7 +38,8 @@ class Task:
         self.queue = queue
         self.max_attempts = max_attempts
         self.priority = priority
-        params = list(inspect.signature(fn).parameters)
+        self.signature = inspect.signature(fn)  # checked against each job's arguments
+        params = list(self.signature.parameters)
         # A handler that names a ``ctx`` parameter gets the job context: positionally when it
         # is the first parameter, else by keyword.
         self.wants_ctx = "ctx" in params

@@ -528,6 +528,9 @@ def presign(
 Since = Annotated[str, typer.Option(
     "--since", help="the window of throughput and latency: 1h, 15m, 1d, 3600")]
 
+
+@app.command()
+@_errors
 def doctor(
     as_json: AsJson = False,
     url: Url = None,
@@ -640,6 +643,9 @@ def dashboard(
     finally:
         server.server_close()
 
+
+@app.command()
+@_errors
 def logs(
     job_id: Annotated[str, typer.Argument(help="job id")],
     as_json: AsJson = False,

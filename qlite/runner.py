@@ -6,7 +6,6 @@ into one index transition.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import threading
@@ -133,7 +132,7 @@ def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None) ->
         else:
             kwargs["ctx"] = ctx
     try:
-        inspect.signature(task.fn).bind(*args, **kwargs)
+        task.signature.bind(*args, **kwargs)
     except TypeError as e:
         return Outcome("failed", error=_error(
             "BadArguments", f"{claim.task} cannot take args={claim.envelope['args']!r:.200} "

@@ -1,4 +1,4 @@
-"""Chaos: 1,000 jobs through worker processes killed with SIGKILL at random moments and at every
+"""Chaos: 400 jobs (half packed) through worker processes killed with SIGKILL at random moments and at every
 named crash point, an S3 server restart and a lost disk (the index restored from its Litestream
 replica); nothing may be lost.
 
@@ -25,7 +25,7 @@ from qlite.devserver import SeaweedFS
 from qlite.faults import POINTS
 from qlite.index import Index
 
-JOBS = int(os.environ.get("QLITE_CHAOS_JOBS", "1000"))
+JOBS = int(os.environ.get("QLITE_CHAOS_JOBS", "400"))
 RANDOM_KILLS = int(os.environ.get("QLITE_CHAOS_KILLS", "6"))
 SEED = int(os.environ.get("QLITE_CHAOS_SEED", "20261125"))
 

@@ -37,7 +37,7 @@ lint: $(STAMP) ## ruff
 check: lint test ## lint and test
 
 chaos: $(STAMP) ## the long chaos tier: 5,000 jobs, 25 SIGKILLs, both servers
-	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py
+	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 QLITE_CHAOS_SERVERS=seaweedfs,moto $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py
 
 bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery (~10 min; bench/results.*)
 	bash bench/ensure.sh $(PY)

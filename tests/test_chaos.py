@@ -2,8 +2,8 @@
 named crash point, an S3 server restart and a lost disk (the index restored from its Litestream
 replica); nothing may be lost.
 
-The fast tier runs in `make test`; `make chaos` runs a longer one (QLITE_CHAOS_JOBS,
-QLITE_CHAOS_KILLS, QLITE_CHAOS_SEED).
+The fast tier runs in `make test` on SeaweedFS; `make chaos` runs a longer one on SeaweedFS and
+moto server (QLITE_CHAOS_JOBS, QLITE_CHAOS_KILLS, QLITE_CHAOS_SEED, QLITE_CHAOS_SERVERS).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from qlite.index import Index
 JOBS = int(os.environ.get("QLITE_CHAOS_JOBS", "400"))
 RANDOM_KILLS = int(os.environ.get("QLITE_CHAOS_KILLS", "6"))
 SEED = int(os.environ.get("QLITE_CHAOS_SEED", "20261125"))
+# The fast tier (make test) runs on SeaweedFS, the server it also restarts; make chaos adds moto.
+SERVERS = os.environ.get("QLITE_CHAOS_SERVERS", "seaweedfs").split(",")
 
 
-@pytest.fixture(params=["seaweedfs", "moto"])
+@pytest.fixture(params=SERVERS)
 def chaos(request, tmp_path, monkeypatch):
     """A bucket on a server this test may restart (its own SeaweedFS), or on moto server,
     which keeps its data in memory only, so it is never restarted."""

@@ -144,11 +144,25 @@ def make(
     return env
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_NAMES: dict[tuple[str, str], bool] = {}  # (pattern, name) checked (put_many repeats them)
+
+
+def _name_ok(value: Any, pattern: re.Pattern) -> bool:
+    if not isinstance(value, str):
+        return False
+    known = _NAMES.get((pattern.pattern, value))
+    if known is None:
+        known = bool(pattern.match(value))
+        if len(_NAMES) < 4096:
+            _NAMES[(pattern.pattern, value)] = known
+    return known
+
+
 def encode(env: dict, max_size: int | None = None) -> bytes:
     """Envelope dict to bytes: strict JSON (no NaN), UTF-8, within ``max_size``."""
     try:
-        data = json.dumps(env, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        raw = data.encode("utf-8")
+        raw = _ENCODER.encode(env).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as e:
         raise EnvelopeError(
             f"job {env.get('task')!r}: arguments must be JSON (lists, objects, strings, "
@@ -216,17 +230,17 @@ def validate(env: Any) -> None:
         raise EnvelopeError(f"unknown envelope version v={v!r} (this worker reads v=1)")
     checks = (
         ("id", isinstance(env["id"], str) and ID_RE.match(env["id"]), "a UUIDv7/v8 string"),
-        ("task", isinstance(env["task"], str) and TASK_RE.match(env["task"]),
-         "a task name like 'math.add'"),
+        ("task", _name_ok(env["task"], TASK_RE), "a task name like 'math.add'"),
         ("args", isinstance(env["args"], list), "a JSON array"),
         ("kwargs", isinstance(env["kwargs"], dict), "a JSON object"),
-        ("queue", isinstance(env["queue"], str) and QUEUE_RE.match(env["queue"]),
+        ("queue", _name_ok(env["queue"], QUEUE_RE),
          "a queue name of letters, digits, '_', '-', '.'"),
     )
     for name, ok, expected in checks:
         if not ok:
             raise EnvelopeError(f"{name}: expected {expected} (got {env[name]!r:.80})")
-    parse_time(env["enqueued_at"], "enqueued_at")
+    if env["enqueued_at"] != _last_time[1]:  # the time this process just wrote is valid
+        parse_time(env["enqueued_at"], "enqueued_at")
     for name in ("not_before", "expires_at"):
         if env.get(name) is not None:
             parse_time(env[name], name)

@@ -1,6 +1,6 @@
-"""Chaos: 400 jobs (half packed) through worker processes killed with SIGKILL at random moments and at every
-named crash point, an S3 server restart and a lost disk (the index restored from its Litestream
-replica); nothing may be lost.
+"""Chaos: 400 jobs (half packed) through worker processes killed with SIGKILL at random
+moments and at every named crash point, an S3 server restart and a lost disk (the index
+restored from its Litestream replica); nothing may be lost.
 
 The fast tier runs in `make test` on SeaweedFS; `make chaos` runs a longer one on SeaweedFS and
 moto server (QLITE_CHAOS_JOBS, QLITE_CHAOS_KILLS, QLITE_CHAOS_SEED, QLITE_CHAOS_SERVERS).

@@ -471,6 +471,9 @@ class Worker:
             for future, batch in futures.items():
                 try:
                     done = future.result() or batch
+                    missing = [j["id"] for j in done if j["id"] not in markers]
+                    if missing:  # pack members finished earlier than this listing reached
+                        markers.update(self.index.markers_of(missing))
                     for job in done:
                         self._group_done(job)
                         self.acked[job["id"]] = markers.get(job["id"], [])

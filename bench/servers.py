@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from qlite.devserver import SeaweedFS, Server, free_port
+from qlite.testing.devserver import SeaweedFS, Server, free_port
 
 BUCKET = "bench"
 

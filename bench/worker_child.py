@@ -17,9 +17,9 @@ import threading
 import time
 
 from qlite import envelope
-from qlite.index import Index
+from qlite.index.db import Index
 from qlite.settings import Settings
-from qlite.worker import Worker
+from qlite.worker.loop import Worker
 
 from .tasks import app
 

@@ -4,8 +4,8 @@ The producer API lives here and imports only the standard library (boto3 is impo
 first request is made). The worker, the index and the CLI live in their own modules.
 """
 
-from .app import App, Task
-from .errors import (
+from qlite.app import App, Task
+from qlite.errors import (
     AccessDenied,
     AlreadyExists,
     BucketNotFound,
@@ -27,8 +27,8 @@ from .errors import (
     TaskError,
     WaitTimeout,
 )
-from .producer import Client, Group, Job
-from .webhook import verify_webhook
+from qlite.producer import Client, Group, Job
+from qlite.webhook import verify_webhook
 
 __version__ = "0.1.0"
 

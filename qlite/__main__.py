@@ -9,10 +9,10 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["put"]:
-        from .putcmd import main as put_main
+        from qlite.cli.put import main as put_main
 
         sys.exit(put_main(argv[1:]))
-    from .cli import app
+    from qlite.cli.main import app
 
     app(prog_name="qlite")
 

@@ -12,8 +12,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from . import envelope
-from .errors import TaskError
+from qlite import envelope
+from qlite.errors import TaskError
 
 
 class Task:
@@ -92,7 +92,7 @@ class App:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from .producer import Client
+            from qlite.producer import Client
 
             self._client = Client(self.url)
         return self._client
@@ -108,7 +108,7 @@ class App:
 
         ``max_attempts`` overrides the worker's default (3). ``backoff`` is the upper bound in
         seconds of the first retry's delay, doubling per attempt up to 300 s, or a tenacity
-        wait strategy (qlite.retry). Only exceptions that are ``retry_on`` and not
+        wait strategy (qlite.worker.retry). Only exceptions that are ``retry_on`` and not
         ``give_up_on`` are retried; others fail the job at once. ``timeout`` (seconds) is a
         hard limit: such a task runs in a child process that is killed when time is up.
 
@@ -164,7 +164,7 @@ class App:
         decides about ticks missed while no worker ran: ``latest`` (run the most recent one),
         ``all`` (run each) or ``skip``. Other options are ``task()``'s.
         """
-        from .schedule import Schedule
+        from qlite.schedule import Schedule
 
         def register(fn: Callable) -> Task:
             task = self.task(fn, name=name, **options)

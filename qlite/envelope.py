@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import EnvelopeError, PayloadTooLarge
+from qlite.errors import EnvelopeError, PayloadTooLarge
 
 VERSION = 1
 REQUIRED = ("v", "id", "task", "args", "kwargs", "queue", "enqueued_at")

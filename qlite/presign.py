@@ -15,10 +15,10 @@ import os
 import time
 from typing import Any
 
-from . import envelope
-from .errors import ConfigError
-from .settings import Settings
-from .store import Store
+from qlite import envelope
+from qlite.errors import ConfigError
+from qlite.settings import Settings
+from qlite.store import Store
 
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4 presigned requests cannot live longer than 7 days
 PUT_HEADERS = {"Content-Type": "application/json", "If-None-Match": "*"}

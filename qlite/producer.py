@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import envelope, signing
-from .errors import (
+from qlite import envelope, signing
+from qlite.errors import (
     AccessDenied,
     AlreadyExists,
     ConfigError,
@@ -25,8 +25,8 @@ from .errors import (
     PayloadTooLarge,
     WaitTimeout,
 )
-from .settings import Settings
-from .store import Store
+from qlite.settings import Settings
+from qlite.store import Store
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

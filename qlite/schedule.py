@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import TaskError
+from qlite.errors import TaskError
 
 MISFIRE = ("latest", "all", "skip")
 CATCH_UP_MAX = 1000
@@ -125,6 +125,6 @@ def _zone(tz: str, where: str) -> Any:
 
 def tick_key(name: str, tick: float) -> str:
     """The idempotency key of one tick: the same tick is the same job, whoever fires it."""
-    from .envelope import now_rfc3339
+    from qlite.envelope import now_rfc3339
 
     return f"schedule:{name}:{now_rfc3339(tick)}"

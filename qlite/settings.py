@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .signing import Keyring
-from .signing import parse as parse_keyring
+from qlite.errors import ConfigError
+from qlite.signing import Keyring
+from qlite.signing import parse as parse_keyring
 
 
 @dataclass(frozen=True)

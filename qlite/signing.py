@@ -15,7 +15,7 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from .errors import ConfigError, SignatureError
+from qlite.errors import ConfigError, SignatureError
 
 METADATA = "qlite-signature"  # boto3 Metadata key; on the wire: x-amz-meta-qlite-signature
 HEADER = "x-amz-meta-" + METADATA

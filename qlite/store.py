@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import (
+from qlite.errors import (
     AccessDenied,
     AlreadyExists,
     BucketNotFound,
@@ -21,7 +21,7 @@ from .errors import (
     ObjectNotFound,
     StorageError,
 )
-from .settings import QueueURL
+from qlite.settings import QueueURL
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
            "ExpiredToken", "AllAccessDisabled", "InvalidSecurity", "403"}

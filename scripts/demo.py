@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qlite.devserver import SeaweedFS  # noqa: E402
+from qlite.testing.devserver import SeaweedFS  # noqa: E402
 
 BUCKET = "qlite-demo"
 QLITE = [sys.executable, "-m", "qlite"]

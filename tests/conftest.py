@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qlite.devserver import MotoServer, SeaweedFS, Server
 from qlite.settings import Settings
+from qlite.testing.devserver import MotoServer, SeaweedFS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = Path(__file__).resolve().parent / "apps"
@@ -141,7 +141,7 @@ def drain_with(app, target: Target, jobs, timeout: float = 30.0, settings: dict 
     """Run burst workers of ``app`` until every job is terminal; return their statuses."""
     import time
 
-    from qlite.worker import Worker
+    from qlite.worker.loop import Worker
 
     deadline = time.monotonic() + timeout
     while True:

@@ -15,7 +15,7 @@ from aiosmtpd.smtp import AuthResult
 import qlite
 from conftest import qlite as run_qlite
 from qlite.tasks.http import retry_after
-from qlite.worker import Worker
+from qlite.worker.loop import Worker
 
 calls: dict[str, int] = {}
 LARGE = 120 << 20  # bytes: the large upload (more than 100 MB, multipart)

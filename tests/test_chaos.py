@@ -21,9 +21,9 @@ import pytest
 import qlite
 from conftest import TASKS_DIR, _clean_env, start_worker
 from conftest import qlite as run_qlite
-from qlite.devserver import SeaweedFS
-from qlite.faults import POINTS
-from qlite.index import Index
+from qlite.index.db import Index
+from qlite.testing.devserver import SeaweedFS
+from qlite.worker.faults import POINTS
 
 JOBS = int(os.environ.get("QLITE_CHAOS_JOBS", "400"))
 RANDOM_KILLS = int(os.environ.get("QLITE_CHAOS_KILLS", "6"))

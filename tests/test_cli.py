@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, qlite
 from qlite import envelope
-from qlite.devserver import free_port
+from qlite.testing.devserver import free_port
 
 
 def one_line_error(result) -> str:

@@ -19,9 +19,9 @@ import pytest
 
 from conftest import ROOT, TASKS_DIR, qlite
 from qlite import envelope
-from qlite.devserver import MotoServer, _wait_port
-from qlite.replica import Replica
 from qlite.settings import Settings
+from qlite.testing.devserver import MotoServer, _wait_port
+from qlite.worker.replica import Replica
 
 DEPLOY = ROOT / "deploy"
 POLICIES = ["iam/producer.json", "iam/worker.json", "iam/reader.json",

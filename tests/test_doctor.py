@@ -10,8 +10,8 @@ import pytest
 from faultproxy import FaultProxy
 
 from conftest import bucket_keys, qlite
-from qlite.devserver import free_port
-from qlite.doctor import FAIL, OK, WARN, diagnose
+from qlite.ops.doctor import FAIL, OK, WARN, diagnose
+from qlite.testing.devserver import free_port
 
 S3_CHECKS = ("settings", "credentials", "endpoint", "bucket", "clock", "write", "read",
              "if-none-match", "if-match", "delete")

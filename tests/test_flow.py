@@ -12,8 +12,8 @@ import pytest
 import qlite
 from conftest import bucket_keys, drain_with, start_worker
 from conftest import qlite as run_qlite
-from qlite.index import Index
-from qlite.worker import Worker
+from qlite.index.db import Index
+from qlite.worker.loop import Worker
 
 app = qlite.App(queues=["high", "low"])
 ran: list = []

@@ -10,8 +10,8 @@ from test_worker import app, keys, put_raw
 import qlite
 from qlite import envelope
 from qlite.errors import EnvelopeError
-from qlite.index import Index
-from qlite.worker import Worker
+from qlite.index.db import Index
+from qlite.worker.loop import Worker
 
 GOOD = envelope.make("math.add", [1, 2])
 FIELDS = list(GOOD)

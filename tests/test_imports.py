@@ -47,3 +47,29 @@ def test_all_names_the_public_api_and_nothing_more():
     public = {n for n in vars(qlite) if not n.startswith("_") and not isinstance(
         getattr(qlite, n), type(qlite))}
     assert public <= set(qlite.__all__), public - set(qlite.__all__)
+
+
+SUBPACKAGES = ("qlite.worker", "qlite.index", "qlite.ops", "qlite.cli", "qlite.testing")
+
+
+def test_top_level_modules_never_import_the_subpackages():
+    """The top level is what a producer loads; only __main__ dispatches to the CLI."""
+    import ast
+    from pathlib import Path
+
+    for path in Path(qlite.__file__).parent.glob("*.py"):
+        if path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                assert not name.startswith(SUBPACKAGES), f"{path.name} imports {name}"
+
+
+def test_the_producer_modules_load_none_of_the_worker():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, qlite, qlite.producer, qlite.presign, qlite.app\n"
+         "print(' '.join(m for m in sys.modules if m.startswith('qlite.')))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert not [m for m in loaded if m.startswith(SUBPACKAGES)], loaded

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import qlite
 from qlite import Client
-from qlite.index import Index
-from qlite.logs import MAX_LINES
+from qlite.index.db import Index
+from qlite.worker.logs import MAX_LINES
 
 FIELDS = ("job_id", "task", "queue", "attempt")
 

@@ -9,7 +9,7 @@ from test_imports import third_party_modules
 
 from conftest import qlite, start_worker
 from qlite import Client
-from qlite.devserver import free_port
+from qlite.testing.devserver import free_port
 
 
 def scrape(port: int) -> str:
@@ -108,5 +108,5 @@ def test_a_bad_metrics_port_names_the_setting():
 
 
 def test_prometheus_client_is_loaded_only_when_a_metrics_port_is_set():
-    loaded = third_party_modules("import qlite.worker, qlite.cli, qlite.logs")
+    loaded = third_party_modules("import qlite.worker.loop, qlite.cli.main, qlite.worker.logs")
     assert "prometheus_client" not in loaded

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from conftest import ROOT, qlite
-from qlite.index import Index
-from qlite.stats import PRICE_PER_1000, cost, percentile, series, stats
+from qlite.index.db import Index
+from qlite.ops.stats import PRICE_PER_1000, cost, percentile, series, stats
 
 
 def run_jobs(target, ok: int = 5, failing: int = 2) -> tuple[list[str], list[str]]:

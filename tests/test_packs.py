@@ -7,8 +7,8 @@ import shutil
 import qlite
 from conftest import bucket_keys, drain_with
 from qlite import envelope
-from qlite.index import Index
-from qlite.worker import Worker
+from qlite.index.db import Index
+from qlite.worker.loop import Worker
 
 app = qlite.App(queues=["default", "other"])
 seen: list[int] = []

@@ -8,7 +8,7 @@ import pytest
 
 import qlite
 from qlite import envelope
-from qlite.devserver import free_port
+from qlite.testing.devserver import free_port
 
 
 def inbox_keys(s3) -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 import qlite
 from conftest import qlite as run_qlite
 from qlite import replica
-from qlite.index import Index
+from qlite.index.db import Index
 
 
 def test_a_fresh_disk_restores_the_index_from_the_replica_and_catches_up(s3, tmp_path):

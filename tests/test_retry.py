@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qlite.retry import RetryPolicy
+from qlite.worker.retry import RetryPolicy
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from qlite.cli import app
+from qlite.cli.main import app
 from qlite.errors import ConfigError
 from qlite.settings import SETTINGS, Settings, parse_url
 

@@ -14,9 +14,9 @@ from conftest import bucket_keys, drain_with
 from conftest import qlite as run_qlite
 from qlite import envelope, signing
 from qlite.errors import ConfigError, SignatureError
-from qlite.index import Index
+from qlite.index.db import Index
 from qlite.settings import Settings
-from qlite.worker import Worker
+from qlite.worker.loop import Worker
 
 K1 = "k1:" + "1" * 32
 K2 = "k2:" + "2" * 32

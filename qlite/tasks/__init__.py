@@ -13,7 +13,7 @@ A worker with no tasks of its own runs ``qlite worker --app qlite.tasks:app``.
 
 from __future__ import annotations
 
-from ..app import App
+from qlite.app import App
 
 BUILTINS = {
     # name: (module, function, task options)

@@ -28,7 +28,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from ..errors import Fail, Retry
+from qlite.errors import Fail, Retry
 
 MAX_BODY = 1 << 20  # 1 MiB of response body kept in the result by default
 MAX_REDIRECTS = 5
@@ -187,7 +187,7 @@ def request(ctx: Any, url: str, method: str = "GET", headers: dict | None = None
 def deliver_webhook(ctx: Any, url: str, status: dict) -> dict:
     """POST a finished job's status to its ``webhook=`` URL, signed with
     ``QLITE_WEBHOOK_SECRET`` (qlite.webhook); retried and guarded like ``request``."""
-    from ..webhook import HEADER, sign
+    from qlite.webhook import HEADER, sign
 
     secret = os.environ.get("QLITE_WEBHOOK_SECRET")
     if not secret:

@@ -27,7 +27,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import Fail
+from qlite.errors import Fail
 
 
 def _one_line(field: str, value: Any) -> str:
@@ -102,7 +102,7 @@ def build(to: Any, subject: str, text: str | None = None, html: str | None = Non
 def _attachments(items: Any) -> list[dict]:
     """Validated attachments: ``{"key": K, "filename": F, "content_type": T}``; K is under
     ``uploads/`` (a producer must not mail itself the bucket's other objects)."""
-    from .upload import _key
+    from qlite.tasks.upload import _key
 
     if items is None:
         return []

@@ -18,8 +18,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import Fail, Retry
-from . import http
+from qlite.errors import Fail, Retry
+from qlite.tasks import http
 
 CHUNK = 5 << 20
 CONCURRENCY = 2

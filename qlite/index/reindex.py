@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from .index import TERMINAL, Index
-from .store import Store
+from qlite.index.db import TERMINAL, Index
+from qlite.store import Store
 
 
 def reindex(store: Store, index: Index) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from qlite.errors import (
     AccessDenied,
     AlreadyExists,
     BucketNotFound,
@@ -29,7 +29,7 @@ from .errors import (
     QliteError,
     StorageError,
 )
-from .settings import Settings
+from qlite.settings import Settings
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 SKEW_WARN, SKEW_FAIL = 5.0, 60.0  # seconds between the server's Date header and this clock
@@ -60,7 +60,7 @@ def _error_code(e: BaseException) -> str:
 
 class Doctor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
-        from .store import Store
+        from qlite.store import Store
 
         self.settings = settings
         self.url = settings.require_url()
@@ -274,7 +274,7 @@ class Doctor:
             self.add("delete", OK, "the scratch object was deleted")
 
     def litestream(self) -> None:
-        from .replica import find_litestream
+        from qlite.worker.replica import find_litestream
 
         binary = find_litestream()
         mode = self.settings.replicate

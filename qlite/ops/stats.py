@@ -24,8 +24,8 @@ import math
 import time
 from typing import Any
 
-from .envelope import now_rfc3339
-from .index import TERMINAL, Index
+from qlite.envelope import now_rfc3339
+from qlite.index.db import TERMINAL, Index
 
 STATES = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
 
@@ -134,7 +134,7 @@ def series(index: Index, since: float = 3600.0, buckets: int = 30,
     out: dict[str, list[dict]] = {}
 
     def slot(name: str, at: str) -> dict | None:
-        from .envelope import parse_time
+        from qlite.envelope import parse_time
 
         i = int((parse_time(at) - start) // width)
         if not 0 <= i < buckets:

@@ -20,18 +20,18 @@ from typing import Any
 
 import sqlite_utils
 
-from .envelope import now_rfc3339, pack_key
-from .errors import IndexUnavailable
+from qlite.envelope import now_rfc3339, pack_key
+from qlite.errors import IndexUnavailable
 
 
 def _load_queries() -> dict[str, str]:
-    text = resources.files("qlite").joinpath("sql/queries.sql").read_text()
+    text = resources.files("qlite.index").joinpath("sql/queries.sql").read_text()
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 QUERIES = _load_queries()
-SCHEMA = resources.files("qlite").joinpath("sql/schema.sql").read_text()
+SCHEMA = resources.files("qlite.index").joinpath("sql/schema.sql").read_text()
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any
 
-from .app import App, load_app
-from .runner import Claim, Outcome
+from qlite.app import App, load_app
+from qlite.worker.execute import Claim, Outcome
 
 STARTUP_LIMIT = 120.0  # seconds for a child to import the app before it counts as failed
 _mp: Any = None
@@ -29,27 +29,27 @@ def _context(spec: str) -> Any:
     with _mp_lock:
         if _mp is None:
             _mp = multiprocessing.get_context("forkserver")
-            _mp.set_forkserver_preload(["qlite.isolate", spec.partition(":")[0]])
+            _mp.set_forkserver_preload(["qlite.worker.isolate", spec.partition(":")[0]])
         return _mp
 
 
 def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
            log: tuple[str, str] | None = None, signing_key: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
-    from .producer import Client
+    from qlite.producer import Client
 
     if log is not None:  # the worker's level and format, on the stderr it shares
-        from .logs import setup
+        from qlite.worker.logs import setup
 
         setup(*log)
 
     app = load_app(spec)
     if app.builtins:  # as the worker did: a built-in task may run here too
-        from .tasks import register
+        from qlite.tasks import register
 
         register(app)
     conn.send("started")
-    from .runner import run
+    from qlite.worker.execute import run
 
     conn.send(run(app, claim, Client(url, endpoint_url=endpoint_url, signing_key=signing_key)))
     conn.close()

@@ -59,7 +59,7 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-26 10:00:00,123 INFO qlite.worker: job started job_id=... task=...``"""
+    """``2026-11-26 10:00:00,123 INFO qlite.worker.loop: job started job_id=... task=...``"""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, EnvelopeError
+from qlite.errors import ConfigError, EnvelopeError
 
 FIELDS = ("task", "args", "kwargs", "queue", "key", "delay", "at", "ttl", "expires_at",
           "priority", "max_attempts", "timeout", "webhook", "on_success", "on_failure", "meta")
@@ -55,7 +55,7 @@ def put_many_file(path: Path, *, queue: str = "default", key: str | None = None,
                   url: str | None = None, endpoint_url: str | None = None,
                   show_progress: bool | None = None) -> dict:
     """Enqueue every line of ``path``; returns a summary (jobs, written, skipped, seconds)."""
-    from .producer import Client
+    from qlite.producer import Client
 
     numbered = read_jobs(path, queue)
     jobs = [item for _, item in numbered]
@@ -97,7 +97,7 @@ def put_many_file(path: Path, *, queue: str = "default", key: str | None = None,
 
 def _culprit(client, numbered: list[tuple[int, dict]]) -> int | str:
     """The number of the first line whose job does not validate (after put_many refused)."""
-    from .envelope import encode
+    from qlite.envelope import encode
 
     for number, item in numbered:
         try:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .envelope import redacted
-from .errors import ConfigError, QliteError
-from .index import Index
-from .stats import STATES, series, stats
+from qlite.envelope import redacted
+from qlite.errors import ConfigError, QliteError
+from qlite.index.db import Index
+from qlite.ops.stats import STATES, series, stats
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Dashboard:
         self.token = token
         self.client = client
         self.nonce = secrets.token_urlsafe(16)
-        page = resources.files("qlite").joinpath("dashboard.html").read_text()
+        page = resources.files("qlite.ops").joinpath("dashboard.html").read_text()
         self.page = page.replace("{{nonce}}", self.nonce).encode()
 
     def index(self) -> Index:

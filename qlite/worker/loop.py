@@ -25,22 +25,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import envelope
-from .app import App
-from .errors import EnvelopeError, TaskError
-from .faults import crash_point
-from .index import TERMINAL, Index, Limits
-from .ingest import Ingest
-from .isolate import kill_children, run_in_child
-from .logs import install_capture, job_fields
-from .producer import Client
-from .reindex import reindex
-from .replica import Replica
-from .retry import RetryPolicy
-from .runner import Claim, Outcome, run
-from .schedule import tick_key
-from .settings import Settings
-from .store import Store
+from qlite import envelope
+from qlite.app import App
+from qlite.errors import EnvelopeError, TaskError
+from qlite.index.db import TERMINAL, Index, Limits
+from qlite.index.reindex import reindex
+from qlite.producer import Client
+from qlite.schedule import tick_key
+from qlite.settings import Settings
+from qlite.store import Store
+from qlite.worker.execute import Claim, Outcome, run
+from qlite.worker.faults import crash_point
+from qlite.worker.ingest import Ingest
+from qlite.worker.isolate import kill_children, run_in_child
+from qlite.worker.logs import install_capture, job_fields
+from qlite.worker.replica import Replica
+from qlite.worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Worker:
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
         self.rate_limits = {t.name: (t.rate_key, *t.rate) for t in tasks if t.rate}
         if app.builtins:
-            from .tasks import register
+            from qlite.tasks import register
 
             register(app)
         unknown = [q for q in settings.queues if q not in app.queues]
@@ -199,7 +199,7 @@ class Worker:
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
         if self.settings.metrics_port:  # first: a busy port fails before any other work
-            from .metrics import start  # prometheus-client: loaded only when asked for
+            from qlite.worker.metrics import start  # prometheus-client: loaded only when asked for
 
             self.metrics = start(self)
         self._open_index()

@@ -1,4 +1,4 @@
-"""``qlite top``: :func:`qlite.stats.stats` and the latest failures as a live terminal view
+"""``qlite top``: :func:`qlite.ops.stats.stats` and the latest failures as a live terminal view
 (rich, which typer already depends on)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any
 
-from .index import Index
-from .stats import STATES, format_seconds, stats
+from qlite.index.db import Index
+from qlite.ops.stats import STATES, format_seconds, stats
 
 STYLE = {"queued": "yellow", "scheduled": "yellow", "running": "blue", "succeeded": "green",
          "failed": "red", "cancelled": "dim"}

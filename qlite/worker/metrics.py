@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .errors import ConfigError
+from qlite.errors import ConfigError
 
 log = logging.getLogger(__name__)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -29,7 +29,7 @@ class _Scraped:
         self.worker = worker
 
     def collect(self) -> Any:
-        from .index import Index
+        from qlite.index.db import Index
 
         depth = GaugeMetricFamily("qlite_queue_depth", "Jobs in the worker's index waiting "
                                   "or running, by queue and state.", labels=["queue", "state"])

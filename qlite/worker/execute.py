@@ -13,9 +13,9 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .app import App
-from .errors import Fail, Retry, Snooze
-from .retry import retryable
+from qlite.app import App
+from qlite.errors import Fail, Retry, Snooze
+from qlite.worker.retry import retryable
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ def _error(kind: str, message: str, tb: str | None = None) -> dict:
 
 def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
     """The arguments of a claim-checked job, from their own object."""
-    from .envelope import loads_strict
-    from .errors import EnvelopeError, ObjectNotFound, SignatureError
-    from .signing import METADATA, verify
+    from qlite.envelope import loads_strict
+    from qlite.errors import EnvelopeError, ObjectNotFound, SignatureError
+    from qlite.signing import METADATA, verify
 
     ref = claim.envelope["payload_ref"]
     try:
@@ -102,7 +102,7 @@ def run(app: App, claim: Claim, client: Any = None,
         cancel: threading.Event | None = None) -> Outcome:
     """Run the handler inside the job's log context: its log lines carry the job's fields and
     come back in ``Outcome.logs``."""
-    from .logs import job_context
+    from qlite.worker.logs import job_context
 
     with job_context(claim) as captured:
         outcome = _run(app, claim, client, cancel)

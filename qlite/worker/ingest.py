@@ -15,13 +15,13 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from . import envelope, signing
-from .app import App
-from .errors import AlreadyExists, EnvelopeError, ObjectNotFound, SignatureError
-from .faults import crash_point
-from .index import Index
-from .settings import Settings
-from .store import Store
+from qlite import envelope, signing
+from qlite.app import App
+from qlite.errors import AlreadyExists, EnvelopeError, ObjectNotFound, SignatureError
+from qlite.index.db import Index
+from qlite.settings import Settings
+from qlite.store import Store
+from qlite.worker.faults import crash_point
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from . import putcmd
-from .app import load_app
-from .errors import QliteError, WaitTimeout
-from .settings import Settings
+from qlite.app import load_app
+from qlite.cli import put as putcmd
+from qlite.errors import QliteError, WaitTimeout
+from qlite.settings import Settings
 
 app = typer.Typer(
     help="qlite: background jobs on S3-compatible storage plus SQLite.\n\n"
@@ -89,7 +89,7 @@ def put_many(
 
     Example: qlite put-many jobs.jsonl --queue imports
     """
-    from .putmany import put_many_file
+    from qlite.cli.put_many import put_many_file
 
     out = put_many_file(file, queue=queue, key=key, url=url, endpoint_url=endpoint_url)
     if as_json:
@@ -160,10 +160,10 @@ def worker(
                              metrics_host=metrics_host,
                              signing_key=signing_key)
     settings.require_url()
-    from .logs import setup
+    from qlite.worker.logs import setup
 
     setup(settings.log_level, settings.log_format)
-    from .worker import Worker
+    from qlite.worker.loop import Worker
 
     w = Worker(load_app(app_spec), settings)
     w.install_signals()
@@ -171,7 +171,7 @@ def worker(
 
 
 def _client(url: str | None, endpoint_url: str | None) -> Any:
-    from .producer import Client
+    from qlite.producer import Client
 
     return Client(url, endpoint_url=endpoint_url)
 
@@ -230,7 +230,7 @@ def wait(
 
 
 def _index(db: str | None, url: str | None, readonly: bool = True) -> Any:
-    from .index import Index
+    from qlite.index.db import Index
 
     settings = Settings.load(db=db, url=url)
     if not settings.db and settings.url is None:
@@ -283,7 +283,7 @@ def show(
 
     Example: qlite show 0192f1c4-8f3e-7abc-9def-0123456789ab
     """
-    from .envelope import redacted
+    from qlite.envelope import redacted
 
     job = _index(db, url).get(job_id)
     if job is None:
@@ -321,9 +321,9 @@ def reindex(
 
     Example: qlite reindex --db /var/lib/qlite/index.db
     """
-    from .index import Index
-    from .reindex import reindex as rebuild
-    from .store import Store
+    from qlite.index.db import Index
+    from qlite.index.reindex import reindex as rebuild
+    from qlite.store import Store
 
     settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url)
     store = Store(settings.require_url(), settings.endpoint_url)
@@ -404,15 +404,15 @@ def purge(
     """
     import time
 
-    from .envelope import (
+    from qlite.envelope import (
         pack_result_key,
         parse_pack_key,
         payload_key,
         result_key,
         value_key,
     )
-    from .index import TERMINAL
-    from .store import Store
+    from qlite.index.db import TERMINAL
+    from qlite.store import Store
 
     states = state or list(TERMINAL)
     bad = [s for s in states if s not in TERMINAL]
@@ -453,7 +453,7 @@ def schedules(
     """
     import time
 
-    from .envelope import now_rfc3339
+    from qlite.envelope import now_rfc3339
 
     target = load_app(app_spec)
     fired: dict[str, dict] = {}
@@ -506,7 +506,7 @@ def presign(
 
     Example: qlite presign --queue default --expires 600 | jq -r .url
     """
-    from .presign import presign_post, presign_put
+    from qlite.presign import presign_post, presign_put
 
     if post:
         if job_id is not None or key is not None:
@@ -544,7 +544,7 @@ def doctor(
 
     Example: qlite doctor --json
     """
-    from .doctor import diagnose, render, to_json
+    from qlite.ops.doctor import diagnose, render, to_json
 
     checks = diagnose(url=url, endpoint_url=endpoint_url, db=db)
     typer.echo(json.dumps(to_json(checks)) if as_json else render(checks))
@@ -565,7 +565,7 @@ def stats(
 
     Example: qlite stats --since 15m --json
     """
-    from .stats import lines, stats
+    from qlite.ops.stats import lines, stats
 
     s = stats(_index(db, url), parse_age(since, "--since") or 1.0)
     if as_json:
@@ -588,7 +588,7 @@ def top(
 
     Example: qlite top --since 15m
     """
-    from .top import run
+    from qlite.ops.top import run
 
     run(_index(db, url), parse_age(since, "--since") or 1.0, once=once)
 
@@ -613,7 +613,7 @@ def dashboard(
 
     Example: QLITE_DASHBOARD_TOKEN="$(openssl rand -hex 16)" qlite dashboard --port 8765
     """
-    from .dashboard import Dashboard, make_server
+    from qlite.ops.dashboard import Dashboard, make_server
 
     settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url, dashboard_token=token)
     index = _index(db, url)  # fails early, with a hint, when there is no index here
@@ -659,7 +659,7 @@ def logs(
 
     Example: qlite logs 0192f1c4-8f3e-7abc-9def-0123456789ab --json
     """
-    from .logs import attempts_of, render
+    from qlite.worker.logs import attempts_of, render
 
     try:
         job = _index(db, url).get(job_id)

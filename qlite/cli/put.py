@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .envelope import loads_strict
-from .errors import ConfigError, EnvelopeError, QliteError
+from qlite.envelope import loads_strict
+from qlite.errors import ConfigError, EnvelopeError, QliteError
 
 HELP = "Enqueue a job: prints its id alone on one line."
 EPILOG = """PAYLOAD is JSON: an array becomes the args, an object the kwargs; '-' reads it from
@@ -43,7 +43,7 @@ def put(task: str, payload: str | None, *, queue: str = "default", key: str | No
         max_payload: int | None = None, ttl: float | None = None,
         priority: int | None = None) -> str:
     """Parse the payload, enqueue, return the job id."""
-    from .producer import Client
+    from qlite.producer import Client
 
     args, kwargs = parse_payload(payload)
     client = Client(url, endpoint_url=endpoint_url, max_payload=max_payload)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError
+from qlite.errors import ConfigError
 
 ACCESS_KEY = "qlite"
 SECRET_KEY = "qlite-dev-secret"
@@ -64,7 +64,7 @@ class Server:
                 "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
 
     def client(self):  # noqa: ANN201 - a boto3 S3 client for setup and assertions
-        from .store import _make_client
+        from qlite.store import _make_client
 
         return _make_client(self.endpoint, aws_access_key_id=ADMIN_KEY,
                             aws_secret_access_key=ADMIN_SECRET, region_name="us-east-1")

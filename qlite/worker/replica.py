@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .settings import Settings
+from qlite.errors import ConfigError
+from qlite.settings import Settings
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1

@@ -6,8 +6,8 @@ import pytest
 
 import qlite
 from conftest import qlite as run_qlite
-from qlite import replica
 from qlite.index.db import Index
+from qlite.worker import replica
 
 
 def test_a_fresh_disk_restores_the_index_from_the_replica_and_catches_up(s3, tmp_path):

@@ -4,95 +4,43 @@ One loop on the main thread owns SQLite; handlers run on a thread pool and S3 re
 second, small one. Signal handlers only set flags; the loop acts on them (graceful stop: no new
 claims, running jobs get ``grace`` seconds, outcomes are published, exit 0).
 
-Publishing is an outbox: a terminal row is written first, then ``results/{id}.json`` is PUT,
-then the inbox object is deleted, then the row is marked published. A crash anywhere in
-between repeats the remaining steps, which are idempotent.
+The parts, each in its own module: ingest.py (inbox -> index), execute.py and isolate.py
+(run a handler in a thread or a child process), outcome.py (what a finished attempt leads to),
+publish.py (index -> results/, the outbox), periodic.py (schedules), liveness.py (who is alive,
+reaping), restore.py (opening or rebuilding the index), replica.py (Litestream).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
 import random
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from qlite import envelope
 from qlite.app import App
-from qlite.errors import EnvelopeError, TaskError
-from qlite.index.db import TERMINAL, Index, Limits
-from qlite.index.reindex import reindex
+from qlite.errors import TaskError
+from qlite.index.db import Index, Limits
 from qlite.producer import Client
-from qlite.schedule import tick_key
 from qlite.settings import Settings
 from qlite.store import Store
 from qlite.worker.execute import Claim, Outcome, run
 from qlite.worker.faults import crash_point
 from qlite.worker.ingest import Ingest
 from qlite.worker.isolate import kill_children, run_in_child
+from qlite.worker.liveness import disk_full, owner_id, reap
 from qlite.worker.logs import install_capture, job_fields
+from qlite.worker.outcome import decide
+from qlite.worker.periodic import Periodic
+from qlite.worker.publish import Publisher
 from qlite.worker.replica import Replica
-from qlite.worker.retry import RetryPolicy
+from qlite.worker.restore import open_index
 
 log = logging.getLogger(__name__)
-
-PACK_FLUSH = 1.0  # seconds: how long a pack's finished jobs may wait for their batched record
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def owner_id() -> str:
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
-
-
-def disk_full(error: BaseException) -> bool:
-    """SQLite's "database or disk is full", or ENOSPC from the file system."""
-    while error is not None:
-        if "disk is full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC:
-            return True
-        error = error.__cause__
-    return False
-
-
-def is_local(owner: str) -> bool:
-    return owner.rsplit(":", 2)[0] == socket.gethostname()
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True only when ``owner`` ran on this host and that process is gone. Workers on other
-    hosts are judged by their lease alone."""
-    try:
-        host, pid_text, started = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    now_started = _start_time(pid)
-    return now_started is not None and started != "0" and now_started != started
-
 
 class Worker:
     def __init__(self, app: App, settings: Settings, *, store: Store | None = None,
@@ -118,21 +66,14 @@ class Worker:
         self.next_beat = 0.0
         self.outage = 0.0  # back-off after a failed step, seconds
         self.disk_full = False
-        # job id -> its inbox key and request markers: results/ written, delete due
-        self.acked: dict[str, list[str]] = {}
-        self.acked_at: float | None = None
-        self.next_publish = 0.0  # when to look for terminal jobs again (sooner: see _collect)
-        self.pack_seen: dict[str, float] = {}  # pack key -> when a member was first seen done
         self.packed: set[str] = set()  # running jobs that came in a pack
         self.record_failures: dict[str, int] = {}
         self.cancels: dict[str, threading.Event] = {}  # running job id -> its ctx.cancelled
         self.next_cancel_check = 0.0
         self.next_expiry = 0.0  # when the next queued job expires (0: look it up)
-        self.next_fire: dict[str, float] = {}  # schedule name -> its next tick
         self.held = False  # the last claim left runnable jobs behind, held back by limits
         self.backlog = False  # the last claim filled every free slot
         self.held_until: float | None = None
-        self.published = 0  # jobs acknowledged by this process, for qlite stats
         self.flushed: dict[str, int] = {}  # counters already added to the index
         self.metrics: Any = None  # metrics.Metrics when --metrics-port is set
         install_capture()  # a handler's own log lines are kept with its job
@@ -164,45 +105,20 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _open_index(self) -> None:
-        """Open the index. On a fresh disk, build it aside first: restore the replica (if any),
-        add what finished after its last sync from results/, then move it into place, so a
-        crash half-way leaves no half-built index behind."""
-        path = self.settings.db_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # workers sharing the index build it once
-            self._build_index(path)
-        self.index = Index(path)
-        if self.replica is not None:
-            self.replica.check()  # starts litestream if no other worker replicates this index
-        self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
-                             self.clock)
-
-    def _build_index(self, path: Path) -> None:
-        if not path.exists():
-            new = path.with_name(path.name + ".new")
-            for leftover in (new, Path(f"{new}-wal"), Path(f"{new}-shm")):
-                leftover.unlink(missing_ok=True)
-            if self.replica is not None:
-                self.replica.restore(new)
-            index = Index(new)
-            restored = sum(index.counts().values())
-            _, written = reindex(self.store, index)
-            index.close()
-            for stale in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-                stale.unlink(missing_ok=True)  # a WAL left by a deleted index must not replay
-            os.replace(new, path)
-            log.info("new index: %d job(s) from the replica, %d finished job(s) from results/",
-                     restored, written)
-
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
         if self.settings.metrics_port:  # first: a busy port fails before any other work
             from qlite.worker.metrics import start  # prometheus-client: loaded only when asked for
 
             self.metrics = start(self)
-        self._open_index()
+        self.index = open_index(self.settings.db_path(), self.store, self.replica)
+        if self.replica is not None:
+            self.replica.check()  # starts litestream if no other worker replicates this index
+        self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
+                             self.clock)
+        self.publisher = Publisher(self.store, self.index, self.io, self.client, self.clock,
+                                   self.settings.max_payload)
+        self.periodic = Periodic(self.app, self.index, self.client, self.clock)
         keyring = self.settings.signing_key
         log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s signing=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
@@ -250,8 +166,7 @@ class Worker:
         return ok
 
     def _idle(self) -> bool:
-        return (self._quiet() and self.ingest.all_clean() and not self.acked
-                and not self.index.unpublished(1))
+        return self._quiet() and self.ingest.all_clean() and self.publisher.idle()
 
     def _quiet(self) -> bool:
         """Nothing running and nothing runnable now."""
@@ -270,10 +185,11 @@ class Worker:
             at = self.held_until  # runnable jobs wait for a limit: a slot frees or a token
         if at is not None and len(self.running) < self.settings.concurrency:
             wait = min(wait, at - now)
-        if self.app.schedules and self.next_fire:
-            wait = min(wait, min(self.next_fire.values()) - now)
+        fire = self.periodic.next_at()
+        if fire is not None:
+            wait = min(wait, fire - now)
         wait = min(max(wait, self.outage, 0.01), self.next_beat - now, 1.0,
-                   max(self.next_publish - now, 0.01))
+                   max(self.publisher.next_at - now, 0.01))
         self.wake.wait(max(wait, 0.0))  # cleared at the start of each step: no lost wake-up
 
     # -- parts ------------------------------------------------------------------------------
@@ -386,9 +302,7 @@ class Worker:
                         "type": "RecordError", "traceback": None,
                         "message": f"the outcome could not be recorded: {type(e).__name__}"}))
             crash_point("after_record")
-            # A job of its own is published at once; a packed one joins its pack's batch.
-            soon = self.clock() + (0.25 if claim.id in self.packed else 0.0)
-            self.next_publish = min(self.next_publish, soon)
+            self.publisher.soon(packed=claim.id in self.packed)
             self.packed.discard(claim.id)
             self.record_failures.pop(claim.id, None)
             self.cancels.pop(claim.id, None)
@@ -397,181 +311,33 @@ class Worker:
     def _record(self, claim: Claim, outcome: Outcome) -> None:
         now = self.clock()
         fields = job_fields(claim)
+        task = self.app.tasks.get(claim.task)
         cancel = self.cancels.get(claim.id)
-        if outcome.state == "succeeded":
-            ok = self.index.finish(claim.id, claim.attempt, self.owner, "succeeded",
-                                   result=outcome.result, now=now, logs=outcome.logs)
-            label = "succeeded"
-            log.info("job succeeded", extra=fields)
-        elif cancel is not None and cancel.is_set():
-            error = {"type": "Cancelled", "traceback": (outcome.error or {}).get("traceback"),
-                     "message": f"cancelled on request while running attempt {claim.attempt}"}
-            ok = self.index.finish(claim.id, claim.attempt, self.owner, "cancelled",
-                                   error=error, now=now, logs=outcome.logs)
-            label = "cancelled"
-            log.info("job cancelled", extra=fields)
-        elif outcome.state == "snooze":
-            ok = self.index.finish(claim.id, claim.attempt, self.owner, "snooze",
-                                   run_at=now + (outcome.delay or 0), now=now,
-                                   logs=outcome.logs)
-            label = "snoozed"
+        d = decide(outcome, attempt=claim.attempt, max_attempts=claim.max_attempts,
+                   backoff=task.backoff if task else 1.0,
+                   cancelled=cancel is not None and cancel.is_set(), now=now,
+                   rng=self.rng)
+        ok = self.index.finish(claim.id, claim.attempt, self.owner, d.state, now=now,
+                               result=d.result, error=d.error, run_at=d.run_at,
+                               logs=outcome.logs)
+        error = d.error or {}
+        if d.state in ("succeeded", "cancelled"):
+            log.info("job %s", d.state, extra=fields)
+        elif d.state == "snooze":
             log.info("job snoozed for %.1fs", outcome.delay or 0, extra=fields)
+        elif d.state == "failed":
+            log.warning("job failed: %s", error.get("message"),
+                        extra={**fields, "error": error.get("type")})
         else:
-            task = self.app.tasks.get(claim.task)
-            policy = RetryPolicy(max_attempts=claim.max_attempts,
-                                 base=task.backoff if task else 1.0)
-            run_at = None if outcome.state == "failed" else policy.next_run(
-                claim.attempt, now, self.rng, after=outcome.delay)
-            error = outcome.error or {}
-            if run_at is None:
-                ok = self.index.finish(claim.id, claim.attempt, self.owner, "failed",
-                                       error=error, now=now, logs=outcome.logs)
-                label = "failed"
-                log.warning("job failed: %s", error.get("message"),
-                            extra={**fields, "error": error.get("type")})
-            else:
-                ok = self.index.finish(claim.id, claim.attempt, self.owner, "retry",
-                                       error=error, run_at=run_at, now=now, logs=outcome.logs)
-                label = "retry"
-                log.info("job will retry in %.1fs: %s", run_at - now, error.get("message"),
-                         extra={**fields, "error": error.get("type")})
+            log.info("job will retry in %.1fs: %s", (d.run_at or now) - now,
+                     error.get("message"), extra={**fields, "error": error.get("type")})
         if not ok:
             log.warning("stale attempt ignored (the job was taken over)", extra=fields)
         elif self.metrics is not None:
-            self.metrics.job_recorded(claim.task, claim.id, label)
+            self.metrics.job_recorded(claim.task, claim.id, d.label)
 
     def _publish(self, flush: bool = False) -> None:
-        """PUT results/ for terminal jobs, then acknowledge their inbox objects in batches:
-        one DeleteObjects per 500 jobs, or per second, or when the queue goes quiet. Jobs that
-        came in a pack get one results/packs/ record per pack, written once the pack is done
-        or every PACK_FLUSH seconds while it runs (results batched)."""
-        now = self.clock()
-        failed = None
-        if flush or now >= self.next_publish or self._quiet():
-            self.next_publish = now + 1.0  # a job ending by expiry, cancel or reap shows then
-            jobs = self.index.unpublished(500, exclude=list(self.acked))
-            packed: dict[str, list[dict]] = {}
-            for job in jobs:
-                if job["pack"] and job["pack"] == job["inbox_key"]:
-                    packed.setdefault(job["pack"], []).append(job)
-            singles = [j for j in jobs if not (j["pack"] and j["pack"] == j["inbox_key"])]
-            markers = self.index.markers_of([j["id"] for j in jobs]) if jobs else {}
-            open_ = self.index.pack_open(list(packed)) if packed else {}
-            due = []
-            quiet = bool(packed) and self._quiet()
-            for key in packed:
-                first = self.pack_seen.setdefault(key, now)
-                if flush or not open_[key] or now - first >= PACK_FLUSH or quiet:
-                    due.append(key)
-                else:
-                    self.next_publish = min(self.next_publish, first + PACK_FLUSH)
-            futures = {self.io.submit(self._write_result, j): [j] for j in singles}
-            futures.update({self.io.submit(self._write_pack, key, self.index.pack_members(key),
-                                           not open_[key]): packed[key] for key in due})
-            for future, batch in futures.items():
-                try:
-                    done = future.result() or batch
-                    missing = [j["id"] for j in done if j["id"] not in markers]
-                    if missing:  # pack members finished earlier than this listing reached
-                        markers.update(self.index.markers_of(missing))
-                    for job in done:
-                        self._group_done(job)
-                        self.acked[job["id"]] = markers.get(job["id"], [])
-                    if batch[0]["pack"] and batch[0]["pack"] == batch[0]["inbox_key"]:
-                        self.pack_seen.pop(batch[0]["pack"], None)
-                        if not open_[batch[0]["pack"]]:  # every member is in the record
-                            self.acked[done[-1]["id"]].append(batch[0]["pack"])
-                    else:
-                        self.acked[batch[0]["id"]].append(batch[0]["inbox_key"])
-                except Exception as e:
-                    failed = e
-            if futures:
-                self.acked_at = self.acked_at or now
-        if self.acked and (flush or self._quiet() or len(self.acked) >= 500
-                           or now - (self.acked_at or 0) >= 1.0):
-            crash_point("after_result_put")
-            self.store.delete_many([k for keys in self.acked.values() for k in keys])
-            crash_point("after_inbox_delete")
-            self.index.mark_published(list(self.acked))
-            self.published += len(self.acked)
-            self.acked.clear()
-            self.acked_at = None
-        if failed is not None:
-            raise failed
-
-    def _record_of(self, job: dict) -> dict:
-        """The job's public status record; a result too large to inline is written to its
-        own object first (claim check: the record stays small to poll)."""
-        record = result_record(job)
-        if job.get("result") and len(job["result"]) > self.settings.max_payload:
-            self.store.put(envelope.value_key(job["id"]), job["result"].encode("utf-8"))
-            record = {**record, "result": None, "result_ref": envelope.value_key(job["id"])}
-        return record
-
-    def _write_result(self, job: dict) -> None:
-        """PUT the terminal record, then enqueue the job's follow-ups."""
-        record = self._record_of(job)
-        self.store.put(envelope.result_key(job["id"]), json.dumps(record).encode())
-        self._follow_ups(job, record)
-
-    def _write_pack(self, key: str, members: list[dict], complete: bool) -> list[dict]:
-        """PUT the batched record of every terminal member of pack ``key`` (``members``), then
-        enqueue the follow-ups of those not published before; returns those (to acknowledge).
-        Runs on the I/O pool: no SQLite here."""
-        pack_id = envelope.parse_pack_key(key)[1]
-        records = {m["id"]: {**self._record_of(m), "pack": pack_id} for m in members}
-        body = {"v": 1, "pack": pack_id, "complete": complete, "jobs": records}
-        self.store.put(envelope.pack_result_key(pack_id), json.dumps(body).encode())
-        new = [m for m in members if not m["published"]]
-        for m in new:
-            self._follow_ups(m, records[m["id"]])
-        return new
-
-    def _follow_ups(self, job: dict, record: dict) -> None:
-        """Enqueue the job's follow-ups (webhook, on_success, on_failure) with keys derived
-        from its id: repeating this after a crash repeats the PUTs, never the follow-ups."""
-        if record.get("result_ref"):
-            record = {**record, "result": json.loads(job["result"])}  # for on_success
-        env = json.loads(job["envelope"])
-        follow = []
-        if env.get("webhook"):
-            follow.append(("webhook.deliver", [], {"url": env["webhook"], "status": record},
-                           "webhook"))
-        if env.get("on_success") and job["state"] == "succeeded":
-            follow.append((env["on_success"], [record["result"]], {}, "on_success"))
-        if env.get("on_failure") and job["state"] != "succeeded":
-            follow.append((env["on_failure"], [record], {}, "on_failure"))
-        for task, args, kwargs, kind in follow:
-            try:
-                self.client.put(task, args, kwargs, queue=job["queue"],
-                                key=f"{kind}:{job['id']}")
-            except EnvelopeError as e:  # e.g. a result too large to pass on: say so, go on
-                log.error("%s of job %s not enqueued: %s", kind, job["id"], e)
-
-    def _group_done(self, job: dict) -> None:
-        """When ``job`` is the last member of its group to finish, enqueue the group's ``then``
-        (all succeeded: the results in order) or ``on_failure`` (the members' statuses). The
-        key ``group:ID`` makes a repeat after a crash, or two last members, one job."""
-        group = json.loads(job["envelope"]).get("group")
-        if not group:
-            return
-        members = self.index.group_members(group["id"])
-        if len(members) < group["size"] or any(m["state"] not in TERMINAL for m in members):
-            return
-        members.sort(key=lambda m: json.loads(m["envelope"])["group"]["index"])
-        if all(m["state"] == "succeeded" for m in members):
-            task, arg = group.get("then"), [json.loads(m["result"]) for m in members]
-        else:
-            task, arg = group.get("on_failure"), [
-                {"id": m["id"], "state": m["state"],
-                 "error": json.loads(m["error"]) if m["error"] else None} for m in members]
-        if task:
-            try:
-                self.client.put(task, [arg], queue=job["queue"], key=f"group:{group['id']}")
-                log.info("group finished group_id=%s members=%d enqueued=%s", group["id"],
-                         len(members), task)
-            except EnvelopeError as e:
-                log.error("group %s: %s not enqueued: %s", group["id"], task, e)
+        self.publisher.run(self._quiet, flush=flush)
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues in claim order: as given, or a weighted random order (a queue of weight
@@ -606,31 +372,11 @@ class Worker:
                 self.cancels[job_id].set()
 
     def _schedule(self) -> None:
-        """Enqueue the due ticks of periodic tasks (each tick is one job: see schedule.py)."""
         if not self.app.schedules or self.stopping or self.disk_full:
             return
-        now = self.clock()
-        for s in self.app.schedules.values():
-            if self.next_fire.get(s.name, 0.0) > now:
-                continue
-            last = self.index.schedule_last(s.name, now)
-            ticks, new_last = s.due(last, now)
-            task = self.app.tasks[s.task]
-            for tick in ticks:
-                at = envelope.now_rfc3339(tick)
-                job = self.client.put(s.task, s.args, s.kwargs, queue=s.queue,
-                                      key=tick_key(s.name, tick), priority=task.priority,
-                                      meta={"schedule": s.name, "tick": at})
-                self.index.schedule_fired(s.name, tick, now)
-                self.ingest.expect(s.queue)
-                self.next_poll = 0.0  # take it in now rather than after the idle back-off
-                log.info("periodic job enqueued schedule=%s tick=%s job_id=%s", s.name, at,
-                         job.id)
-            if new_last > last and not ticks:
-                self.index.schedule_fired(s.name, new_last, now)
-                log.info("periodic ticks missed while no worker ran were skipped schedule=%s "
-                         "misfire=%s", s.name, s.misfire)
-            self.next_fire[s.name] = s.next_after(max(last, new_last))
+        for queue in self.periodic.fire():
+            self.ingest.expect(queue)
+            self.next_poll = 0.0  # take it in now rather than after the idle back-off
 
     def _maintain(self) -> None:
         now = self.clock()
@@ -648,21 +394,13 @@ class Worker:
         """Add the S3 requests and jobs published since the last flush to the index's running
         totals (qlite stats: requests per job, dollars per million jobs)."""
         totals = {f"s3.{op}": n for op, n in dict(self.store.requests).items()}
-        totals["jobs.published"] = self.published
+        totals["jobs.published"] = self.publisher.published
         self.index.add_counters({k: n - self.flushed.get(k, 0) for k, n in totals.items()},
                                 self.clock())
         self.flushed = totals
 
     def _reap(self) -> None:
-        owners = [o for o in self.index.running_owners() if o != self.owner]
-        dead = [o for o in owners if owner_is_dead(o)]
-        # A live process on this host may just be slow to heartbeat (its loop blocked on S3):
-        # its jobs are not taken from it.
-        alive = [self.owner] + [o for o in owners if o not in dead and is_local(o)]
-        for row in self.index.reap(dead, alive, self.clock()):
-            log.warning("job %s after its worker stopped",
-                        "requeued" if row["state"] == "queued" else "failed",
-                        extra=job_fields(row))
+        reap(self.index, self.owner, self.clock())
 
     def _shutdown(self) -> int:
         if self.running:
@@ -699,31 +437,3 @@ class Worker:
             part()
         except Exception as e:
             log.warning("worker step failed during shutdown: %s: %s", type(e).__name__, e)
-
-
-def result_record(job: dict) -> dict:
-    """The public status record of a terminal job, as written to results/{id}.json."""
-    error = json.loads(job["error"]) if job.get("error") else None
-    return {
-        "v": 1,
-        "id": job["id"],
-        "state": job["state"],
-        "task": job["task"],
-        "queue": job["queue"],
-        "attempts": job["attempts"],
-        "max_attempts": job["max_attempts"],
-        "result": json.loads(job["result"]) if job.get("result") is not None else None,
-        "error": error if job["state"] != "succeeded" else None,
-        "errors": [
-            {"attempt": a["attempt"], "type": a["error_type"], "message": a["message"],
-             "traceback": a["traceback"], "at": a["finished_at"]}
-            for a in job.get("attempt_log", []) if a["outcome"] not in (None, "succeeded")
-        ],
-        # The handler's own log lines per attempt (bounded, see logs.py): qlite logs ID.
-        "logs": [{"attempt": a["attempt"], "lines": json.loads(a["logs"])}
-                 for a in job.get("attempt_log", []) if a.get("logs")],
-        "key": job.get("key"),
-        "enqueued_at": job["enqueued_at"],
-        "started_at": job["started_at"],
-        "finished_at": job["finished_at"],
-    }

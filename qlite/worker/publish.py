@@ -1,0 +1,239 @@
+"""The publish outbox: terminal rows -> ``results/`` -> inbox acknowledged -> row published.
+
+A terminal row is written first (by the loop), then ``results/{id}.json`` is PUT (for a job
+that came in a pack, one ``results/packs/{pack}.json`` record for the pack), then its inbox
+object and request markers are deleted in batches, then the row is marked published. A crash
+anywhere in between repeats the remaining steps, which are idempotent; follow-ups (webhook,
+on_success, on_failure, a group's ``then``) have keys derived from the job's id, so a repeat
+re-PUTs them but never runs them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from qlite import envelope
+from qlite.errors import EnvelopeError
+from qlite.index.db import TERMINAL, Index
+from qlite.producer import Client
+from qlite.store import Store
+from qlite.worker.faults import crash_point
+
+log = logging.getLogger(__name__)
+
+PACK_FLUSH = 1.0  # seconds: how long a pack's finished jobs may wait for their batched record
+BATCH = 500  # jobs per pass, and acknowledged inbox objects per DeleteObjects
+
+
+def result_record(job: dict) -> dict:
+    """The public status record of a terminal job, as written to results/{id}.json."""
+    error = json.loads(job["error"]) if job.get("error") else None
+    return {
+        "v": 1,
+        "id": job["id"],
+        "state": job["state"],
+        "task": job["task"],
+        "queue": job["queue"],
+        "attempts": job["attempts"],
+        "max_attempts": job["max_attempts"],
+        "result": json.loads(job["result"]) if job.get("result") is not None else None,
+        "error": error if job["state"] != "succeeded" else None,
+        "errors": [
+            {"attempt": a["attempt"], "type": a["error_type"], "message": a["message"],
+             "traceback": a["traceback"], "at": a["finished_at"]}
+            for a in job.get("attempt_log", []) if a["outcome"] not in (None, "succeeded")
+        ],
+        # The handler's own log lines per attempt (bounded, see logs.py): qlite logs ID.
+        "logs": [{"attempt": a["attempt"], "lines": json.loads(a["logs"])}
+                 for a in job.get("attempt_log", []) if a.get("logs")],
+        "key": job.get("key"),
+        "enqueued_at": job["enqueued_at"],
+        "started_at": job["started_at"],
+        "finished_at": job["finished_at"],
+    }
+
+
+def _in_pack(job: dict) -> bool:
+    """Whether the job's results go into its pack's batched record (it still lives in the
+    pack object; a packed job retried on its own has an inbox object of its own)."""
+    return bool(job["pack"]) and job["pack"] == job["inbox_key"]
+
+
+class Publisher:
+    """Owns the outbox state between passes: which jobs are written and await their inbox
+    delete (``acked``), and since when each unfinished pack has been waiting."""
+
+    def __init__(self, store: Store, index: Index, io: ThreadPoolExecutor, client: Client,
+                 clock: Callable[[], float], max_payload: int):
+        self.store = store
+        self.index = index
+        self.io = io
+        self.client = client
+        self.clock = clock
+        self.max_payload = max_payload
+        # job id -> its inbox key and request markers: results/ written, delete due
+        self.acked: dict[str, list[str]] = {}
+        self.acked_at: float | None = None
+        self.next_at = 0.0  # when to look for terminal jobs again (sooner: see soon())
+        self.pack_seen: dict[str, float] = {}  # pack key -> when a member was first seen done
+        self.published = 0  # jobs acknowledged by this process, for qlite stats
+
+    def soon(self, packed: bool) -> None:
+        """A job just ended: a job of its own is published at once; a packed one joins its
+        pack's batch."""
+        self.next_at = min(self.next_at, self.clock() + (0.25 if packed else 0.0))
+
+    def idle(self) -> bool:
+        return not self.acked and not self.index.unpublished(1)
+
+    def run(self, quiet: Callable[[], bool], flush: bool = False) -> None:
+        """PUT results/ for terminal jobs, then acknowledge their inbox objects in batches:
+        one DeleteObjects per 500 jobs, or per second, or when the queue goes ``quiet()``.
+        Jobs that came in a pack get one results/packs/ record per pack, written once the
+        pack is done or every PACK_FLUSH seconds while it runs (results batched)."""
+        now = self.clock()
+        failed = None
+        if flush or now >= self.next_at or quiet():
+            self.next_at = now + 1.0  # a job ending by expiry, cancel or reap shows then
+            failed = self._write(now, quiet, flush)
+        if self.acked and (flush or quiet() or len(self.acked) >= BATCH
+                           or now - (self.acked_at or 0) >= 1.0):
+            self._acknowledge()
+        if failed is not None:
+            raise failed
+
+    def _write(self, now: float, quiet: Callable[[], bool], flush: bool) -> Exception | None:
+        """Write the records due; returns the first failure, if any (the jobs written before
+        it are still acknowledged)."""
+        jobs = self.index.unpublished(BATCH, exclude=list(self.acked))
+        packed: dict[str, list[dict]] = {}
+        for job in jobs:
+            if _in_pack(job):
+                packed.setdefault(job["pack"], []).append(job)
+        singles = [j for j in jobs if not _in_pack(j)]
+        markers = self.index.markers_of([j["id"] for j in jobs]) if jobs else {}
+        open_ = self.index.pack_open(list(packed)) if packed else {}
+        due = []
+        settle = bool(packed) and quiet()
+        for key in packed:
+            first = self.pack_seen.setdefault(key, now)
+            if flush or not open_[key] or now - first >= PACK_FLUSH or settle:
+                due.append(key)
+            else:
+                self.next_at = min(self.next_at, first + PACK_FLUSH)
+        futures = {self.io.submit(self._write_result, j): [j] for j in singles}
+        futures.update({self.io.submit(self._write_pack, key, self.index.pack_members(key),
+                                       not open_[key]): packed[key] for key in due})
+        failed = None
+        for future, batch in futures.items():
+            try:
+                self._acked(future.result() or batch, batch, markers, open_)
+            except Exception as e:  # the others are still acknowledged
+                failed = e
+        if futures:
+            self.acked_at = self.acked_at or now
+        return failed
+
+    def _acked(self, done: list[dict], batch: list[dict], markers: dict[str, list[str]],
+               open_: dict[str, bool]) -> None:
+        """Note what to delete for ``done`` (written): its inbox object, or its pack's once
+        every member is in the record, and its request markers."""
+        missing = [j["id"] for j in done if j["id"] not in markers]
+        if missing:  # pack members finished earlier than this listing reached
+            markers.update(self.index.markers_of(missing))
+        for job in done:
+            self._group_done(job)
+            self.acked[job["id"]] = markers.get(job["id"], [])
+        if _in_pack(batch[0]):
+            self.pack_seen.pop(batch[0]["pack"], None)
+            if not open_[batch[0]["pack"]]:  # every member is in the record
+                self.acked[done[-1]["id"]].append(batch[0]["pack"])
+        else:
+            self.acked[batch[0]["id"]].append(batch[0]["inbox_key"])
+
+    def _acknowledge(self) -> None:
+        crash_point("after_result_put")
+        self.store.delete_many([k for keys in self.acked.values() for k in keys])
+        crash_point("after_inbox_delete")
+        self.index.mark_published(list(self.acked))
+        self.published += len(self.acked)
+        self.acked.clear()
+        self.acked_at = None
+
+    def _record_of(self, job: dict) -> dict:
+        """The job's public status record; a result too large to inline is written to its
+        own object first (claim check: the record stays small to poll)."""
+        record = result_record(job)
+        if job.get("result") and len(job["result"]) > self.max_payload:
+            self.store.put(envelope.value_key(job["id"]), job["result"].encode("utf-8"))
+            record = {**record, "result": None, "result_ref": envelope.value_key(job["id"])}
+        return record
+
+    def _write_result(self, job: dict) -> None:
+        """PUT the terminal record, then enqueue the job's follow-ups."""
+        record = self._record_of(job)
+        self.store.put(envelope.result_key(job["id"]), json.dumps(record).encode())
+        self._follow_ups(job, record)
+
+    def _write_pack(self, key: str, members: list[dict], complete: bool) -> list[dict]:
+        """PUT the batched record of every terminal member of pack ``key`` (``members``), then
+        enqueue the follow-ups of those not published before; returns those (to acknowledge).
+        Runs on the I/O pool: no SQLite here."""
+        pack_id = envelope.parse_pack_key(key)[1]
+        records = {m["id"]: {**self._record_of(m), "pack": pack_id} for m in members}
+        body = {"v": 1, "pack": pack_id, "complete": complete, "jobs": records}
+        self.store.put(envelope.pack_result_key(pack_id), json.dumps(body).encode())
+        new = [m for m in members if not m["published"]]
+        for m in new:
+            self._follow_ups(m, records[m["id"]])
+        return new
+
+    def _follow_ups(self, job: dict, record: dict) -> None:
+        """Enqueue the job's follow-ups (webhook, on_success, on_failure) with keys derived
+        from its id: repeating this after a crash repeats the PUTs, never the follow-ups."""
+        if record.get("result_ref"):
+            record = {**record, "result": json.loads(job["result"])}  # for on_success
+        env = json.loads(job["envelope"])
+        follow: list[tuple[str, list[Any], dict[str, Any], str]] = []
+        if env.get("webhook"):
+            follow.append(("webhook.deliver", [], {"url": env["webhook"], "status": record},
+                           "webhook"))
+        if env.get("on_success") and job["state"] == "succeeded":
+            follow.append((env["on_success"], [record["result"]], {}, "on_success"))
+        if env.get("on_failure") and job["state"] != "succeeded":
+            follow.append((env["on_failure"], [record], {}, "on_failure"))
+        for task, args, kwargs, kind in follow:
+            try:
+                self.client.put(task, args, kwargs, queue=job["queue"],
+                                key=f"{kind}:{job['id']}")
+            except EnvelopeError as e:  # e.g. a result too large to pass on: say so, go on
+                log.error("%s of job %s not enqueued: %s", kind, job["id"], e)
+
+    def _group_done(self, job: dict) -> None:
+        """When ``job`` is the last member of its group to finish, enqueue the group's ``then``
+        (all succeeded: the results in order) or ``on_failure`` (the members' statuses). The
+        key ``group:ID`` makes a repeat after a crash, or two last members, one job."""
+        group = json.loads(job["envelope"]).get("group")
+        if not group:
+            return
+        members = self.index.group_members(group["id"])
+        if len(members) < group["size"] or any(m["state"] not in TERMINAL for m in members):
+            return
+        members.sort(key=lambda m: json.loads(m["envelope"])["group"]["index"])
+        if all(m["state"] == "succeeded" for m in members):
+            task, arg = group.get("then"), [json.loads(m["result"]) for m in members]
+        else:
+            task, arg = group.get("on_failure"), [
+                {"id": m["id"], "state": m["state"],
+                 "error": json.loads(m["error"]) if m["error"] else None} for m in members]
+        if task:
+            try:
+                self.client.put(task, [arg], queue=job["queue"], key=f"group:{group['id']}")
+                log.info("group finished group_id=%s members=%d enqueued=%s", group["id"],
+                         len(members), task)
+            except EnvelopeError as e:
+                log.error("group %s: %s not enqueued: %s", group["id"], task, e)

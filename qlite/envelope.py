@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,6 +57,13 @@ def key_id(key: str) -> str:
     digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:16], "big")
     value = (digest & ~(0xF << 76) & ~(0b11 << 62)) | (0x8 << 76) | (0b10 << 62)
     return _format(value)
+
+
+def shard_of(job_id: str, shards: int) -> int:
+    """The fleet shard of a job: its id without the last 12 bits, hashed. A pack's members
+    (and a group's) differ only in those bits, so each pack and group lives in one shard,
+    and a job retried out of its pack stays where it was."""
+    return zlib.crc32(job_id[:-3].encode("ascii", "replace")) % shards
 
 
 def _format(value: int) -> str:

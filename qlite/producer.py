@@ -134,15 +134,25 @@ class Client:
         items = _items(jobs, "group")
         if not items:
             raise ConfigError("group: expected at least one job")
-        group_id = envelope.key_id(f"group:{key}") if key is not None else envelope.new_id()
+        if len(items) > envelope.PACK_MAX:
+            raise ConfigError(f"group: at most {envelope.PACK_MAX} jobs (got {len(items)}). "
+                              "Try: a group of groups (each member's then fans in further)")
+        # Member i's id is the group's base id with its last 12 bits set to i, as in a pack:
+        # the whole group lands in one fleet shard, so one worker sees it finish.
+        base = (envelope.key_id(f"group:{key}") if key is not None else envelope.new_id())[:-3]
+        group_id = base + "000"
         envs = []
         for i, item in enumerate(items):
+            if "key" in item:
+                raise ConfigError(f"group: job {i} has its own key; a group is idempotent as "
+                                  "a whole. Try: group(..., key=...)")
             member = {"id": group_id, "size": len(items), "index": i,
                       "then": getattr(then, "name", then),
                       "on_failure": getattr(on_failure, "name", on_failure)}
+            job_id = base + f"{i:03x}"
             if key is not None:
                 item = {"key": f"{key}:{i}", **item}
-            envs.append(self._encode(self._envelope(**item, group=member)))
+            envs.append(self._encode(self._envelope(**item, group=member, job_id=job_id)))
         return Group(self, group_id, self._write_all(envs, workers))
 
     def _write_all(self, envs: list[tuple], workers: int) -> list[Job]:

@@ -57,6 +57,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a running job's lease lasts; renewed by heartbeat every third of it. A job "
             "whose worker died runs again once the lease expires (at once if the dead worker "
             "was on this machine)."),
+    Setting("shards", "QLITE_SHARDS", "--shards", 128, "int",
+            "Shards the inbox is split into for a fleet of workers on one bucket (each worker "
+            "owns a share, leased through coord/ in the bucket). Fixed by the first worker "
+            "that starts on the bucket (coord/config.json); later values are ignored."),
+    Setting("fleet_lease", "QLITE_FLEET_LEASE", "--fleet-lease", 30.0, "float",
+            "Seconds a worker's shard lease lasts; renewed every third of it. A worker on "
+            "another machine that stops renewing loses its shards to the others after this "
+            "long (a worker on this machine at once). Fixed by the first worker, as shards."),
     Setting("grace", "QLITE_GRACE", "--grace", 30.0, "float",
             "Seconds running jobs get to finish after SIGTERM/SIGINT before the worker exits."),
     Setting("poll_min", "QLITE_POLL_MIN", "--poll-min", 0.5, "float",
@@ -189,6 +197,8 @@ class Settings:
     pool: str = "thread"
     max_attempts: int = 3
     lease: float = 60.0
+    shards: int = 128
+    fleet_lease: float = 30.0
     grace: float = 30.0
     poll_min: float = 0.5
     poll_max: float = 10.0

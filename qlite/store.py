@@ -182,6 +182,50 @@ class Store:
                                f"s3://{dst_bucket}/{dst_key}: {e}") from e
         return int(head["ContentLength"])
 
+    # -- conditional writes, for the fleet's lease objects (worker/fleet.py) ------------------
+
+    def put_cas(self, key: str, body: bytes, etag: str | None) -> str | None:
+        """PUT ``key`` only if it is unchanged since ``etag`` was read (``None``: only if it
+        does not exist). Returns the new ETag, or None when the condition failed (412: someone
+        else wrote first). S3 compares the ETag itself, so no clock is trusted."""
+        cond = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            resp = self._call("put", key, "put_object", Key=self.prefix + key, Body=body,
+                              ContentType="application/json", **cond)
+        except AlreadyExists:
+            return None
+        except ObjectNotFound:  # If-Match on a key deleted meanwhile
+            return None
+        return resp.get("ETag")
+
+    def get_etag(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag from one GET, or None when it does not exist."""
+        try:
+            resp = self._call("get", key, "get_object", Key=self.prefix + key)
+            return resp["Body"].read(), resp.get("ETag", "")
+        except ObjectNotFound:
+            return None
+
+    def list_etags(self, prefix: str) -> dict[str, str]:
+        """Every key under ``prefix`` with its ETag (one LIST per 1,000 keys)."""
+        out: dict[str, str] = {}
+        start: str | None = None
+        n = len(self.prefix)
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": self.prefix + prefix, "MaxKeys": 1000}
+            if start:
+                kwargs["StartAfter"] = start
+            resp = self._call("list", prefix, "list_objects_v2", **kwargs)
+            items = resp.get("Contents", ())
+            out.update({item["Key"][n:]: item.get("ETag", "") for item in items})
+            if not resp.get("IsTruncated") or not items:
+                return out
+            start = items[-1]["Key"]
+
+    def delete(self, key: str) -> None:
+        """Delete one key; a missing key is not an error."""
+        self._call("delete", key, "delete_object", Key=self.prefix + key)
+
     def check(self) -> None:
         """Fail fast with a clear error when the endpoint, bucket or credentials are wrong."""
         self._call("list", "", "list_objects_v2", Prefix=self.prefix, MaxKeys=1)

@@ -125,6 +125,12 @@ def worker(
         help="lease seconds of a running job (env QLITE_LEASE, default 60)")] = None,
     grace: Annotated[float | None, typer.Option(
         help="seconds running jobs get after SIGTERM (env QLITE_GRACE, default 30)")] = None,
+    shards: Annotated[int | None, typer.Option(
+        help="shards of the inbox for a fleet of workers (env QLITE_SHARDS, default 128; "
+             "the first worker on the bucket fixes it)")] = None,
+    fleet_lease: Annotated[float | None, typer.Option(
+        help="seconds a worker's shard lease lasts (env QLITE_FLEET_LEASE, default 30; the "
+             "first worker on the bucket fixes it)")] = None,
     poll_min: Annotated[float | None, typer.Option(
         help="seconds between LISTs while busy (env QLITE_POLL_MIN, default 0.5)")] = None,
     poll_max: Annotated[float | None, typer.Option(
@@ -153,7 +159,7 @@ def worker(
     settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
                              concurrency=concurrency, pool=pool, replicate=replicate,
                              max_attempts=max_attempts,
-                             lease=lease,
+                             lease=lease, shards=shards, fleet_lease=fleet_lease,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
                              max_payload=max_payload, log_level=log_level,
                              log_format=log_format, metrics_port=metrics_port,
@@ -168,6 +174,39 @@ def worker(
     w = Worker(load_app(app_spec), settings)
     w.install_signals()
     raise typer.Exit(w.run(burst=burst))
+
+
+@app.command()
+@_errors
+def fleet(
+    as_json: AsJson = False,
+    url: Url = None,
+    endpoint_url: Endpoint = None,
+) -> None:
+    """The workers sharing this bucket, from coord/ in the bucket: each member's node, the
+    shards it owns, its renewal count; and shards nobody owns (taken within a lease).
+
+    Example: qlite fleet --json
+    """
+    from qlite.store import Store
+    from qlite.worker.fleet import describe
+
+    settings = Settings.load(url=url, endpoint_url=endpoint_url)
+    out = describe(Store(settings.require_url(), settings.endpoint_url))
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    if not out["members"]:
+        typer.echo("no worker has joined (coord/ is empty): start one with qlite worker")
+        return
+    typer.echo(f"{len(out['members'])} member(s), {out['shards']} shards, lease "
+               f"{out['lease']:.0f}s, table generation {out['table_gen']}")
+    for m in out["members"]:
+        state = "fenced" if m["fenced_by"] else "draining" if m["draining"] else "live"
+        typer.echo(f"  {m['mid']}  {state:8}  {m['shards']:4} shard(s) {m['shard_ranges']}  "
+                   f"node={m['node']}  owner={m['owner']}  renewals={m['seq']}")
+    if out["unowned"]:
+        typer.echo(f"  unowned: {out['unowned']} shard(s) {out['unowned_ranges']}")
 
 
 def _client(url: str | None, endpoint_url: str | None) -> Any:

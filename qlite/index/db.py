@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
-from qlite.envelope import now_rfc3339, pack_key
+from qlite.envelope import now_rfc3339, pack_key, shard_of
 from qlite.errors import IndexUnavailable
 
 
@@ -65,6 +65,7 @@ class Index:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite_utils.Database(self.path)
             self.conn = self.db.conn
+            self.conn.create_function("qlite_shard", 2, shard_of, deterministic=True)
             self.conn.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
                 self.db.enable_wal()
@@ -196,13 +197,17 @@ class Index:
     # -- claim and complete -----------------------------------------------------------------
 
     def claim(self, queues: tuple[str, ...], n: int, owner: str, lease: float,
-              now: float | None = None, limits: Limits | None = None) -> list[dict]:
+              now: float | None = None, limits: Limits | None = None,
+              shards: tuple[set[int], int] | None = None) -> list[dict]:
         """Claim up to ``n`` runnable jobs in queue order, priority, then FIFO, within the
         tasks' concurrency and rate ``limits``. ``limits.held_until`` then says when a job held
-        back by a rate limit may go (None: when a running job ends)."""
+        back by a rate limit may go (None: when a running job ends). ``shards`` (owned, of
+        how many) limits a fleet worker to the shards it owns."""
         now, now_iso = self._now(now)
         params = {"queues": json.dumps(list(queues)), "owner": owner, "now": now,
-                  "lease_until": now + lease, "now_iso": now_iso}
+                  "lease_until": now + lease, "now_iso": now_iso,
+                  "shards": json.dumps(sorted(shards[0])) if shards else None,
+                  "nshards": shards[1] if shards else 1}
         if not limits:
             rows = []
             with self._tx():
@@ -261,6 +266,27 @@ class Index:
         for r in rows:
             self.conn.execute(QUERIES["insert_attempt"], {
                 "id": r["id"], "attempt": r["attempts"], "owner": owner, "now_iso": now_iso})
+
+    def drop_shards(self, shards: set[int], nshards: int) -> int:
+        """Forget the unpublished rows of fleet ``shards`` (see drop_shards in queries.sql);
+        returns how many."""
+        return self._drop("drop_shards", shards, nshards)
+
+    def drop_waiting(self, shards: set[int], nshards: int) -> int:
+        """Forget the jobs of ``shards`` that have not started (a shard handed over)."""
+        return self._drop("drop_waiting", shards, nshards)
+
+    def _drop(self, query: str, shards: set[int], nshards: int) -> int:
+        with self._tx():
+            rows = self._rows(query, shards=json.dumps(sorted(shards)), nshards=nshards)
+            packs = sorted({r["pack"] for r in rows if r["pack"]})
+            if packs:
+                self._rows("drop_packs", keys=json.dumps(packs))
+        return len(rows)
+
+    def shards_busy(self, shards: set[int], nshards: int) -> int:
+        return self._rows("shards_busy", shards=json.dumps(sorted(shards)),
+                          nshards=nshards)[0]["n"]
 
     def expire(self, now: float | None = None, rows: bool = False) -> list:
         """Cancel the jobs not started before their expires_at; returns their ids (or, with

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -52,6 +53,14 @@ class Ingest:
         self.io = io
         self.clock = clock
         self.sweeps = {q: Sweep() for q in settings.queues}
+        # In a fleet: whether this worker takes in the object of a job id (its shard is
+        # owned here); None takes everything. Objects of other shards are left alone.
+        self.accept: Callable[[str], bool] | None = None
+        self.shards = 1  # the fleet's shard count
+        # Shards just taken from another index -> the queues not yet swept since: their
+        # objects may be jobs the other worker finished (results written, inbox delete not yet
+        # done, or a pack half done), so their records are read before anything runs again.
+        self.suspect: dict[int, set[str]] = {}
 
     def all_clean(self) -> bool:
         """True when the latest full sweep of every queue found nothing to take in."""
@@ -61,6 +70,14 @@ class Ingest:
         """This process just put a job on ``queue``: the next sweep must look for it."""
         if queue in self.sweeps:
             self.sweeps[queue].clean = False
+
+    def took_over(self, shards: set[int]) -> None:
+        """``shards`` were taken over from another index: sweep every queue from the start,
+        checking results/ for the objects of those shards (see _settle)."""
+        for shard in shards:
+            self.suspect[shard] = set(self.settings.queues)
+        for sweep in self.sweeps.values():
+            sweep.cursor, sweep.clean = None, False
 
     def mid_sweep(self) -> bool:
         """True while some queue's listing has more pages to read."""
@@ -93,10 +110,14 @@ class Ingest:
         bad_names = []
         markers = []
         packs = []
+        accept = self.accept
         for key, size in page:
             parsed = envelope.parse_inbox_key(key)
             marker = envelope.parse_marker(key) if parsed is None else None
             pack = envelope.parse_pack_key(key) if parsed is None and marker is None else None
+            if accept is not None and not accept(
+                    (parsed or pack or marker or (None, envelope.key_id(key)))[1]):
+                continue  # another worker's shard
             if parsed is not None:
                 by_id[parsed[1]] = (key, size)
             elif pack is not None:
@@ -105,6 +126,8 @@ class Ingest:
                 markers.append((key, marker[1], marker[2]))
             else:
                 bad_names.append((key, size))
+        if self.suspect:
+            self._settle(by_id, packs)
         # Requests first: a retry puts its job's inbox object back, which is then no duplicate.
         self._requests(markers, result)
         known = self.index.known(list(by_id))
@@ -160,6 +183,44 @@ class Ingest:
         sweep.found += len(fetch)
         if sweep.cursor is None:
             sweep.clean = sweep.found == 0
+            for shard in list(self.suspect):
+                self.suspect[shard].discard(queue)
+                if not self.suspect[shard]:
+                    del self.suspect[shard]
+
+    def _settle(self, by_id: dict[str, tuple[str, int]], packs: list[tuple]) -> None:
+        """For objects of shards taken over: restore the jobs that already have a terminal
+        record (results/ or their pack's record) before they could run again. Such a single
+        job is then a known, published row, and its inbox object is deleted as a duplicate;
+        a half-done pack's finished members stay finished when the pack is taken in."""
+        def suspect(job_id: str) -> bool:
+            return envelope.shard_of(job_id, self.shards) in self.suspect
+
+        ids = [i for i in by_id if suspect(i)]
+        known = self.index.known(ids) if ids else {}
+        keys = [envelope.result_key(i) for i in ids if i not in known]
+        pack_keys = [k for k, p, _ in packs if suspect(p)]
+        known_packs = self.index.known_packs(pack_keys) if pack_keys else set()
+        keys += [envelope.pack_result_key(p) for k, p, _ in packs
+                 if suspect(p) and k not in known_packs]
+        if not keys:
+            return
+        records = []
+        for body in self.io.map(self.store.get_or_none, keys):
+            try:
+                data = json.loads(body) if body is not None else None
+            except ValueError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("jobs"), dict):
+                records.extend(data["jobs"].values())  # a pack's batched record
+            elif isinstance(data, dict):
+                records.append(data)
+        records = [r for r in records if isinstance(r, dict) and r.get("task")
+                   and r.get("state") in ("succeeded", "failed", "cancelled")]
+        if records:
+            n = self.index.restore(records, self.clock())
+            log.info("%d job(s) of shards taken over were already finished elsewhere: "
+                     "restored from their records, not run again", n)
 
     def _take_in_safely(self, item: tuple[str, str | None, str, int]) -> tuple | None:
         """_take_in, with a failure of one object (a GET refused, a copy failing) logged and

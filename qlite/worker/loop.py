@@ -22,6 +22,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from qlite import envelope
 from qlite.app import App
 from qlite.errors import TaskError
 from qlite.index.db import Index, Limits
@@ -30,6 +31,7 @@ from qlite.settings import Settings
 from qlite.store import Store
 from qlite.worker.execute import Claim, Outcome, run
 from qlite.worker.faults import crash_point
+from qlite.worker.fleet import Fleet
 from qlite.worker.ingest import Ingest
 from qlite.worker.isolate import kill_children, run_in_child
 from qlite.worker.liveness import disk_full, owner_id, reap
@@ -37,7 +39,7 @@ from qlite.worker.logs import install_capture, job_fields
 from qlite.worker.outcome import decide
 from qlite.worker.periodic import Periodic
 from qlite.worker.publish import Publisher
-from qlite.worker.replica import Replica
+from qlite.worker.replica import Replica, node_name
 from qlite.worker.restore import open_index
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class Worker:
         self.held_until: float | None = None
         self.flushed: dict[str, int] = {}  # counters already added to the index
         self.metrics: Any = None  # metrics.Metrics when --metrics-port is set
+        self.fleet: Fleet | None = None  # the shards of the inbox this worker owns
+        self.active: set[int] = set()  # owned shards whose jobs may start here now
         install_capture()  # a handler's own log lines are kept with its job
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
@@ -119,6 +123,7 @@ class Worker:
         self.publisher = Publisher(self.store, self.index, self.io, self.client, self.clock,
                                    self.settings.max_payload)
         self.periodic = Periodic(self.app, self.index, self.client, self.clock)
+        self._join_fleet()
         keyring = self.settings.signing_key
         log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s signing=%s",
                  self.owner, ",".join(self.settings.queues), self.settings.concurrency,
@@ -142,7 +147,7 @@ class Worker:
         ok = True
         full = False
         # Claim right after collecting, so a freed slot is refilled before the S3 work.
-        for part in (self._collect_and_claim, self._publish, self._maintain,
+        for part in (self._fleet_step, self._collect_and_claim, self._publish, self._maintain,
                      self._check_cancels, lambda: self._poll(burst), self._schedule,
                      self._claim):
             try:
@@ -197,6 +202,8 @@ class Worker:
     def _poll(self, burst: bool) -> None:
         if self.stopping or self.disk_full:  # no GETs for rows that cannot be written
             return
+        if not self._trusted():  # our shards may be another worker's by now
+            return
         if self.clock() < self.next_poll and not (burst and self._quiet()):
             return
         # Do not LIST while every slot is busy and more jobs wait locally: the inbox waits.
@@ -221,13 +228,14 @@ class Worker:
         """Claim jobs for the free slots (counting their attempts); _start runs them once
         that is committed."""
         free = self.settings.concurrency - len(self.running)
-        if self.stopping or free <= 0:
+        if self.stopping or free <= 0 or not self._trusted():
             return []
         now = self.clock()
         self._expire(now)
         limits = Limits(self.concurrency_limits, self.rate_limits)
+        shards = (self.active, self.fleet.shards) if self.fleet is not None else None
         rows = self.index.claim(self._queue_order(), free, self.owner, self.settings.lease,
-                                now, limits)
+                                now, limits, shards=shards)
         self.backlog = len(rows) == free  # more may be runnable: no LIST while slots are full
         self.held = bool(limits) and len(rows) < free
         self.held_until = limits.held_until
@@ -337,7 +345,56 @@ class Worker:
             self.metrics.job_recorded(claim.task, claim.id, d.label)
 
     def _publish(self, flush: bool = False) -> None:
+        if not self._trusted():  # a new owner may be running these jobs: write nothing
+            return
         self.publisher.run(self._quiet, flush=flush)
+
+    # -- the fleet ---------------------------------------------------------------------------
+
+    def _join_fleet(self) -> None:
+        self.fleet = Fleet(self.store, node=node_name(self.index.path), owner=self.owner,
+                           shards=self.settings.shards, lease=self.settings.fleet_lease)
+        self.fleet.start()
+        self.ingest.shards = self.fleet.shards
+        self._fleet_step()
+        self.ingest.accept = self._accepts
+
+    def _trusted(self) -> bool:
+        return self.fleet is None or self.fleet.trusted()
+
+    def _accepts(self, job_id: str) -> bool:
+        return envelope.shard_of(job_id, self.fleet.shards) in self.active
+
+    def _owns_schedule(self, name: str) -> bool:
+        return self.fleet is None or self._accepts(envelope.key_id(f"schedule:{name}"))
+
+    def _fleet_step(self) -> None:
+        """Apply what the fleet thread decided: drop the rows of shards taken from us or
+        taken back after another index ran them, start on new shards, and hand over drained
+        ones. The fleet thread speaks S3; SQLite is this thread's."""
+        fleet = self.fleet
+        if fleet is None:
+            return
+        changes = fleet.take_changes()
+        stale = {s for s, is_stale in changes.acquired.items() if is_stale} | changes.lost
+        if stale:
+            dropped = self.index.drop_shards(stale, fleet.shards)
+            if dropped:
+                log.info("dropped %d stale row(s) of %d shard(s) another worker holds or held",
+                         dropped, len(stale))
+        if changes.release:
+            self.index.drop_waiting(changes.release, fleet.shards)
+        if changes.acquired:
+            stale_taken = {s for s, is_stale in changes.acquired.items() if is_stale}
+            if stale_taken:
+                self.ingest.took_over(stale_taken)
+            for queue in self.settings.queues:
+                self.ingest.expect(queue)
+            self.next_poll = 0.0  # take in the new shards' jobs now
+        self.active = set(fleet.owned) - fleet.releasing
+        for shard in list(fleet.releasing):
+            if shard in fleet.owned and not self.index.shards_busy({shard}, fleet.shards):
+                fleet.released(shard)
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues in claim order: as given, or a weighted random order (a queue of weight
@@ -374,7 +431,7 @@ class Worker:
     def _schedule(self) -> None:
         if not self.app.schedules or self.stopping or self.disk_full:
             return
-        for queue in self.periodic.fire():
+        for queue in self.periodic.fire(self._owns_schedule):
             self.ingest.expect(queue)
             self.next_poll = 0.0  # take it in now rather than after the idle back-off
 
@@ -414,6 +471,8 @@ class Worker:
             self._step_quietly(self._maintain)
         self._step_quietly(lambda: self._publish(flush=True))
         self._step_quietly(self._flush_counters)
+        if self.fleet is not None:
+            self.fleet.leave()  # the others take our shards at once
         left = len(self.running)
         self.io.shutdown(wait=True)
         self.index.close()

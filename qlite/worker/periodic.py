@@ -26,20 +26,31 @@ class Periodic:
     def next_at(self) -> float | None:
         return min(self.next_fire.values()) if self.app.schedules and self.next_fire else None
 
-    def fire(self) -> list[str]:
-        """Enqueue the due ticks; returns the queues that got a job."""
+    def fire(self, owns: Callable[[str], bool] = lambda name: True) -> list[str]:
+        """Enqueue the due ticks of the schedules this worker ``owns`` (in a fleet, the owner
+        of the schedule's shard); returns the queues that got a job."""
         now = self.clock()
         queues = []
         for s in self.app.schedules.values():
+            if not owns(s.name):
+                self.next_fire.pop(s.name, None)  # look again once its shard is ours
+                continue
             if self.next_fire.get(s.name, 0.0) > now:
                 continue
+            first = s.name not in self.next_fire  # started, or took the schedule over
             last = self.index.schedule_last(s.name, now)
             ticks, new_last = s.due(last, now)
             task = self.app.tasks[s.task]
             for tick in ticks:
                 at = envelope.now_rfc3339(tick)
+                key = tick_key(s.name, tick)
+                if first and self.client.store.exists(
+                        envelope.result_key(envelope.key_id(key))):
+                    # Another worker of the fleet ran this tick before we took it over.
+                    self.index.schedule_fired(s.name, tick, now)
+                    continue
                 job = self.client.put(s.task, s.args, s.kwargs, queue=s.queue,
-                                      key=tick_key(s.name, tick), priority=task.priority,
+                                      key=key, priority=task.priority,
                                       meta={"schedule": s.name, "tick": at})
                 self.index.schedule_fired(s.name, tick, now)
                 queues.append(s.queue)

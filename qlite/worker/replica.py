@@ -1,4 +1,5 @@
-"""Litestream keeps the worker's index replicated to ``{prefix}index/`` in the queue's bucket.
+"""Litestream keeps the worker's index replicated to ``{prefix}index/{node}/`` in the queue's
+bucket (node: this host and index file, so each replica path has one writer).
 
 On a fresh disk the worker restores the index from that replica before it starts, then adds
 any job that finished after the replica's last sync from ``results/`` (reindex of the unknown
@@ -14,11 +15,14 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,12 @@ from qlite.settings import Settings
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+
+
+def node_name(db: Path) -> str:
+    """This index's name in the fleet and under index/: the host and a hash of the path."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
+    return f"{host}-{zlib.crc32(str(db.resolve()).encode()):08x}"
 
 
 def find_litestream() -> str | None:
@@ -48,7 +58,9 @@ class Replica:
         self.binary = binary
         self.db = settings.db_path()
         url = settings.require_url()
-        self.bucket, self.path = url.bucket, f"{url.prefix}index"
+        # One replica path per index file (host and path): two workers never write one
+        # Litestream replica, even three "VMs" on one host (docs/fleet.md).
+        self.bucket, self.path = url.bucket, f"{url.prefix}index/{node_name(self.db)}"
         self.config = self.db.with_name(self.db.name + ".litestream.yml")
         self.socket = self.db.with_name(self.db.name + ".ls.sock")
         self.proc: subprocess.Popen | None = None

@@ -53,3 +53,13 @@ def ledger(ctx, path):
     with open(path, "a") as f:
         f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
     return ctx.attempt
+
+
+@app.task(name="test.work", max_attempts=5)
+def work(ctx, path, seconds=0.02):
+    """I/O-bound work for the fleet tests: appends (job id, attempt, pid) to the effects ledger
+    when it starts, sleeps, and returns its pid (so a result names the process that ran it)."""
+    with open(path, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()

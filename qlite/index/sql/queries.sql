@@ -53,6 +53,9 @@ WHERE id IN (
       AND jobs.task NOT IN (SELECT value FROM json_each(:blocked))
       AND NOT EXISTS (SELECT 1 FROM requests AS r
                       WHERE r.job_id = jobs.id AND r.kind = 'cancel' AND r.done = 0)
+      -- in a fleet, only jobs of the shards this worker owns now (worker/fleet.py)
+      AND (:shards IS NULL
+           OR qlite_shard(jobs.id, :nshards) IN (SELECT value FROM json_each(:shards)))
     ORDER BY jobs.priority DESC, jobs.run_at, jobs.id
     LIMIT :n)
 RETURNING id, task, queue, attempts, max_attempts, envelope, enqueued_at,
@@ -333,3 +336,29 @@ WHERE a.attempt = 1 AND a.started_at >= :since;
 -- Runnable jobs not yet started, per queue, with the oldest one's run_at (Unix seconds).
 SELECT queue, count(*) AS n, min(run_at) AS oldest FROM jobs
 WHERE state IN ('queued', 'scheduled') AND run_at <= :now GROUP BY queue;
+
+-- name: drop_shards
+-- A fleet shard this index no longer holds (taken by another worker), or one taken back after
+-- another index ran it: its rows here are stale. Published records stay as history.
+DELETE FROM jobs
+WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards)) AND published = 0
+RETURNING id, pack;
+
+-- name: drop_waiting
+-- A shard being handed over: its jobs not started are left to the next owner, who takes
+-- them in from the inbox again.
+DELETE FROM jobs
+WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards))
+  AND state IN ('queued', 'scheduled')
+RETURNING id, pack;
+
+-- name: drop_packs
+-- The packs some of whose members were dropped: not taken in here any more, so they stay
+-- open (pack_open) and their objects are never deleted from here.
+DELETE FROM packs WHERE key IN (SELECT value FROM json_each(:keys));
+
+-- name: shards_busy
+-- Rows that keep a shard from being handed over: running, or finished and not yet published.
+SELECT count(*) AS n FROM jobs
+WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards))
+  AND (state = 'running' OR (published = 0 AND state IN ('succeeded', 'failed', 'cancelled')));

@@ -1,0 +1,474 @@
+"""A fleet of workers on one bucket: the inbox is split into shards, and each shard is owned by
+one worker at a time, through objects in ``coord/`` written with S3 conditional writes. S3 is
+the coordinator; there is no Redis, etcd or leader (docs/fleet.md says why it is built so).
+
+Objects (``coord/`` sorts before ``inbox/``)::
+
+    coord/config.json           {shards, lease}             written once, If-None-Match: *
+    coord/members/{mid}.json    {mid, node, owner, seq, nonce, draining, fenced_by}
+    coord/shards.json           {gen, owners: {shard: {mid, node, gen}}}   If-Match: ETag
+
+- **Members.** Each worker process is a member with an id new at every start (``mid``) and a
+  ``node``: the host and index file it writes. It renews its member object every third of the
+  lease, If-Match its own last ETag.
+- **Liveness is judged by the observer**: a member whose ETag has not changed for a whole lease
+  on *my* monotonic clock is dead (no clocks are compared across machines); one on this host
+  whose process is gone is dead at once. Before taking a dead member's shards the taker writes
+  ``fenced_by`` into its member object (If-Match), so a paused worker that wakes finds its
+  next renewal refused and stops.
+- **Trust.** A worker starts jobs, takes in objects and writes results only until (send time of
+  its last successful renewal) + lease - margin: an observer cannot declare it dead before then.
+- **Assignment** is one table, changed by compare-and-swap: a worker takes unowned shards and
+  those of dead members up to its fair share, ceil(shards / live members); a worker holding
+  more than its share while another holds less (membership stable for two ticks) drains the
+  surplus (no new jobs of them start; running ones finish and publish) and then releases it.
+  Each ownership change bumps the shard's ``gen``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qlite.errors import ConfigError, StorageError
+from qlite.store import Store
+from qlite.worker.liveness import is_local, owner_is_dead
+
+log = logging.getLogger(__name__)
+
+CONFIG = "coord/config.json"
+MEMBERS = "coord/members/"
+TABLE = "coord/shards.json"
+
+
+def _score(shard: int, mid: str) -> int:
+    """Rendezvous hashing: each member prefers different shards, so members taking shards at
+    the same moment seldom collide on the table."""
+    return int.from_bytes(hashlib.blake2b(f"{shard}:{mid}".encode(), digest_size=8).digest(),
+                          "big")
+
+
+@dataclass
+class Seen:
+    """Another member as this worker last observed it."""
+    etag: str
+    since: float  # monotonic time when this ETag was first seen here
+    body: dict = field(default_factory=dict)
+
+
+@dataclass
+class Changes:
+    """What the worker's loop must do for the fleet (it owns SQLite; the fleet thread only
+    speaks S3)."""
+    acquired: dict[int, bool] = field(default_factory=dict)  # shard -> rows here are stale
+    lost: set[int] = field(default_factory=set)  # taken from us: drop their rows, publish none
+    release: set[int] = field(default_factory=set)  # drain these, then call released()
+
+
+class Fleet:
+    def __init__(self, store: Store, *, node: str, owner: str, shards: int, lease: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.node = node
+        self.owner = owner
+        self.shards = shards
+        self.lease = lease
+        self.clock = clock
+        self.mid = ""
+        self.etag: str | None = None
+        self.nonce = ""
+        self.seq = 0
+        self.trusted_until = 0.0
+        self.members: dict[str, Seen] = {}
+        self.table: dict[str, Any] = {"gen": 0, "owners": {}}
+        self.table_etag: str | None = None
+        self.owned: frozenset[int] = frozenset()
+        self.releasing: set[int] = set()
+        self.drained: set[int] = set()
+        self.draining = False  # SIGTERM: hand every shard over
+        self.live_before: frozenset[str] = frozenset()
+        self.stable = 0  # ticks the set of live members has not changed
+        self.changes = Changes()
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.started = self.clock()
+        self.renewed_at: float | None = None
+
+    # -- the worker's loop asks ----------------------------------------------------------
+
+    @property
+    def margin(self) -> float:
+        return max(self.lease / 10, 0.5)
+
+    def trusted(self) -> bool:
+        return self.clock() < self.trusted_until
+
+    def take_changes(self) -> Changes:
+        with self.lock:
+            changes, self.changes = self.changes, Changes()
+            return changes
+
+    def released(self, shard: int) -> None:
+        """The loop drained ``shard``: nothing of it runs or waits to be published here."""
+        with self.lock:
+            self.drained.add(shard)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read (or write) the fleet's config, join as a new member and take a first share,
+        before the worker takes anything in. Then renew on a thread of its own, so a loop
+        busy with S3 or SQLite never lets the lease lapse."""
+        self._config()
+        self._join()
+        self.tick()
+        self.thread = threading.Thread(target=self._run, name="qlite-fleet", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.lease / 3):
+            try:
+                self.tick()
+            except Exception as e:  # S3 trouble: trust runs out on its own if it lasts
+                log.warning("fleet tick failed: %s: %s", type(e).__name__, e)
+
+    def leave(self) -> None:
+        """After the worker drained everything: give back every shard and delete the member
+        object, so the others take over at once instead of after a lease."""
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(timeout=self.lease)
+        try:
+            if self.owned and self.trusted():
+                self._release(set(self.owned), why="worker stopping")
+            self.store.delete(f"{MEMBERS}{self.mid}.json")
+            log.info("left the fleet mid=%s", self.mid)
+        except StorageError as e:
+            log.warning("leaving the fleet: %s (the others take over after the lease)", e)
+
+    def _config(self) -> None:
+        body = json.dumps({"v": 1, "shards": self.shards, "lease": self.lease}).encode()
+        self.store.put_cas(CONFIG, body, None)  # the first worker on the bucket decides
+        found = self.store.get_etag(CONFIG)
+        if found is None:
+            raise ConfigError(f"fleet: {CONFIG} could not be read back after writing it. Try: "
+                              "qlite doctor (this server may not keep conditional writes)")
+        try:
+            config = json.loads(found[0])
+            shards, lease = int(config["shards"]), float(config["lease"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"fleet: {CONFIG} is malformed ({e}). Try: delete it while no "
+                              "worker runs; the next worker writes it again") from e
+        if (shards, lease) != (self.shards, self.lease):
+            log.info("fleet: using the bucket's shards=%d lease=%.0fs from %s", shards, lease,
+                     CONFIG)
+        self.shards, self.lease = shards, lease
+
+    def _member_body(self) -> bytes:
+        self.seq += 1
+        self.nonce = uuid.uuid4().hex
+        return json.dumps({"v": 1, "mid": self.mid, "node": self.node, "owner": self.owner,
+                           "pid": os.getpid(), "seq": self.seq, "nonce": self.nonce,
+                           "draining": self.draining, "shards": len(self.owned),
+                           "fenced_by": None}).encode()
+
+    def _join(self) -> None:
+        self.mid = uuid.uuid4().hex[:16]
+        self.seq = 0
+        sent = self.clock()
+        etag = self.store.put_cas(f"{MEMBERS}{self.mid}.json", self._member_body(), None)
+        if etag is None:  # a fresh random id cannot exist: the server ignores conditions
+            raise ConfigError("fleet: a new member object was refused as existing. Try: "
+                              "qlite doctor (conditional writes)")
+        self.etag = etag
+        self.trusted_until = sent + self.lease - self.margin
+        self.renewed_at = sent
+        log.info("joined the fleet mid=%s node=%s shards=%d lease=%.0fs", self.mid, self.node,
+                 self.shards, self.lease)
+
+    # -- one tick: observe, renew, rebalance ---------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock()
+        listing = self.store.list_etags("coord/")
+        self._renew()
+        self._observe(listing, now)
+        if listing.get(TABLE) != self.table_etag or self.table_etag is None:
+            self._read_table()
+        self._reconcile()
+        live = self._live(now)
+        key = frozenset(live)
+        self.stable = self.stable + 1 if key == self.live_before else 0
+        self.live_before = key
+        with self.lock:
+            drained, self.drained = self.drained, set()
+        if drained and not self._release(drained, why="handed over to balance the fleet"):
+            with self.lock:
+                self.drained |= drained  # the table was busy: again next tick
+        if self.draining:
+            return
+        self._acquire(live)
+        self._balance(live)
+
+    def _renew(self) -> None:
+        sent = self.clock()
+        etag = self.store.put_cas(f"{MEMBERS}{self.mid}.json", self._member_body(), self.etag)
+        if etag is None:
+            found = self.store.get_etag(f"{MEMBERS}{self.mid}.json")
+            body = json.loads(found[0]) if found else {}
+            if found and body.get("nonce") == self.nonce:  # ours landed; its reply was lost
+                etag = found[1]
+            else:
+                self._fenced(body.get("fenced_by") if found else None)
+                return
+        self.etag = etag
+        self.trusted_until = sent + self.lease - self.margin
+        self.renewed_at = sent
+
+    def _fenced(self, by: str | None) -> None:
+        """Another member declared us dead (we were paused or cut off past the lease): every
+        shard is theirs now. Drop them and join again as a new member."""
+        with self.lock:
+            lost = set(self.owned)
+            self.changes.lost |= lost
+            for shard in lost:
+                self.changes.acquired.pop(shard, None)
+            self.owned = frozenset()
+            self.releasing.clear()
+            self.drained.clear()
+        log.warning("fenced by %s: this worker was taken for dead (paused or cut off past "
+                    "the %.0fs lease); dropping %d shard(s) and joining again",
+                    by or "another member", self.lease, len(lost))
+        self.trusted_until = 0.0
+        self._join()
+
+    def _observe(self, listing: dict[str, str], now: float) -> None:
+        mids = {}
+        for key, etag in listing.items():
+            if key.startswith(MEMBERS) and key.endswith(".json"):
+                mids[key[len(MEMBERS):-5]] = etag
+        mids.pop(self.mid, None)
+        for mid in list(self.members):
+            if mid not in mids:
+                del self.members[mid]  # it left (deleted its object)
+        for mid, etag in mids.items():
+            seen = self.members.get(mid)
+            if seen is None:
+                found = self.store.get_etag(f"{MEMBERS}{mid}.json")
+                body = json.loads(found[0]) if found else {}
+                self.members[mid] = Seen(etag, now, body)
+            elif seen.etag != etag:
+                seen.etag, seen.since = etag, now
+
+    def _alive(self, mid: str, now: float) -> bool:
+        seen = self.members.get(mid)
+        if seen is None:
+            return False
+        owner = seen.body.get("owner") or ""
+        if seen.body.get("fenced_by"):
+            return False
+        if owner and is_local(owner) and owner_is_dead(owner):
+            return False  # its process on this host is gone: no need to wait a lease
+        return now - seen.since < self.lease
+
+    def _live(self, now: float) -> list[str]:
+        """Members that count for the fair share: alive and not leaving, me included."""
+        live = [m for m in self.members if self._alive(m, now)
+                and not self.members[m].body.get("draining")]
+        return sorted([self.mid, *live]) if not self.draining else sorted(live)
+
+    def _read_table(self) -> None:
+        found = self.store.get_etag(TABLE)
+        if found is None:
+            self.table, self.table_etag = {"gen": 0, "owners": {}}, None
+            return
+        self.table, self.table_etag = json.loads(found[0]), found[1]
+
+    def _reconcile(self) -> None:
+        """Align what we think we own with the table (another member may have taken a shard
+        of ours after declaring us dead)."""
+        mine = {int(s) for s, o in self.table["owners"].items() if o.get("mid") == self.mid}
+        with self.lock:
+            lost = set(self.owned) - mine
+            if lost:
+                self.changes.lost |= lost
+                self.releasing -= lost
+                log.warning("lost %d shard(s) to another member: %s", len(lost),
+                            _ranges(lost))
+            self.owned = frozenset(set(self.owned) & mine)
+
+    def _cas_table(self, change: Callable[[dict], bool]) -> bool:
+        """Apply ``change`` to a copy of the table and write it If-Match; on a conflict read
+        the table again and retry (a few times: other members are taking shards too)."""
+        for _ in range(4):
+            table = json.loads(json.dumps(self.table))
+            if not change(table):
+                return False
+            table["gen"] = int(table.get("gen", 0)) + 1
+            etag = self.store.put_cas(TABLE, json.dumps(table).encode(), self.table_etag)
+            if etag is not None:
+                self.table, self.table_etag = table, etag
+                return True
+            self._read_table()
+        return False
+
+    def _acquire(self, live: list[str]) -> None:
+        now = self.clock()
+        share = math.ceil(self.shards / max(len(live), 1))
+        owners = self.table["owners"]
+        free = [s for s in range(self.shards)
+                if str(s) not in owners or owners[str(s)].get("mid") in (None, "")
+                or (owners[str(s)]["mid"] != self.mid
+                    and not self._alive(owners[str(s)]["mid"], now))]
+        want = share - len(self.owned)
+        if want <= 0 or not free:
+            return
+        free.sort(key=lambda s: _score(s, self.mid), reverse=True)
+        dead = {owners[str(s)]["mid"] for s in free if str(s) in owners
+                and owners[str(s)].get("mid")}
+        for mid in dead:
+            self._fence(mid)
+        dead = {m for m in dead if self.members.get(m) is None
+                or self.members[m].body.get("fenced_by") == self.mid}
+        take = [s for s in free if str(s) not in owners or not owners[str(s)].get("mid")
+                or owners[str(s)]["mid"] in dead][:want]
+        if not take:
+            return
+        taken: dict[int, bool] = {}
+
+        def change(table: dict) -> bool:
+            taken.clear()
+            for s in take:
+                cur = table["owners"].get(str(s)) or {}
+                if cur.get("mid") and cur["mid"] not in dead:
+                    continue  # someone else took it first
+                taken[s] = cur.get("node") != self.node  # another index ran it: rows stale
+                table["owners"][str(s)] = {"mid": self.mid, "node": self.node,
+                                           "gen": int(cur.get("gen", 0)) + 1}
+            return bool(taken)
+
+        if self._cas_table(change) and taken:
+            with self.lock:
+                self.owned = frozenset(self.owned | set(taken))
+                self.changes.acquired.update(taken)
+                self.changes.lost -= set(taken)
+            from_dead = [s for s in taken if (owners.get(str(s)) or {}).get("mid")]
+            log.info("took %d shard(s) %s (%d from a dead member); now own %d of %d",
+                     len(taken), _ranges(taken), len(from_dead), len(self.owned), self.shards)
+
+    def _fence(self, mid: str) -> None:
+        """Mark a dead member's object fenced (If-Match the ETag we saw stay unchanged), so it
+        cannot renew if it was only paused. A refused write means it renewed: it lives."""
+        seen = self.members.get(mid)
+        if seen is None or seen.body.get("fenced_by"):
+            return
+        body = {**seen.body, "fenced_by": self.mid}
+        etag = self.store.put_cas(f"{MEMBERS}{mid}.json", json.dumps(body).encode(), seen.etag)
+        if etag is None:
+            seen.since = self.clock()  # it renewed after all
+            return
+        seen.etag, seen.body = etag, body
+        log.warning("member %s (%s) stopped renewing for %.0fs: fenced; taking its shards",
+                    mid, seen.body.get("owner"), self.lease)
+
+    def _balance(self, live: list[str]) -> None:
+        """Hand over our surplus when another live member holds less than its share; only
+        once membership has been stable for two ticks, so a join or a restart moves shards
+        once, not back and forth."""
+        if self.stable < 2 or len(live) < 2 or self.releasing:
+            return
+        share = math.ceil(self.shards / len(live))
+        counts = {m: 0 for m in live}
+        for o in self.table["owners"].values():
+            if o.get("mid") in counts:
+                counts[o["mid"]] += 1
+        if not any(counts[m] < share - 1 or counts[m] == 0 for m in live if m != self.mid):
+            return
+        surplus = len(self.owned) - share
+        if surplus <= 0:
+            return
+        give = sorted(self.owned, key=lambda s: _score(s, self.mid))[:surplus]
+        with self.lock:
+            self.releasing |= set(give)
+            self.changes.release |= set(give)
+        log.info("handing over %d shard(s) %s to balance %d members", len(give), _ranges(give),
+                 len(live))
+
+    def drain_all(self) -> set[int]:
+        """SIGTERM: stop taking shards and hand over all of ours (the loop drains them)."""
+        self.draining = True
+        with self.lock:
+            give = set(self.owned) - self.releasing
+            self.releasing |= give
+            return give
+
+    def _release(self, shards: set[int], why: str) -> bool:
+        shards &= set(self.owned)
+        if not shards:
+            return True
+
+        def change(table: dict) -> bool:
+            for s in shards:
+                cur = table["owners"].get(str(s)) or {}
+                if cur.get("mid") == self.mid:
+                    table["owners"][str(s)] = {"mid": None, "node": self.node,
+                                               "gen": int(cur.get("gen", 0)) + 1}
+            return True
+
+        if self._cas_table(change):
+            with self.lock:
+                self.owned = frozenset(set(self.owned) - shards)
+                self.releasing -= shards
+            log.info("released %d shard(s) %s: %s", len(shards), _ranges(shards), why)
+            return True
+        return False
+
+    # -- qlite fleet ---------------------------------------------------------------------
+
+
+def _ranges(shards: Any) -> str:
+    """1,2,3,7 -> '1-3,7' for log lines."""
+    out: list[str] = []
+    for s in sorted(shards):
+        if out and "-" not in out[-1].split(",")[-1] and int(out[-1]) == s - 1:
+            out[-1] = f"{out[-1]}-{s}"
+        elif out and "-" in out[-1] and int(out[-1].split("-")[1]) == s - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{s}"
+        else:
+            out.append(str(s))
+    return ",".join(out) or "-"
+
+
+def describe(store: Store) -> dict:
+    """The fleet as the bucket shows it (qlite fleet): members, their shards, last renewal."""
+    listing = store.list_etags("coord/")
+    found = store.get_etag(TABLE)
+    table = json.loads(found[0]) if found else {"gen": 0, "owners": {}}
+    config_found = store.get_etag(CONFIG)
+    config = json.loads(config_found[0]) if config_found else {}
+    members = []
+    for key in sorted(k for k in listing if k.startswith(MEMBERS)):
+        got = store.get_etag(key)
+        if got is None:
+            continue
+        body = json.loads(got[0])
+        owned = sorted(int(s) for s, o in table["owners"].items() if o.get("mid") == body["mid"])
+        members.append({"mid": body["mid"], "node": body.get("node"), "owner": body.get("owner"),
+                        "seq": body.get("seq"), "draining": body.get("draining", False),
+                        "fenced_by": body.get("fenced_by"), "shards": len(owned),
+                        "shard_ranges": _ranges(owned)})
+    unowned = sorted(s for s in range(int(config.get("shards", 0)))
+                     if not (table["owners"].get(str(s)) or {}).get("mid"))
+    return {"shards": config.get("shards"), "lease": config.get("lease"),
+            "table_gen": table.get("gen", 0), "members": members,
+            "unowned": len(unowned), "unowned_ranges": _ranges(unowned)}

@@ -61,6 +61,12 @@ class Client:
                              on_success=on_success, on_failure=on_failure, meta=meta)
         return self._write(*self._encode(env))
 
+    def validate(self, task: Any, args: Any = (), kwargs: dict | None = None,
+                 **options: Any) -> None:
+        """Raise the error ``put`` would raise for these arguments, writing nothing: to check
+        input up front (``qlite put-many`` names the first bad line of a file with it)."""
+        self._encode(self._envelope(task, args, kwargs, **options))
+
     def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16,
                  pack: bool = True, key: str | None = None,
                  progress: Any = None) -> list[Job]:

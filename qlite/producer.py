@@ -26,9 +26,8 @@ from qlite.errors import (
     WaitTimeout,
 )
 from qlite.settings import Settings
+from qlite.states import PENDING, QUEUED, TERMINAL
 from qlite.store import Store
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class Client:
@@ -161,7 +160,7 @@ class Client:
         """Ask the worker to cancel a job: one that has not started never runs; a running one
         sees ``ctx.cancelled`` and ends ``cancelled`` unless it succeeds. Returns the status
         the job had; raises JobStateError if it already finished."""
-        return self._request("cancel", job_id, queue, allowed=("pending", "queued"))
+        return self._request("cancel", job_id, queue, allowed=(PENDING, QUEUED))
 
     def retry(self, job_id: str, queue: str | None = None) -> dict:
         """Ask the worker to run a failed or cancelled job again, with a fresh budget of
@@ -486,6 +485,6 @@ def _pending(job_id: str, queue: str, raw: bytes) -> dict:
     except ValueError:
         env = {}
     env = env if isinstance(env, dict) else {}
-    return {"id": job_id, "state": "pending", "task": env.get("task"), "queue": queue,
+    return {"id": job_id, "state": PENDING, "task": env.get("task"), "queue": queue,
             "attempts": 0, "result": None, "error": None,
             "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before")}

@@ -28,6 +28,21 @@ class Setting:
     kind: str  # "str", "int", "float", "list", "url", "keyring"
     help: str
 
+    def cli_help(self, text: str) -> str:
+        """An option's --help line: ``text``, then this setting's env var and default."""
+        default = self.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        elif isinstance(default, float):
+            default = f"{default:g}"
+        return text + f" (env {self.env}" + ("" if default is None else f", default {default}") \
+            + ")"
+
+
+def setting(name: str) -> Setting:
+    """The row of ``name`` in SETTINGS."""
+    return next(s for s in SETTINGS if s.name == name)
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("url", "QLITE_URL", "--url", None, "url",

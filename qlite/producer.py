@@ -2,7 +2,7 @@
 
 A put is one PutObject of the envelope to ``inbox/{queue}/{id}.json`` with
 ``If-None-Match: *``, so it never overwrites: with ``key=`` the id is derived from the key and
-a second put of the same key returns the same job (guarantee 4 of DESIGN.md).
+a second put of the same key returns the same job (guarantee 4 of docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# qlite: `make run` runs the demo on a local SeaweedFS, `make test` runs the suite.
+# qlite: `make run` runs the demo on a local SeaweedFS, `make test` runs the suite, `make check` lints first (CI).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,7 +34,7 @@ test-endpoint: $(STAMP) ## the suite against any S3 endpoint: ENDPOINT=http://ho
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check qlite tests scripts examples
 
-check: lint test ## lint and test
+check: lint test ## ruff, then the suite: what .ci/run runs
 
 chaos: $(STAMP) ## the long chaos tier: 5,000 jobs, 25 SIGKILLs, both servers
 	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 QLITE_CHAOS_SERVERS=seaweedfs,moto $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py

@@ -61,6 +61,8 @@ class IndexUnavailable(QliteError):
 class StorageError(QliteError):
     """The object store request failed."""
 
+    code = ""  # the server's error code ("AccessDenied", "NotImplemented", "412"), when known
+
 
 class EndpointUnreachable(StorageError):
     """Could not connect to the S3 endpoint."""

@@ -6,14 +6,13 @@ URL can create that one job and never overwrite it. ``presign_post`` signs an HT
 policy: any key under ``inbox/{queue}/``, at most ``max_bytes``; S3 POST has no
 ``If-None-Match``, so its holder could overwrite a pending job whose id it knows (see
 docs/deploy.md). Either is signed with the credentials of whoever runs it (the producer's), and
-the signature is checked by the S3 server when the upload arrives. Standard library + boto3.
+the signature is checked by the S3 server when the upload arrives. Signing happens in
+``Store`` (the only module that speaks boto3); this module decides what to sign.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any
 
 from qlite import envelope
 from qlite.errors import ConfigError
@@ -39,26 +38,6 @@ def _store(url: str | None, endpoint_url: str | None, store: Store | None) -> tu
     return store or Store(settings.require_url(), settings.endpoint_url), settings
 
 
-def _signer(store: Store) -> Any:
-    """A client like ``store``'s, told to sign with SigV4: unless a client is told so
-    explicitly, boto3 presigns S3 requests with SigV2, which leaves If-None-Match out of the
-    signature (the URL could then overwrite a job)."""
-    import boto3
-    from botocore.config import Config
-
-    client = store.client
-    region = (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-              or client.meta.region_name or "us-east-1")
-    # On AWS, the bucket's regional endpoint: the global one may answer a fresh bucket with a
-    # redirect, which an uploader's PUT does not follow.
-    endpoint = store.endpoint_url or f"https://s3.{region}.amazonaws.com"
-    config = Config(signature_version="s3v4") if store.endpoint_url else \
-        Config(signature_version="s3v4", s3={"addressing_style": "virtual"})
-    return boto3.session.Session().client(
-        "s3", config=client.meta.config.merge(config),
-        endpoint_url=endpoint, region_name=region)
-
-
 def presign_put(url: str | None = None, *, queue: str = "default", job_id: str | None = None,
                 key: str | None = None, expires: int = 3600, endpoint_url: str | None = None,
                 store: Store | None = None, now: float | None = None) -> dict:
@@ -77,10 +56,8 @@ def presign_put(url: str | None = None, *, queue: str = "default", job_id: str |
                           f"(got {job_id!r})")
     s, _ = _store(url, endpoint_url, store)
     object_key = envelope.inbox_key(queue, job_id)
-    signed = _signer(s).generate_presigned_url(
-        "put_object", ExpiresIn=expires, HttpMethod="PUT",
-        Params={"Bucket": s.bucket, "Key": s.prefix + object_key,
-                "ContentType": PUT_HEADERS["Content-Type"], "IfNoneMatch": "*"})
+    signed = s.presign_put(object_key, expires=expires,
+                           content_type=PUT_HEADERS["Content-Type"], if_none_match=True)
     return {"id": job_id, "queue": queue, "key": object_key, "method": "PUT", "url": signed,
             "headers": dict(PUT_HEADERS), "expires_at": _expiry(expires, now)}
 
@@ -99,15 +76,9 @@ def presign_post(url: str | None = None, *, queue: str = "default", expires: int
     if type(limit) is not int or limit < 1:
         raise ConfigError(f"max_bytes: expected a positive whole number of bytes "
                           f"(got {limit!r})")
-    prefix = s.prefix + f"inbox/{queue}/"
-    post = _signer(s).generate_presigned_post(
-        s.bucket, prefix + "${filename}", ExpiresIn=expires,
-        Fields={"Content-Type": "application/json"},
-        Conditions=[["starts-with", "$key", prefix], ["content-length-range", 1, limit],
-                    {"Content-Type": "application/json"}])
-    fields = {k: v for k, v in post["fields"].items() if k != "key"}
-    return {"url": post["url"], "fields": fields, "key_prefix": prefix, "max_bytes": limit,
-            "expires_at": _expiry(expires, now)}
+    post = s.presign_post(f"inbox/{queue}/", expires=expires, max_bytes=limit,
+                          content_type=PUT_HEADERS["Content-Type"])
+    return {**post, "max_bytes": limit, "expires_at": _expiry(expires, now)}
 
 
 def _expiry(expires: int, now: float | None) -> str:

@@ -2,7 +2,7 @@
 
 A put is one PutObject of the envelope to ``inbox/{queue}/{id}.json`` with
 ``If-None-Match: *``, so it never overwrites: with ``key=`` the id is derived from the key and
-a second put of the same key returns the same job (guarantee 4 of DESIGN.md).
+a second put of the same key returns the same job (guarantee 4 of docs/design.md).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from qlite.errors import (
     WaitTimeout,
 )
 from qlite.settings import Settings
+from qlite.states import PENDING, QUEUED, TERMINAL
 from qlite.store import Store
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class Client:
@@ -60,6 +59,12 @@ class Client:
                              ttl=ttl, expires_at=expires_at, webhook=webhook,
                              on_success=on_success, on_failure=on_failure, meta=meta)
         return self._write(*self._encode(env))
+
+    def validate(self, task: Any, args: Any = (), kwargs: dict | None = None,
+                 **options: Any) -> None:
+        """Raise the error ``put`` would raise for these arguments, writing nothing: to check
+        input up front (``qlite put-many`` names the first bad line of a file with it)."""
+        self._encode(self._envelope(task, args, kwargs, **options))
 
     def put_many(self, jobs: Iterable[dict | tuple], *, workers: int = 16,
                  pack: bool = True, key: str | None = None,
@@ -165,7 +170,7 @@ class Client:
         """Ask the worker to cancel a job: one that has not started never runs; a running one
         sees ``ctx.cancelled`` and ends ``cancelled`` unless it succeeds. Returns the status
         the job had; raises JobStateError if it already finished."""
-        return self._request("cancel", job_id, queue, allowed=("pending", "queued"))
+        return self._request("cancel", job_id, queue, allowed=(PENDING, QUEUED))
 
     def retry(self, job_id: str, queue: str | None = None) -> dict:
         """Ask the worker to run a failed or cancelled job again, with a fresh budget of
@@ -490,6 +495,6 @@ def _pending(job_id: str, queue: str, raw: bytes) -> dict:
     except ValueError:
         env = {}
     env = env if isinstance(env, dict) else {}
-    return {"id": job_id, "state": "pending", "task": env.get("task"), "queue": queue,
+    return {"id": job_id, "state": PENDING, "task": env.get("task"), "queue": queue,
             "attempts": 0, "result": None, "error": None,
             "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before")}

@@ -28,6 +28,21 @@ class Setting:
     kind: str  # "str", "int", "float", "list", "url", "keyring"
     help: str
 
+    def cli_help(self, text: str) -> str:
+        """An option's --help line: ``text``, then this setting's env var and default."""
+        default = self.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        elif isinstance(default, float):
+            default = f"{default:g}"
+        return text + f" (env {self.env}" + ("" if default is None else f", default {default}") \
+            + ")"
+
+
+def setting(name: str) -> Setting:
+    """The row of ``name`` in SETTINGS."""
+    return next(s for s in SETTINGS if s.name == name)
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("url", "QLITE_URL", "--url", None, "url",
@@ -65,6 +80,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a worker's shard lease lasts; renewed every third of it. A worker on "
             "another machine that stops renewing loses its shards to the others after this "
             "long (a worker on this machine at once). Fixed by the first worker, as shards."),
+    Setting("node", "QLITE_NODE", "--node", None, "str",
+            "This worker's stable name in the fleet and its index replica's path "
+            "(index/NODE-HASH/). Default: the host name. Set it where host names change at "
+            "every deploy (a PaaS: e.g. worker-1), so a new container restores the replica."),
     Setting("grace", "QLITE_GRACE", "--grace", 30.0, "float",
             "Seconds running jobs get to finish after SIGTERM/SIGINT before the worker exits."),
     Setting("poll_min", "QLITE_POLL_MIN", "--poll-min", 0.5, "float",
@@ -199,6 +218,7 @@ class Settings:
     lease: float = 60.0
     shards: int = 128
     fleet_lease: float = 30.0
+    node: str | None = None
     grace: float = 30.0
     poll_min: float = 0.5
     poll_max: float = 10.0

@@ -11,7 +11,9 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+from typing import Any, NamedTuple
 
 from qlite.errors import (
     AccessDenied,
@@ -27,6 +29,22 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Inval
            "ExpiredToken", "AllAccessDisabled", "InvalidSecurity", "403"}
 
 
+class ObjectInfo(NamedTuple):
+    """What a LIST or HEAD says about one object (``key`` relative to the prefix)."""
+
+    key: str
+    size: int
+    modified: float  # Unix seconds
+    etag: str = ""
+
+
+class Credentials(NamedTuple):
+    """Which credentials boto3 found: the access key id (not the secret) and where from."""
+
+    access_key: str
+    source: str  # botocore's name for it: "env", "shared-credentials-file", "iam-role", ...
+
+
 class Store:
     """One bucket + prefix. Thread-safe (boto3 clients are)."""
 
@@ -40,6 +58,7 @@ class Store:
             or os.environ.get("AWS_ENDPOINT_URL")
         )
         self._client = client
+        self._signer: Any = None
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # S3 requests by operation, for stats and bench
 
@@ -57,11 +76,14 @@ class Store:
     # -- operations -------------------------------------------------------------------------
 
     def put(self, key: str, body: bytes, *, if_none_match: bool = False,
-            metadata: dict | None = None) -> None:
-        """PUT ``key``; with ``if_none_match`` it never overwrites (AlreadyExists instead)."""
+            if_match: str | None = None, metadata: dict | None = None) -> None:
+        """PUT ``key``; with ``if_none_match`` it never overwrites, with ``if_match`` (an ETag)
+        it replaces only that version: AlreadyExists when the condition fails."""
         extra: dict[str, Any] = {"ContentType": "application/json"}
         if if_none_match:
             extra["IfNoneMatch"] = "*"
+        if if_match is not None:
+            extra["IfMatch"] = if_match
         if metadata:
             extra["Metadata"] = metadata
         self._call("put", key, "put_object", Key=self.prefix + key, Body=body, **extra)
@@ -91,10 +113,16 @@ class Store:
 
     def exists(self, key: str) -> bool:
         try:
-            self._call("head", key, "head_object", Key=self.prefix + key)
+            self.head(key)
             return True
         except ObjectNotFound:
             return False
+
+    def head(self, key: str) -> ObjectInfo:
+        """One HEAD: the object's size, modification time and ETag (ObjectNotFound if none)."""
+        resp = self._call("head", key, "head_object", Key=self.prefix + key)
+        return ObjectInfo(key, int(resp.get("ContentLength") or 0),
+                          _seconds(resp.get("LastModified")), resp.get("ETag") or "")
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
         """(relative key, size) under ``prefix``, in key order, one LIST per 1,000 keys."""
@@ -115,6 +143,23 @@ class Store:
         n = len(self.prefix)
         page = [(item["Key"][n:], item["Size"]) for item in resp.get("Contents", ())]
         return page, bool(resp.get("IsTruncated"))
+
+    def objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` with its size, modification time and ETag, in key
+        order, one LIST per 1,000 keys."""
+        start_after: str | None = None
+        n = len(self.prefix)
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": self.prefix + prefix, "MaxKeys": 1000}
+            if start_after:
+                kwargs["StartAfter"] = self.prefix + start_after
+            resp = self._call("list", prefix, "list_objects_v2", **kwargs)
+            page = [ObjectInfo(item["Key"][n:], item["Size"], _seconds(item.get("LastModified")),
+                               item.get("ETag") or "") for item in resp.get("Contents", ())]
+            yield from page
+            if not resp.get("IsTruncated") or not page:
+                return
+            start_after = page[-1].key
 
     def list_dirs(self, prefix: str) -> list[str]:
         """The 'directories' directly under ``prefix`` (names without slashes)."""
@@ -226,9 +271,79 @@ class Store:
         """Delete one key; a missing key is not an error."""
         self._call("delete", key, "delete_object", Key=self.prefix + key)
 
-    def check(self) -> None:
-        """Fail fast with a clear error when the endpoint, bucket or credentials are wrong."""
-        self._call("list", "", "list_objects_v2", Prefix=self.prefix, MaxKeys=1)
+    def check(self) -> float | None:
+        """Fail fast with a clear error when the endpoint, bucket or credentials are wrong.
+        Returns the server's clock from the response's ``Date`` header (Unix seconds, to
+        the second), or None when it sent none."""
+        resp = self._call("list", "", "list_objects_v2", Prefix=self.prefix, MaxKeys=1)
+        date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            return parsedate_to_datetime(date).timestamp() if date else None
+        except (TypeError, ValueError):
+            return None
+
+    def credentials(self) -> Credentials | None:
+        """The credentials requests would be signed with, or None when there are none. Asks
+        nothing of the server: whether it accepts them is what ``check`` tells."""
+        import boto3
+
+        creds = boto3.session.Session().get_credentials()
+        if creds is None:
+            return None
+        return Credentials(creds.access_key or "", creds.method or "")
+
+    # -- presigned requests (signed here, sent later by someone without credentials) -------
+
+    def presign_put(self, key: str, *, expires: int, content_type: str = "application/json",
+                    if_none_match: bool = True) -> str:
+        """A URL that PUTs ``key`` once within ``expires`` seconds. ``Content-Type`` and, with
+        ``if_none_match``, ``If-None-Match: *`` are signed in: the uploader must send them,
+        and the server then refuses to overwrite."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key,
+                                  "ContentType": content_type}
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        with self._translated("presign", key):
+            return self.signer.generate_presigned_url("put_object", ExpiresIn=expires,
+                                                      HttpMethod="PUT", Params=params)
+
+    def presign_post(self, prefix: str, *, expires: int, max_bytes: int,
+                     content_type: str = "application/json") -> dict:
+        """An HTML-form POST policy for any key under ``prefix`` of at most ``max_bytes``:
+        ``{"url", "fields", "key_prefix"}``. The form sends every field, ``key`` (starting
+        with ``key_prefix``, the full key in the bucket) and the file last."""
+        full = self.prefix + prefix
+        with self._translated("presign", prefix):
+            post = self.signer.generate_presigned_post(
+                self.bucket, full + "${filename}", ExpiresIn=expires,
+                Fields={"Content-Type": content_type},
+                Conditions=[["starts-with", "$key", full],
+                            ["content-length-range", 1, max_bytes],
+                            {"Content-Type": content_type}])
+        fields = {k: v for k, v in post["fields"].items() if k != "key"}
+        return {"url": post["url"], "fields": fields, "key_prefix": full}
+
+    @property
+    def signer(self) -> Any:
+        """A client like ``client``, told to sign with SigV4: unless a client is told so
+        explicitly, boto3 presigns S3 requests with SigV2, which leaves If-None-Match out of
+        the signature (the URL could then overwrite a job)."""
+        if self._signer is None:
+            import boto3
+            from botocore.config import Config
+
+            client = self.client
+            region = (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+                      or client.meta.region_name or "us-east-1")
+            # On AWS, the bucket's regional endpoint: the global one may answer a fresh bucket
+            # with a redirect, which an uploader's PUT does not follow.
+            endpoint = self.endpoint_url or f"https://s3.{region}.amazonaws.com"
+            config = Config(signature_version="s3v4") if self.endpoint_url else \
+                Config(signature_version="s3v4", s3={"addressing_style": "virtual"})
+            self._signer = boto3.session.Session().client(
+                "s3", config=client.meta.config.merge(config), endpoint_url=endpoint,
+                region_name=region)
+        return self._signer
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -236,6 +351,13 @@ class Store:
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
     def _call(self, op: str, key: str, method: str, **kwargs: Any) -> Any:
+        self.requests[op] += 1
+        with self._translated(op, key):
+            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+
+    @contextmanager
+    def _translated(self, op: str, key: str) -> Iterator[None]:
+        """botocore's errors raised inside become qlite's, naming the operation and key."""
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -243,12 +365,11 @@ class Store:
             NoCredentialsError,
         )
 
-        self.requests[op] += 1
         try:
-            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+            yield
         except ClientError as e:
             error = self._translate(op, key, e)
-            if isinstance(error, AccessDenied) and method != "head_bucket" and self._no_bucket():
+            if isinstance(error, AccessDenied) and self._no_bucket():
                 error = self._translate(op, key, e, code="NoSuchBucket")
             raise error from e
         except NoCredentialsError as e:
@@ -282,21 +403,30 @@ class Store:
         code = code or str(err.get("Code")
                            or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
         message = (err.get("Message") or code).rstrip(".")
+        error: StorageError
         if code in ("NoSuchKey", "404", "NotFound"):
-            return ObjectNotFound(f"s3: {op} {self._name(key)}: no such key")
-        if code == "NoSuchBucket":
-            return BucketNotFound(
+            error = ObjectNotFound(f"s3: {op} {self._name(key)}: no such key")
+        elif code == "NoSuchBucket":
+            error = BucketNotFound(
                 f"s3: bucket {self.bucket!r} does not exist at {self.where()}. "
                 f"Try: create it (aws s3 mb s3://{self.bucket}) or fix QLITE_URL"
             )
-        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            return AlreadyExists(f"s3: {op} {self._name(key)}: already exists")
-        if code in _DENIED:
-            return AccessDenied(
+        elif code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            error = AlreadyExists(f"s3: {op} {self._name(key)}: already exists")
+        elif code in _DENIED:
+            error = AccessDenied(
                 f"s3: {op} {self._name(key)}: {code}: {message}. "
                 "Try: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
             )
-        return StorageError(f"s3: {op} {self._name(key)}: {code}: {message}")
+        else:
+            error = StorageError(f"s3: {op} {self._name(key)}: {code}: {message}")
+        error.code = code
+        return error
+
+
+def _seconds(when: Any) -> float:
+    """botocore's LastModified (a datetime) as Unix seconds; 0 when absent."""
+    return when.timestamp() if when is not None else 0.0
 
 
 def _make_client(endpoint_url: str | None, **credentials: str) -> Any:

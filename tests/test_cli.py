@@ -140,6 +140,37 @@ def test_ls_without_an_index_says_where_it_looked(s3, tmp_path):
     assert "expected one of" in one_line_error(qlite("ls", "--state", "done", env=s3.env))
 
 
+def test_both_put_parsers_take_the_options_of_one_table():
+    """`qlite put` runs on argparse (the light path) unless typer is loaded already; both
+    parsers are built from qlite/cli/put.py's table."""
+    import typer.main
+
+    from qlite.cli import put
+    from qlite.cli.main import app
+
+    command = typer.main.get_command(app).commands["put"]
+    typer_options = {o for p in command.params for o in p.opts if o.startswith("--")}
+    argparse_options = {o for a in put.parser()._actions for o in a.option_strings
+                        if o.startswith("--")} - {"--help"}
+    assert typer_options == argparse_options == {o.flag for o in put.OPTIONS}
+    assert [p.name for p in command.params if not p.opts[0].startswith("--")] == \
+        [a.name for a in put.ARGUMENTS]
+
+
+def test_worker_help_shows_the_defaults_of_the_settings_table():
+    from typer.testing import CliRunner
+
+    from qlite.cli.main import app
+    from qlite.settings import SETTINGS
+
+    text = " ".join(CliRunner().invoke(app, ["worker", "--help"], terminal_width=400)
+                    .output.split())
+    for s in SETTINGS:
+        if s.option in text and s.default is not None and s.name != "queues":
+            assert f"(env {s.env}, default {s.default:g}" in text if isinstance(
+                s.default, float) else f"(env {s.env}, default {s.default})" in text, s.name
+
+
 @pytest.mark.parametrize("command", ["put", "worker", "status", "wait", "ls", "show",
                                      "reindex"])
 def test_every_command_has_help_with_an_example(command):

@@ -66,6 +66,23 @@ def test_docs_link_targets_exist():
                 assert (doc.parent / target).exists(), f"{doc.name} links {target}"
 
 
+def test_files_the_docs_and_code_comments_name_exist():
+    named = re.compile(r"(?<![\w/.])((?:qlite|tests|docs|deploy|scripts|bench)/[\w/.\-]+?"
+                       r"\.(?:py|sql|md|json|html|toml|yml|sh))\b")
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "qlite").rglob("*.py"))]
+    for path in texts:
+        for target in named.findall(path.read_text()):
+            assert (ROOT / target).exists(), f"{path.relative_to(ROOT)} names {target}"
+    assert not [p for p in texts if "DESIGN.md" in p.read_text()]  # it is docs/design.md
+
+
+def test_ci_runs_make_check_which_lints_then_tests():
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("make check")
+    check = re.search(r"^check: (.*?)(?: ##|$)", (ROOT / "Makefile").read_text(), re.M)
+    assert check and check.group(1).split() == ["lint", "test"]
+
+
 def test_the_python_examples_of_the_concept_pages_run(seaweed_target):
     for page in ("scheduling.md", "queues.md", "control.md", "builtins.md"):
         text = (ROOT / "docs" / page).read_text()

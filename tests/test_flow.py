@@ -208,6 +208,23 @@ def test_purge_forgets_finished_jobs_and_so_frees_their_idempotency_key(s3):
     assert ran == [("keyed", "default"), ("keyed", "default")]
 
 
+def test_purge_as_a_library_call_keeps_younger_jobs_and_other_states(s3):
+    from qlite.index.purge import purge
+
+    client = qlite.Client()
+    jobs = [client.put("f.tag", [i]) for i in range(3)]
+    drain(s3, jobs)
+    index = Index(s3.db)
+    kept = purge(index, client.store, 3600, states=["failed"])
+    assert (kept.jobs, kept.states) == (0, ("failed",))
+    assert purge(index, client.store, 3600).jobs == 0  # finished just now: younger than 1h
+    done = purge(index, client.store, 0, now=time.time() + 1)
+    assert (done.jobs, done.states) == (3, ("succeeded", "failed", "cancelled"))
+    assert keys(s3, "results/") == [] and all(index.get(j.id) is None for j in jobs)
+    with pytest.raises(qlite.ConfigError, match="only finished jobs can be purged.*'queued'"):
+        purge(index, client.store, 0, states=["queued"])
+
+
 def test_purge_refuses_unfinished_states_and_bad_ages(s3):
     r = run_qlite("purge", "--state", "running", "--older-than", "1d", env=s3.env)
     assert r.returncode == 1 and "only finished jobs can be purged" in r.stderr

@@ -73,3 +73,28 @@ def test_the_producer_modules_load_none_of_the_worker():
          "print(' '.join(m for m in sys.modules if m.startswith('qlite.')))"],
         capture_output=True, text=True, check=True).stdout.split()
     assert not [m for m in loaded if m.startswith(SUBPACKAGES)], loaded
+
+
+def test_only_the_store_speaks_boto3():
+    """Store is the boundary: botocore's errors are translated there, and nothing else builds
+    a client or reaches into its plumbing (the dev server, a test tool, may)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(qlite.__file__).parent
+    allowed = {root / "store.py", root / "testing" / "devserver.py"}
+    private = {"_call", "_translated", "_translate", "_make_client", "_client"}
+    for path in sorted(set(root.rglob("*.py")) - allowed):
+        where = path.relative_to(root)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                modules += [a.name for a in node.names]
+                assert not {m.split(".")[0] for m in modules} & {"boto3", "botocore",
+                                                                 "s3transfer"}, where
+                assert not {a.name for a in node.names} & private, where
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                    and node.value.attr == "store":
+                assert node.attr not in private, f"{where} uses store.{node.attr}"
+            if isinstance(node, ast.Attribute) and node.attr == "_envelope":
+                assert path.name == "producer.py", f"{where} uses ._envelope"

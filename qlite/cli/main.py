@@ -1,9 +1,11 @@
 """The qlite CLI: parse, call the library, print. Errors become one ``Error: ...`` line and a
-non-zero exit; a traceback means a bug. ``qlite put`` is served by putcmd.py (no typer)."""
+non-zero exit; a traceback means a bug. ``qlite put`` is served by put.py (no typer), from the
+option table both share."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -14,7 +16,8 @@ import typer
 from qlite.app import load_app
 from qlite.cli import put as putcmd
 from qlite.errors import QliteError, WaitTimeout
-from qlite.settings import Settings
+from qlite.settings import Settings, setting
+from qlite.states import INDEXED, TERMINAL
 
 app = typer.Typer(
     help="qlite: background jobs on S3-compatible storage plus SQLite.\n\n"
@@ -24,10 +27,19 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-Url = Annotated[str | None, typer.Option("--url", help="s3://bucket[/prefix] (env QLITE_URL)")]
-Endpoint = Annotated[str | None, typer.Option(
-    "--endpoint-url", help="S3 endpoint (env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)")]
-Db = Annotated[str | None, typer.Option("--db", help="SQLite index file (env QLITE_DB)")]
+
+
+def _setting(name: str, text: str) -> Any:
+    """The option of setting ``name``: flag, env var and default from the table in
+    qlite/settings.py, so --help cannot drift from it."""
+    s = setting(name)
+    return typer.Option(s.option, help=s.cli_help(text), show_default=False)
+
+
+Url = Annotated[str | None, _setting("url", "s3://bucket[/prefix]")]
+Endpoint = Annotated[str | None, _setting("endpoint_url", "S3 endpoint (AWS_ENDPOINT_URL works "
+                                                          "too)")]
+Db = Annotated[str | None, _setting("db", "SQLite index file")]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
@@ -48,27 +60,33 @@ def _errors(fn: Any) -> Any:
     return wrapper
 
 
-@app.command(help=putcmd.HELP + "\n\n" + putcmd.EPILOG.replace("\n  ", "\n\n  "))
-@_errors
-def put(
-    task: Annotated[str, typer.Argument(help="registered task name, e.g. math.add")],
-    payload: Annotated[str | None, typer.Argument(
-        help="JSON array (args) or object (kwargs); '-' reads stdin")] = None,
-    queue: Annotated[str, typer.Option(help="queue name")] = "default",
-    key: Annotated[str | None, typer.Option(help="idempotency key")] = None,
-    delay: Annotated[float | None, typer.Option(help="seconds before it may run")] = None,
-    ttl: Annotated[float | None, typer.Option(
-        help="cancel it if it has not started within SECONDS")] = None,
-    priority: Annotated[int | None, typer.Option(
-        help="higher runs first within its queue (default 0)")] = None,
-    url: Url = None,
-    endpoint_url: Endpoint = None,
-    max_payload: Annotated[int | None, typer.Option(
-        "--max-payload", help="largest envelope in bytes (env QLITE_MAX_PAYLOAD)")] = None,
-) -> None:
-    typer.echo(putcmd.put(task, payload, queue=queue, key=key, delay=delay, url=url,
-                          endpoint_url=endpoint_url, max_payload=max_payload, ttl=ttl,
-                          priority=priority))
+def _put(**values: Any) -> None:
+    typer.echo(putcmd.put(**values))
+
+
+def _put_signature() -> inspect.Signature:
+    """put's parameters from the table in qlite/cli/put.py, which its argparse parser (the
+    fast path qlite/__main__.py takes) reads too."""
+    params = []
+    for a in putcmd.ARGUMENTS:
+        kind = a.kind if a.default is ... else a.kind | None
+        params.append(inspect.Parameter(
+            a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=inspect.Parameter.empty if a.default is ... else a.default,
+            annotation=Annotated[kind, typer.Argument(help=a.help, show_default=False)]))
+    for o in putcmd.OPTIONS:
+        params.append(inspect.Parameter(
+            o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default,
+            annotation=Annotated[o.kind | None, typer.Option(o.flag, help=o.help,
+                                                             metavar=o.metavar,
+                                                             show_default=False)]))
+    return inspect.Signature(params)
+
+
+_put.__signature__ = _put_signature()  # type: ignore[attr-defined]
+_put.__annotations__ = {p.name: p.annotation for p in _put.__signature__.parameters.values()}
+app.command("put", help=putcmd.HELP + "\n\n" + putcmd.EPILOG.replace("\n  ", "\n\n  "))(
+    _errors(_put))
 
 
 @app.command("put-many")
@@ -105,52 +123,47 @@ def put_many(
 @_errors
 def worker(
     app_spec: Annotated[str, typer.Option("--app", help="MODULE:ATTR of your qlite.App")],
-    queue: Annotated[list[str] | None, typer.Option(
-        "--queue", help="queue to serve, repeatable, in priority order (env QLITE_QUEUES)")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        help="jobs run at once (env QLITE_CONCURRENCY, default 4)")] = None,
+    queue: Annotated[list[str] | None, _setting(
+        "queues", "queue to serve, repeatable, in priority order; NAME=WEIGHT for weighted")
+    ] = None,
+    concurrency: Annotated[int | None, _setting("concurrency", "jobs run at once")] = None,
     burst: Annotated[bool, typer.Option(help="exit 0 once no job is runnable now")] = False,
-    replicate: Annotated[str | None, typer.Option(
-        help="auto, on or off: Litestream replication of the index (env QLITE_REPLICATE)"
-    )] = None,
-    pool: Annotated[str | None, typer.Option(
-        help="thread (default) or process: run every job in a child process (env QLITE_POOL)"
-    )] = None,
+    replicate: Annotated[str | None, _setting(
+        "replicate", "auto, on or off: Litestream replication of the index")] = None,
+    pool: Annotated[str | None, _setting(
+        "pool", "thread or process: process runs every job in a child process")] = None,
     url: Url = None,
     endpoint_url: Endpoint = None,
     db: Db = None,
-    max_attempts: Annotated[int | None, typer.Option(
-        help="default attempts per job (env QLITE_MAX_ATTEMPTS, default 3)")] = None,
-    lease: Annotated[float | None, typer.Option(
-        help="lease seconds of a running job (env QLITE_LEASE, default 60)")] = None,
-    grace: Annotated[float | None, typer.Option(
-        help="seconds running jobs get after SIGTERM (env QLITE_GRACE, default 30)")] = None,
-    shards: Annotated[int | None, typer.Option(
-        help="shards of the inbox for a fleet of workers (env QLITE_SHARDS, default 128; "
-             "the first worker on the bucket fixes it)")] = None,
-    fleet_lease: Annotated[float | None, typer.Option(
-        help="seconds a worker's shard lease lasts (env QLITE_FLEET_LEASE, default 30; the "
-             "first worker on the bucket fixes it)")] = None,
-    poll_min: Annotated[float | None, typer.Option(
-        help="seconds between LISTs while busy (env QLITE_POLL_MIN, default 0.5)")] = None,
-    poll_max: Annotated[float | None, typer.Option(
-        help="idle LIST back-off cap in seconds (env QLITE_POLL_MAX, default 10)")] = None,
-    max_payload: Annotated[int | None, typer.Option(
-        help="largest envelope in bytes (env QLITE_MAX_PAYLOAD)")] = None,
-    log_level: Annotated[str | None, typer.Option(
-        help="DEBUG, INFO, WARNING, ERROR (env QLITE_LOG_LEVEL)")] = None,
-    log_format: Annotated[str | None, typer.Option(
-        help="text or json log lines (env QLITE_LOG_FORMAT, default text)")] = None,
-    metrics_port: Annotated[int | None, typer.Option(
-        help="serve Prometheus metrics on this port (env QLITE_METRICS_PORT; default off)")
-    ] = None,
-    metrics_host: Annotated[str | None, typer.Option(
-        help="address of the metrics server (env QLITE_METRICS_HOST, default 127.0.0.1)")
-    ] = None,
-    signing_key: Annotated[str | None, typer.Option(
-        help="kid:secret[,kid:secret] to verify and sign inbox objects (env "
-             "QLITE_SIGNING_KEY; prefer the env var, ps shows options)",
-        show_default=False)] = None,
+    max_attempts: Annotated[int | None, _setting(
+        "max_attempts", "default attempts per job")] = None,
+    lease: Annotated[float | None, _setting("lease", "lease seconds of a running job")] = None,
+    grace: Annotated[float | None, _setting(
+        "grace", "seconds running jobs get after SIGTERM")] = None,
+    shards: Annotated[int | None, _setting(
+        "shards", "shards of the inbox for a fleet of workers (the first worker on the bucket "
+        "fixes it)")] = None,
+    node: Annotated[str | None, _setting(
+        "node", "this worker's stable name in the fleet and its replica path")] = None,
+    fleet_lease: Annotated[float | None, _setting(
+        "fleet_lease", "seconds a worker's shard lease lasts (the first worker on the bucket "
+        "fixes it)")] = None,
+    poll_min: Annotated[float | None, _setting(
+        "poll_min", "seconds between LISTs while busy")] = None,
+    poll_max: Annotated[float | None, _setting(
+        "poll_max", "idle LIST back-off cap in seconds")] = None,
+    max_payload: Annotated[int | None, _setting(
+        "max_payload", "largest inline envelope in bytes")] = None,
+    log_level: Annotated[str | None, _setting(
+        "log_level", "DEBUG, INFO, WARNING or ERROR")] = None,
+    log_format: Annotated[str | None, _setting("log_format", "text or json log lines")] = None,
+    metrics_port: Annotated[int | None, _setting(
+        "metrics_port", "serve Prometheus metrics on this port; unset: off")] = None,
+    metrics_host: Annotated[str | None, _setting(
+        "metrics_host", "address of the metrics server")] = None,
+    signing_key: Annotated[str | None, _setting(
+        "signing_key", "kid:secret[,kid:secret] to verify and sign inbox objects; prefer the "
+        "env var, ps shows options")] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
 
@@ -159,7 +172,7 @@ def worker(
     settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
                              concurrency=concurrency, pool=pool, replicate=replicate,
                              max_attempts=max_attempts,
-                             lease=lease, shards=shards, fleet_lease=fleet_lease,
+                             lease=lease, shards=shards, fleet_lease=fleet_lease, node=node,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
                              max_payload=max_payload, log_level=log_level,
                              log_format=log_format, metrics_port=metrics_port,
@@ -284,8 +297,7 @@ def _index(db: str | None, url: str | None, readonly: bool = True) -> Any:
 @app.command("ls")
 @_errors
 def ls(
-    state: Annotated[str | None, typer.Option(
-        help="queued, scheduled, running, succeeded, failed or cancelled")] = None,
+    state: Annotated[str | None, typer.Option(help=", ".join(INDEXED))] = None,
     queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
     limit: Annotated[int, typer.Option(help="at most N jobs, newest first")] = 50,
     as_json: AsJson = False,
@@ -296,9 +308,8 @@ def ls(
 
     Example: qlite ls --state failed --limit 20
     """
-    states = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
-    if state is not None and state not in states:
-        raise QliteError(f"--state: expected one of {', '.join(states)} (got {state!r})")
+    if state is not None and state not in INDEXED:
+        raise QliteError(f"--state: expected one of {', '.join(INDEXED)} (got {state!r})")
     rows = _index(db, url).list(state, queue, limit)
     if as_json:
         typer.echo(json.dumps(rows))
@@ -410,7 +421,7 @@ def retry(
 
 
 def parse_age(text: str, option: str = "--older-than") -> float:
-    """'30d', '12h', '90m', '45s' or plain seconds to seconds."""
+    """'30d', '12h', '90m', '45s', '2w' or plain seconds to seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
     try:
@@ -429,7 +440,7 @@ def purge(
     older_than: Annotated[str, typer.Option(
         "--older-than", help="finished longer ago than this: 30d, 12h, 90m, 3600")],
     state: Annotated[list[str] | None, typer.Option(
-        help="succeeded, failed or cancelled; repeatable (default: all three)")] = None,
+        help=f"{', '.join(TERMINAL)}; repeatable (default: all of them)")] = None,
     queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
     db: Db = None,
     url: Url = None,
@@ -443,38 +454,17 @@ def purge(
     """
     import time
 
-    from qlite.envelope import (
-        pack_result_key,
-        parse_pack_key,
-        payload_key,
-        result_key,
-        value_key,
-    )
-    from qlite.index.db import TERMINAL
+    from qlite.index.purge import finished_states
+    from qlite.index.purge import purge as purge_jobs
     from qlite.store import Store
 
-    states = state or list(TERMINAL)
-    bad = [s for s in states if s not in TERMINAL]
-    if bad:
-        raise QliteError(f"--state: only finished jobs can be purged: succeeded, failed or "
-                         f"cancelled (got {bad[0]!r})")
-    before = time.time() - parse_age(older_than)
+    age, states = parse_age(older_than), finished_states(state)  # before touching anything
     settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url)
     store = Store(settings.require_url(), settings.endpoint_url)
-    index = _index(db, url, readonly=False)
-    total = 0
-    while jobs := index.purgeable(states, before, queue):
-        ids = [j["id"] for j in jobs]
-        # Objects first (records, large results and payloads): a crash re-purges.
-        store.delete_many([k for i in ids for k in (result_key(i), value_key(i),
-                                                    payload_key(i))])
-        total += index.purge(ids)
-        # A pack's batched record goes with the last of its members.
-        gone = index.forget_packs(sorted({j["pack"] for j in jobs if j["pack"]}))
-        store.delete_many([pack_result_key(parse_pack_key(k)[1]) for k in gone])
-    typer.echo(f"purged {total} job(s) finished before "
-               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(before))} "
-               f"(states: {', '.join(states)})")
+    done = purge_jobs(_index(db, url, readonly=False), store, age, states=states, queue=queue)
+    typer.echo(f"purged {done.jobs} job(s) finished before "
+               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(done.before))} "
+               f"(states: {', '.join(done.states)})")
 
 
 @app.command()

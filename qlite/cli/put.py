@@ -1,13 +1,22 @@
 """``qlite put``: the producer's command. Standard library and boto3 only (no typer), so a
-cron job or serverless function pays nothing for the worker's dependencies."""
+cron job or serverless function pays nothing for the worker's dependencies.
+
+Its arguments and options are one table, ``ARGUMENTS`` and ``OPTIONS``: argparse reads it
+here, and the typer CLI (qlite/cli/main.py) builds its ``put`` command from it, so both
+``qlite put --help`` texts and parsers agree (``qlite --help`` lists ``put`` like any other
+command). tests/test_imports.py keeps this path free of typer.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from qlite.envelope import loads_strict
 from qlite.errors import ConfigError, EnvelopeError, QliteError
+from qlite.settings import setting
 
 HELP = "Enqueue a job: prints its id alone on one line."
 EPILOG = """PAYLOAD is JSON: an array becomes the args, an object the kwargs; '-' reads it from
@@ -18,6 +27,44 @@ examples:
   qlite put math.add '[1, 2]' --queue high --key order-42
   echo '{"to": "a@example.com"}' | qlite put email.send - --delay 60
   qlite put report.build '{"day": "2026-11-25"}' --ttl 3600 --priority 5"""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument or option of ``qlite put``: ``name`` is the keyword of ``put()``."""
+
+    name: str
+    kind: type  # str, int or float
+    default: Any
+    metavar: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _setting(name: str, metavar: str, text: str) -> Param:
+    """An option that is also a setting: its env var and default come from the table."""
+    s = setting(name)
+    return Param(name, int if s.kind == "int" else str, None, metavar, s.cli_help(text))
+
+
+ARGUMENTS = (
+    Param("task", str, ..., "TASK", "registered task name, e.g. math.add"),
+    Param("payload", str, None, "PAYLOAD",
+          "JSON array (args) or object (kwargs); '-' reads stdin"),
+)
+OPTIONS = (
+    Param("queue", str, "default", "QUEUE", "queue name (default: default)"),
+    Param("key", str, None, "KEY", "idempotency key: the same key is one job"),
+    Param("delay", float, None, "SECONDS", "run no sooner than SECONDS from now"),
+    Param("ttl", float, None, "SECONDS", "cancel it if it has not started within SECONDS"),
+    Param("priority", int, None, "N", "higher runs first within its queue (default 0)"),
+    _setting("url", "URL", "s3://bucket[/prefix]"),
+    _setting("endpoint_url", "URL", "S3 endpoint of an S3-compatible server"),
+    _setting("max_payload", "BYTES", "largest inline envelope"),
+)
 
 
 def parse_payload(text: str | None) -> tuple[list, dict]:
@@ -38,47 +85,32 @@ def parse_payload(text: str | None) -> tuple[list, dict]:
                       f"{type(value).__name__} {text.strip()[:40]!r}")
 
 
-def put(task: str, payload: str | None, *, queue: str = "default", key: str | None = None,
-        delay: float | None = None, url: str | None = None, endpoint_url: str | None = None,
-        max_payload: int | None = None, ttl: float | None = None,
-        priority: int | None = None) -> str:
-    """Parse the payload, enqueue, return the job id."""
+def put(task: str, payload: str | None = None, **options: Any) -> str:
+    """Parse the payload, enqueue, return the job id. ``options`` are OPTIONS by name."""
     from qlite.producer import Client
 
     args, kwargs = parse_payload(payload)
-    client = Client(url, endpoint_url=endpoint_url, max_payload=max_payload)
-    return client.put(task, args, kwargs, queue=queue, key=key, delay=delay, ttl=ttl,
-                      priority=priority).id
+    client = Client(options.pop("url", None), endpoint_url=options.pop("endpoint_url", None),
+                    max_payload=options.pop("max_payload", None))
+    return client.put(task, args, kwargs, **options).id
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qlite put", description=HELP, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", metavar="TASK", help="registered task name, e.g. math.add")
-    p.add_argument("payload", metavar="PAYLOAD", nargs="?", default=None,
-                   help="JSON array (args) or object (kwargs); '-' reads stdin")
-    p.add_argument("--queue", default="default", help="queue name (default: default)")
-    p.add_argument("--key", default=None, help="idempotency key: the same key is one job")
-    p.add_argument("--delay", type=float, default=None, metavar="SECONDS",
-                   help="run no sooner than SECONDS from now")
-    p.add_argument("--ttl", type=float, default=None, metavar="SECONDS",
-                   help="cancel it if it has not started within SECONDS")
-    p.add_argument("--priority", type=int, default=None, metavar="N",
-                   help="higher runs first within its queue (default 0)")
-    p.add_argument("--url", default=None, help="s3://bucket[/prefix] (env QLITE_URL)")
-    p.add_argument("--endpoint-url", default=None,
-                   help="S3 endpoint (env AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)")
-    p.add_argument("--max-payload", type=int, default=None, metavar="BYTES",
-                   help="largest envelope (env QLITE_MAX_PAYLOAD, default 262144)")
+    for a in ARGUMENTS:
+        p.add_argument(a.name, metavar=a.metavar, help=a.help,
+                       **({} if a.default is ... else {"nargs": "?", "default": a.default}))
+    for o in OPTIONS:
+        p.add_argument(o.flag, dest=o.name, type=o.kind, default=o.default, metavar=o.metavar,
+                       help=o.help)
     return p
 
 
 def main(argv: list[str]) -> int:
     ns = parser().parse_args(argv)
     try:
-        job_id = put(ns.task, ns.payload, queue=ns.queue, key=ns.key, delay=ns.delay,
-                     url=ns.url, endpoint_url=ns.endpoint_url, max_payload=ns.max_payload,
-                     ttl=ns.ttl, priority=ns.priority)
+        job_id = put(**vars(ns))
     except QliteError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

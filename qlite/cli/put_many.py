@@ -12,8 +12,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qlite.errors import ConfigError, EnvelopeError
+
+if TYPE_CHECKING:
+    from qlite.producer import Client
 
 FIELDS = ("task", "args", "kwargs", "queue", "key", "delay", "at", "ttl", "expires_at",
           "priority", "max_attempts", "timeout", "webhook", "on_success", "on_failure", "meta")
@@ -95,13 +99,11 @@ def put_many_file(path: Path, *, queue: str = "default", key: str | None = None,
             "first_id": handles[0].id, "last_id": handles[-1].id}
 
 
-def _culprit(client, numbered: list[tuple[int, dict]]) -> int | str:
+def _culprit(client: Client, numbered: list[tuple[int, dict]]) -> int | str:
     """The number of the first line whose job does not validate (after put_many refused)."""
-    from qlite.envelope import encode
-
     for number, item in numbered:
         try:
-            encode(client._envelope(**item))
+            client.validate(**item)
         except (EnvelopeError, ConfigError):
             return number
     return "?"

@@ -22,6 +22,7 @@ import sqlite_utils
 
 from qlite.envelope import now_rfc3339, pack_key, shard_of
 from qlite.errors import IndexUnavailable
+from qlite.states import TERMINAL  # noqa: F401 - also imported from here by the worker
 
 
 def _load_queries() -> dict[str, str]:
@@ -32,7 +33,6 @@ def _load_queries() -> dict[str, str]:
 
 QUERIES = _load_queries()
 SCHEMA = resources.files("qlite.index").joinpath("sql/schema.sql").read_text()
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from qlite.index.db import TERMINAL, Index
+from qlite.index.db import Index
+from qlite.states import TERMINAL
 from qlite.store import Store
 
 

@@ -57,7 +57,9 @@ class Dashboard:
         self.client = client
         self.nonce = secrets.token_urlsafe(16)
         page = resources.files("qlite.ops").joinpath("dashboard.html").read_text()
-        self.page = page.replace("{{nonce}}", self.nonce).encode()
+        headers = "".join(f'<th class="n">{s}</th>' for s in STATES)
+        self.page = (page.replace("{{nonce}}", self.nonce).replace("{{states}}", json.dumps(STATES))
+                     .replace("{{state_headers}}", headers).encode())
 
     def index(self) -> Index:
         return Index(self.db, readonly=True)

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from email.utils import parsedate_to_datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,6 @@ def _split_fix(message: str) -> tuple[str, str]:
     """qlite messages end with 'Try: <fix>': the fix gets its own column."""
     detail, _, fix = str(message).partition(" Try: ")
     return detail.rstrip(". "), fix
-
-
-def _error_code(e: BaseException) -> str:
-    cause = e.__cause__
-    response = getattr(cause, "response", None) or {}
-    return str(response.get("Error", {}).get("Code") or "")
 
 
 class Doctor:
@@ -98,25 +92,21 @@ class Doctor:
         return self.checks
 
     def credentials(self) -> bool:
-        import boto3
-
-        creds = boto3.session.Session().get_credentials()
+        creds = self.store.credentials()
         if creds is None:
             self.add("credentials", FAIL, "no AWS credentials found",
                      "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an "
                      "instance role)")
             return False
-        key = creds.access_key or ""
         # The key id is not the secret, but a prefix is enough to tell which one is in use.
-        self.add("credentials", OK, f"access key {key[:4]}... from {creds.method}")
+        self.add("credentials", OK, f"access key {creds.access_key[:4]}... from {creds.source}")
         return True
 
     def bucket(self) -> bool:
         where = self.store.where()
         try:
             self.local_at_response = self.clock()
-            resp = self.store._call("list", "", "list_objects_v2", Prefix=self.url.prefix,
-                                    MaxKeys=1)  # the raw response: its Date header is needed
+            self.server_date = self.store.check()  # one LIST; the server's Date header
         except EndpointUnreachable as e:
             self.add("endpoint", FAIL, f"cannot reach {where}: {e.__cause__ or e}"[:300],
                      _split_fix(str(e))[1]
@@ -125,10 +115,10 @@ class Doctor:
             return False
         except AccessDenied as e:
             self.add("endpoint", OK, f"{where} answers")
-            if _error_code(e) in _REFUSED:
+            if e.code in _REFUSED:
                 creds = self.get("credentials")
                 creds.status = FAIL
-                creds.detail += f": refused by the server ({_error_code(e)})"
+                creds.detail += f": refused by the server ({e.code})"
                 creds.fix = ("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (a typo, a "
                              "rotated or expired key)")
                 self.skip("bucket", because="the credentials were refused")
@@ -149,12 +139,6 @@ class Doctor:
             return False
         self.add("endpoint", OK, f"{where} answers")
         self.get("credentials").detail += ", accepted by the server"
-        date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        if date:
-            try:
-                self.server_date = parsedate_to_datetime(date).timestamp()
-            except (TypeError, ValueError):
-                self.server_date = None
         self.add("bucket", OK, f"{self.url} can be listed")
         return True
 
@@ -228,13 +212,12 @@ class Doctor:
                  "recent Ceph RGW), or a proxy that does not strip If-None-Match")
 
     def _if_match(self, key: str) -> None:
-        full = self.url.prefix + key
         try:
-            self.store._call("put", key, "put_object", Key=full, Body=b"{}", IfMatch=_WRONG_ETAG)
+            self.store.put(key, b"{}", if_match=_WRONG_ETAG)
         except AlreadyExists:
             pass  # refused with 412, as it must be
         except QliteError as e:
-            if _error_code(e) in ("NotImplemented", "501"):
+            if e.code in ("NotImplemented", "501"):
                 self.add("if-match", WARN, "PUT with If-Match is not implemented by this server",
                          "fine for one worker VM; sharded workers (lease objects) will need it")
             else:
@@ -248,8 +231,7 @@ class Doctor:
                      "MinIO, SeaweedFS)")
             return
         try:
-            etag = self.store._call("head", key, "head_object", Key=full)["ETag"]
-            self.store._call("put", key, "put_object", Key=full, Body=b"{}", IfMatch=etag)
+            self.store.put(key, b"{}", if_match=self.store.head(key).etag)
         except QliteError as e:
             self.add("if-match", FAIL, f"a PUT with If-Match and the right ETag was refused: "
                      f"{e}"[:300], "use a server that supports S3 conditional writes")
@@ -311,18 +293,11 @@ class Doctor:
         prefix = f"{self.url.prefix}index/"
         newest: float | None = None
         objects = 0
-        token: dict[str, Any] = {}
         try:
-            for _ in range(100):  # 100,000 objects at most: Litestream compacts well below
-                resp = self.store._call("list", "index/", "list_objects_v2", Prefix=prefix,
-                                        **token)
-                for item in resp.get("Contents", ()):
-                    objects += 1
-                    at = item["LastModified"].timestamp()
-                    newest = at if newest is None else max(newest, at)
-                if not resp.get("IsTruncated"):
-                    break
-                token = {"ContinuationToken": resp["NextContinuationToken"]}
+            # 100,000 objects at most: Litestream compacts well below
+            for info in islice(self.store.objects("index/"), 100_000):
+                objects += 1
+                newest = info.modified if newest is None else max(newest, info.modified)
         except QliteError as e:
             detail, fix = _split_fix(str(e))
             self.add("replica", FAIL, detail, fix or "grant s3:ListBucket on the prefix index/")

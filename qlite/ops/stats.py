@@ -25,9 +25,10 @@ import time
 from typing import Any
 
 from qlite.envelope import now_rfc3339
-from qlite.index.db import TERMINAL, Index
+from qlite.index.db import Index
+from qlite.states import INDEXED, TERMINAL
 
-STATES = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+STATES = INDEXED  # the order of every table and chart
 
 # AWS S3 Standard list prices in US dollars per 1,000 requests (us-east-1). COPY, POST and
 # LIST are priced as PUT; DELETE is free. "upload" is a managed (multipart) upload: at least

@@ -4,7 +4,7 @@ One pass LISTs a page (1,000 keys) per queue after a cursor, GETs the unknown ob
 concurrently, validates them and inserts the rows in one transaction. Nothing is deleted here
 except duplicates of jobs the index already holds (an idempotency key put again) and
 quarantined objects once their copy is safe: inbox objects of real jobs are deleted only after
-the job's terminal record is in results/ (guarantee 1 of DESIGN.md).
+the job's terminal record is in results/ (guarantee 1 of docs/design.md).
 """
 
 from __future__ import annotations

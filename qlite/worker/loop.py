@@ -352,7 +352,7 @@ class Worker:
     # -- the fleet ---------------------------------------------------------------------------
 
     def _join_fleet(self) -> None:
-        self.fleet = Fleet(self.store, node=node_name(self.index.path), owner=self.owner,
+        self.fleet = Fleet(self.store, node=node_name(self.settings), owner=self.owner,
                            shards=self.settings.shards, lease=self.settings.fleet_lease)
         self.fleet.start()
         self.ingest.shards = self.fleet.shards

@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def node_name(db: Path) -> str:
-    """This index's name in the fleet and under index/: the host and a hash of the path."""
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
-    return f"{host}-{zlib.crc32(str(db.resolve()).encode()):08x}"
+def node_name(settings: Settings) -> str:
+    """This index's name in the fleet and under index/: QLITE_NODE (default: the host name)
+    and a hash of the index path."""
+    name = settings.node or socket.gethostname()
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64] or "host"
+    return f"{host}-{zlib.crc32(str(settings.db_path().resolve()).encode()):08x}"
 
 
 def find_litestream() -> str | None:
@@ -60,7 +62,7 @@ class Replica:
         url = settings.require_url()
         # One replica path per index file (host and path): two workers never write one
         # Litestream replica, even three "VMs" on one host (docs/fleet.md).
-        self.bucket, self.path = url.bucket, f"{url.prefix}index/{node_name(self.db)}"
+        self.bucket, self.path = url.bucket, f"{url.prefix}index/{node_name(settings)}"
         self.config = self.db.with_name(self.db.name + ".litestream.yml")
         self.socket = self.db.with_name(self.db.name + ".ls.sock")
         self.proc: subprocess.Popen | None = None

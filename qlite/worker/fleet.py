@@ -250,7 +250,14 @@ class Fleet:
                     "the %.0fs lease); dropping %d shard(s) and joining again",
                     by or "another member", self.lease, len(lost))
         self.trusted_until = 0.0
+        old = self.mid
         self._join()
+        if by is None:  # our object is gone or unreadable: nothing of ours to clean
+            return
+        try:
+            self.store.delete(f"{MEMBERS}{old}.json")
+        except StorageError:
+            pass  # the fencer deletes it too once it owns our shards
 
     def _observe(self, listing: dict[str, str], now: float) -> None:
         mids = {}
@@ -336,6 +343,12 @@ class Fleet:
         free.sort(key=lambda s: _score(s, self.mid), reverse=True)
         dead = {owners[str(s)]["mid"] for s in free if str(s) in owners
                 and owners[str(s)].get("mid")}
+        for mid in [m for m in dead if m not in self.members]:
+            # An owner we have not seen: it may have joined after our LIST. Look it up.
+            found = self.store.get_etag(f"{MEMBERS}{mid}.json")
+            if found is not None:
+                self.members[mid] = Seen(found[1], now, json.loads(found[0]))
+        dead = {m for m in dead if not self._alive(m, now)}
         for mid in dead:
             self._fence(mid)
         dead = {m for m in dead if self.members.get(m) is None
@@ -365,6 +378,17 @@ class Fleet:
             from_dead = [s for s in taken if (owners.get(str(s)) or {}).get("mid")]
             log.info("took %d shard(s) %s (%d from a dead member); now own %d of %d",
                      len(taken), _ranges(taken), len(from_dead), len(self.owned), self.shards)
+            self._forget(dead)
+
+    def _forget(self, dead: set[str]) -> None:
+        """Delete the objects of members we fenced once they own nothing, so qlite fleet
+        does not list the dead for ever."""
+        still = {o.get("mid") for o in self.table["owners"].values()}
+        for mid in dead - still:
+            seen = self.members.get(mid)
+            if seen is not None and seen.body.get("fenced_by") == self.mid:
+                self.store.delete(f"{MEMBERS}{mid}.json")
+                del self.members[mid]
 
     def _fence(self, mid: str) -> None:
         """Mark a dead member's object fenced (If-Match the ETag we saw stay unchanged), so it

@@ -1,0 +1,203 @@
+"""The attacks of a hostile probe (issue 15), each performed against the real servers
+(SeaweedFS or moto, aiosmtpd, local HTTP servers on two origins) and shown refused: the job
+fails at once with a one-line reason, nothing reaches the victim, nothing is lost."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from test_builtins import put, run, smtp  # noqa: F401 - smtp is a fixture
+
+seen: list[dict] = []  # what the "other host" received: path, headers, body
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """The other origin: records every request it gets."""
+
+    def log_message(self, *args):
+        pass
+
+    def _any(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                     "body": body.decode()})
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    do_GET = do_POST = _any  # noqa: N815
+
+
+def _serve(handler):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def origins():
+    """(redirector, recorder): two origins on loopback (two ports). The redirector answers
+    /to/STATUS/PATH with that redirect to the recorder's PATH, and /same/PATH with a 302 to
+    its own recorder-like /echo."""
+    recorder = _serve(Recorder)
+    other = f"http://127.0.0.1:{recorder.server_address[1]}"
+
+    class Redirector(Recorder):
+        def _any(self):
+            if self.path.startswith("/to/"):
+                _, _, status, rest = self.path.split("/", 3)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(int(status))
+                self.send_header("Location", f"{other}/{rest}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path.startswith("/same/"):
+                self.send_response(302)
+                self.send_header("Location", "/" + self.path.split("/", 2)[2])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                super()._any()
+
+        do_GET = do_POST = _any  # noqa: N815
+
+    redirector = _serve(Redirector)
+    yield f"http://127.0.0.1:{redirector.server_address[1]}", other
+    redirector.shutdown()
+    recorder.shutdown()
+
+
+@pytest.fixture
+def allow_loopback(monkeypatch):
+    monkeypatch.setenv("QLITE_HTTP_ALLOW", "127.0.0.1/32")
+
+
+SECRETS = {"Authorization": "Bearer sk-live-1", "Cookie": "session=s-2", "X-Api-Key": "k-3",
+           "Proxy-Authorization": "Basic cDp3", "X-Auth-Token": "t-4"}
+
+
+def failed_at_once(status: dict, fragment: str) -> None:
+    assert (status["state"], status["attempts"]) == ("failed", 1), status
+    message = status["error"]["message"]
+    assert fragment in message and "\n" not in message, message
+
+
+# -- 1. mail header injection through RFC 2047 encoded words --------------------------------
+
+
+def test_encoded_words_that_decode_to_cr_lf_are_refused_in_every_header(s3, smtp):  # noqa: F811
+    attacks = [
+        {"subject": "=?utf-8?q?Invoice=0D=0AX-Injected:_yes?="},
+        {"subject": "=?utf-8?b?SW52b2ljZQ0KDQpib2R5?="},  # CRLF CRLF: headers into the body
+        {"subject": "=?utf-8?q?ring=07bell?="},
+        {"to": ["=?utf-8?q?Bob=0D=0ABcc:_victim@example.com?= <rcpt@example.com>"]},
+        {"reply_to": "=?utf-8?q?x=0AX-Injected:_1?= <r@example.com>"},
+        {"attachments": [{"key": "f/r.bin",
+                          "filename": "=?utf-8?q?r.bin=0D=0AX-Injected:_yes?="}]},
+    ]
+    s3.server.client().put_object(Bucket=s3.bucket, Key=f"{s3.prefix}uploads/f/r.bin",
+                                  Body=b"data")
+    base = {"to": ["rcpt@example.com"], "subject": "s", "text": "body"}
+    statuses = run(s3, [put("email.send", **{**base, **attack}) for attack in attacks])
+    for status in statuses:
+        failed_at_once(status, "header injection refused")
+        assert "encoded word" in status["error"]["message"] or "'\\x07'" in status[
+            "error"]["message"]
+    assert smtp.messages == []
+    [ok] = run(s3, [put("email.send", **{**base, "subject": "=?utf-8?q?Caf=C3=A9?="})])
+    assert ok["state"] == "succeeded", ok  # a benign encoded word still goes through
+    [(_, _, content)] = smtp.messages
+    assert "X-Injected" not in content
+
+
+# -- 10. permanent errors fail at once; 11. the recipient cap --------------------------------
+
+
+def test_malformed_mail_arguments_and_too_many_recipients_fail_at_once(s3, smtp):  # noqa: F811
+    separator, encoded, many = run(s3, [
+        put("email.send", to=["rcpt\u2028@example.com"], subject="s", text="t"),
+        put("email.send", to=["=?utf-8?q?a?=@example.com"], subject="s", text="t"),
+        put("email.send", to=[f"r{i}@example.com" for i in range(101)], subject="s",
+            text="t")])
+    failed_at_once(separator, "header injection refused")
+    failed_at_once(encoded, "is not an email address")
+    failed_at_once(many, "over the limit of 100 recipients")
+    assert smtp.messages == [] and smtp.rcpt_calls == {}
+    [hundred] = run(s3, [put("email.send", to=[f"r{i}@example.com" for i in range(100)],
+                             subject="s", text="t")])
+    assert hundred["state"] == "succeeded" and len(smtp.messages[0][1]) == 100
+
+
+def test_malformed_upload_arguments_fail_at_once(s3, origins, allow_loopback):
+    redirector, _ = origins
+    header, empty_bucket, newline_key = run(s3, [
+        put("upload.from_url", url=f"{redirector}/echo", key="a.bin",
+            headers={"X-Trace": "1\r\nX-Injected: yes"}),
+        put("upload.copy", source="a.bin", key="b.bin", bucket=""),
+        put("upload.from_url", url=f"{redirector}/echo", key="x.json\n")])
+    failed_at_once(header, "header injection refused")
+    failed_at_once(empty_bucket, "bucket: expected a bucket name")
+    failed_at_once(newline_key, "expected a relative key")
+    assert not any(s["path"] == "/echo" for s in seen)  # nothing was fetched
+
+
+# -- 2. credentials stay with their origin ---------------------------------------------------
+
+
+def test_credentials_are_not_sent_to_a_redirect_on_another_origin(s3, origins,
+                                                                   allow_loopback):
+    redirector, _ = origins
+    seen.clear()
+    http, upload = run(s3, [
+        put("http.request", url=f"{redirector}/to/302/http-target", headers=SECRETS),
+        put("upload.from_url", url=f"{redirector}/to/301/upload-target", key="u.bin",
+            headers=SECRETS)])
+    assert http["state"] == upload["state"] == "succeeded", (http, upload)
+    received = {s["path"]: s["headers"] for s in seen}
+    for path in ("/http-target", "/upload-target"):
+        leaked = {k for k in SECRETS if k.lower() in received[path]}
+        assert leaked == set(), (path, leaked)
+    assert "idempotency-key" in received["/http-target"]  # other headers still go
+    # The same origin keeps them.
+    seen.clear()
+    [same] = run(s3, [put("http.request", url=f"{redirector}/same/echo", headers=SECRETS)])
+    assert same["state"] == "succeeded"
+    assert seen[0]["headers"]["authorization"] == "Bearer sk-live-1"
+
+
+def test_a_307_does_not_resend_a_body_to_another_origin(s3, origins, allow_loopback):
+    redirector, _ = origins
+    seen.clear()
+    [status] = run(s3, [put("http.request", url=f"{redirector}/to/307/post-target",
+                            method="POST", json={"card": "4242"})])
+    failed_at_once(status, "would re-send the request body there; refused")
+    assert seen == []
+
+
+# -- 4. IPv6 transition addresses that embed a blocked IPv4 one ------------------------------
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::7f00:1", "64:ff9b:1:7f00:1::",
+                                     "2002:7f00:1::1", "::127.0.0.1", "::ffff:0:127.0.0.1",
+                                     "64:ff9b::a9fe:a9fe"])
+def test_ipv6_transition_addresses_of_blocked_ipv4_ones_are_refused(s3, origins, monkeypatch,
+                                                                    address):
+    monkeypatch.delenv("QLITE_HTTP_ALLOW", raising=False)
+    port = origins[1].rsplit(":", 1)[1]
+    [status] = run(s3, [put("http.request", url=f"http://[{address}]:{port}/")])
+    failed_at_once(status, "server-side request forgery guard")
+    assert "it embeds" in status["error"]["message"]
+
+
+# -- 11. a secret in the URL is redacted in the result ---------------------------------------
+
+
+def test_a_secret_query_parameter_is_redacted_in_the_result_url(s3, origins, allow_loopback):
+    redirector, _ = origins
+    [status] = run(s3, [put("http.request", url=f"{redirector}/echo",
+                            params={"api_key": "sk-9", "q": "visible"})])
+    assert status["state"] == "succeeded", status
+    assert "sk-9" not in json.dumps(status)
+    assert status["result"]["url"].endswith("/echo?api_key=[redacted]&q=visible")

@@ -8,6 +8,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from test_builtins import put, run, smtp  # noqa: F401 - smtp is a fixture
+from test_worker import put_raw
+
+import qlite
+from conftest import bucket_keys, drain_with
+from conftest import qlite as run_qlite
+from qlite import envelope
+from qlite.index.db import Index
 
 seen: list[dict] = []  # what the "other host" received: path, headers, body
 
@@ -53,6 +60,12 @@ def origins():
                 self.send_header("Location", f"{other}/{rest}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif self.path == "/evil":  # an error body that would retitle and clear a terminal
+                body = b"\x1b]0;pwned\x07\x1b[2J\x1b[31mno\x9b"
+                self.send_response(404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
             elif self.path.startswith("/same/"):
                 self.send_response(302)
                 self.send_header("Location", "/" + self.path.split("/", 2)[2])
@@ -201,3 +214,132 @@ def test_a_secret_query_parameter_is_redacted_in_the_result_url(s3, origins, all
     assert status["state"] == "succeeded", status
     assert "sk-9" not in json.dumps(status)
     assert status["result"]["url"].endswith("/echo?api_key=[redacted]&q=visible")
+
+
+# -- 3. with signing on, an unsigned writer cannot occupy a keyed id -------------------------
+
+K1 = "k1:" + "1" * 32
+probe = qlite.App(builtins=False)
+
+
+@probe.task(name="math.add")
+def add(a, b):
+    return a + b
+
+
+def test_an_unsigned_writer_cannot_occupy_a_keyed_job_or_pack_id(s3):
+    # The attacker can write to inbox/ and knows the keys, so it writes garbage first at the
+    # ids a key used to imply (SHA-256 of the key, the same everywhere).
+    guessed_job = f"inbox/default/{envelope.key_id('order-7')}.json"
+    guessed_pack = (f"inbox/default/{envelope.key_id('pack:batch-1:default:1')[:-3]}000"
+                    ".pack.jsonl")
+    for key in (guessed_job, guessed_pack):
+        put_raw(s3, key, b"garbage")
+    client = qlite.Client(signing_key=K1)
+    job = client.put("math.add", [2, 3], key="order-7")
+    assert client.put("math.add", [2, 3], key="order-7").id == job.id  # still idempotent
+    packed = client.put_many([("math.add", [i, i]) for i in range(3)], key="batch-1")
+    statuses = drain_with(probe, s3, [job, *packed], settings={"signing_key": K1})
+    assert [(s["state"], s["result"]) for s in statuses] == [
+        ("succeeded", 5), ("succeeded", 0), ("succeeded", 2), ("succeeded", 4)]
+    quarantined = {r["key"]: r["reason"] for r in Index(s3.db).quarantined()}
+    assert set(quarantined) == {guessed_job, guessed_pack}
+    assert all(r.startswith("unsigned:") for r in quarantined.values())
+    again = client.put_many([("math.add", [i, i]) for i in range(3)], key="batch-1")
+    assert [j.id for j in again] == [j.id for j in packed]  # the batch is still skipped
+
+
+# -- 5. an inbox key near the S3 limit is quarantined under a short name ---------------------
+
+
+def longest_key(s3, head: str) -> str:
+    """The longest key ``head`` + 'x'*n this server accepts (AWS: 1,024 bytes in all;
+    SeaweedFS has a lower limit), found by writing outside the inbox."""
+    probe = "p" * len(head)
+
+    def name(n: int) -> str:  # 100-byte path segments: SeaweedFS limits each to 255 bytes
+        return "/".join("x" * 99 for _ in range(n // 100)) + "/" + "x" * (n % 100)
+
+    low, high = 1, 1024
+    while low < high:
+        mid = (low + high + 1) // 2
+        try:
+            put_raw(s3, probe + name(mid), b"junk")
+        except Exception:
+            high = mid - 1
+            continue
+        s3.server.client().delete_object(Bucket=s3.bucket, Key=s3.prefix + probe + name(mid))
+        low = mid
+    return head + name(low)
+
+
+def test_an_inbox_key_at_the_length_limit_is_quarantined_and_burst_ends(s3):
+    key = longest_key(s3, "inbox/default/")
+    assert len((s3.prefix + key).encode()) > 1000  # within a few bytes of the limit
+    put_raw(s3, key, b"junk")
+    good = qlite.Client().put("math.add", [1, 1])
+    r = run_qlite("worker", "--app", "testapp:app", "--burst", env=s3.env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert good.status()["result"] == 2
+    assert bucket_keys(s3, "inbox/") == []
+    [record] = Index(s3.db).quarantined()
+    assert record["key"] == key  # the original key, in the record
+    [copy] = bucket_keys(s3, "quarantine/")
+    assert copy.startswith("quarantine/_long/")
+    body = s3.server.client().get_object(Bucket=s3.bucket, Key=s3.prefix + copy)["Body"]
+    assert body.read() == b"junk"
+
+
+# -- 7. status reads only the result the id implies; malformed records are one line ----------
+
+
+def test_status_refuses_a_crafted_result_ref_and_malformed_records(s3):
+    put_raw(s3, "secret/creds.json", b'{"password": "hunter2"}')
+    crafted, no_dict, wrong_id = (envelope.new_id() for _ in range(3))
+    records = {
+        crafted: {"v": 1, "id": crafted, "state": "succeeded", "result": None,
+                  "result_ref": "secret/creds.json"},
+        no_dict: {"v": 1, "id": no_dict, "state": "failed", "error": "boom", "errors": 3},
+        wrong_id: {"v": 1, "id": crafted, "state": "succeeded"},
+    }
+    for job_id, record in records.items():
+        put_raw(s3, f"results/{job_id}.json", json.dumps(record).encode())
+    for job_id in records:
+        for extra in ((), ("--json",)):
+            r = run_qlite("status", job_id, *extra, env=s3.env)
+            assert r.returncode == 1 and r.stdout == "", r
+            assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+            assert "hunter2" not in r.stderr and "Traceback" not in r.stderr
+    r = run_qlite("status", crafted, env=s3.env)
+    assert "result_ref 'secret/creds.json' is not" in r.stderr
+
+
+# -- 8. terminal escapes are escaped in human output, exact in JSON --------------------------
+
+
+def test_escape_sequences_from_a_remote_error_body_are_not_printed_raw(s3, origins,
+                                                                       allow_loopback):
+    redirector, _ = origins
+    [status] = run(s3, [put("http.request", url=f"{redirector}/evil")])
+    assert "\x1b]0;pwned" in status["error"]["message"]  # the record keeps the bytes
+    job_id = status["id"]
+    for command in (("status", job_id), ("show", job_id), ("ls",), ("logs", job_id)):
+        r = run_qlite(*command, env=s3.env)
+        assert r.returncode == 0, r.stderr
+        assert not any(c in r.stdout for c in "\x1b\x07\x9b"), (command, r.stdout)
+    assert "\\x1b]0;pwned\\x07" in run_qlite("status", job_id, env=s3.env).stdout
+    r = run_qlite("status", job_id, "--json", env=s3.env)
+    assert json.loads(r.stdout)["error"] == status["error"]  # JSON stays exact
+
+
+# -- 9. verify_webhook answers False to any header ------------------------------------------
+
+
+@pytest.mark.parametrize("signature", [
+    "t=1700000000,v1=\u00e9" + "a" * 63,  # non-ASCII v1: compare_digest raised TypeError
+    "t=" + "9" * 400 + ",v1=" + "a" * 64,  # a 400-digit t: OverflowError
+    "t=\u0661\u0667,v1=" + "a" * 64,  # Arabic-Indic digits, which int() accepts
+    "t=-5,v1=" + "a" * 64, "v1", "", "t=1700000000", None, 42,
+])
+def test_verify_webhook_returns_false_for_any_hostile_signature(signature):
+    assert qlite.verify_webhook(b"{}", signature, "s3cret", now=1700000000) is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,22 @@ Db = Annotated[str | None, typer.Option("--db", help="SQLite index file (env QLI
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
+def human(text: str) -> str:
+    """``text`` safe for a terminal: control characters (ESC, CR, BEL, C1, ...), line and
+    paragraph separators and bidi overrides shown as escapes (``\\x1b``), so a remote error
+    body or a task argument cannot clear the screen, retitle the terminal or hide text.
+    Newlines and tabs stay. JSON output never goes through this: it stays exact."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069]")
+
+
+def _say(text: str, err: bool = False) -> None:
+    typer.echo(human(text), err=err)
+
+
 def _errors(fn: Any) -> Any:
     """Turn qlite errors into one line on stderr and exit 1."""
 
@@ -39,10 +56,10 @@ def _errors(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except QliteError as e:
-            typer.echo(f"Error: {e}", err=True)
+            _say(f"Error: {e}", err=True)
             raise typer.Exit(1) from None
         except OSError as e:  # the file system refused (permissions, a full disk)
-            typer.echo(f"Error: {e.strerror or e}: {e.filename or ''}", err=True)
+            _say(f"Error: {e.strerror or e}: {e.filename or ''}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -177,12 +194,12 @@ def _client(url: str | None, endpoint_url: str | None) -> Any:
 
 
 def _print_status(status: dict) -> None:
-    typer.echo(f"{status['id']}  {status['state']}  task={status.get('task')}  "
+    _say(f"{status['id']}  {status['state']}  task={status.get('task')}  "
                f"queue={status.get('queue')}  attempts={status.get('attempts')}")
     if status.get("result") is not None:
-        typer.echo(f"result: {json.dumps(status['result'])}")
+        _say(f"result: {json.dumps(status['result'])}")
     if status.get("error"):
-        typer.echo(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
+        _say(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
 
 
 @app.command()
@@ -220,10 +237,10 @@ def wait(
     try:
         s = _client(url, endpoint_url).wait(job_id, timeout)
     except WaitTimeout as e:
-        typer.echo(f"Error: {e}", err=True)
+        _say(f"Error: {e}", err=True)
         raise typer.Exit(2) from None
     except QliteError as e:
-        typer.echo(f"Error: {e}", err=True)
+        _say(f"Error: {e}", err=True)
         raise typer.Exit(3) from None
     typer.echo(json.dumps(s))
     raise typer.Exit(0 if s["state"] == "succeeded" else 1)
@@ -266,7 +283,7 @@ def ls(
         return
     for r in rows:
         error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
-        typer.echo(f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
+        _say(f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
                    f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
                    + (f"  error={error['type']}" if error else ""))
 
@@ -295,16 +312,16 @@ def show(
         return
     for name in ("id", "state", "task", "queue", "attempts", "max_attempts", "key",
                  "enqueued_at", "started_at", "finished_at", "result"):
-        typer.echo(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
-    typer.echo(f"{'args:':<14}{json.dumps(env['args'])}")
-    typer.echo(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
+        _say(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
+    _say(f"{'args:':<14}{json.dumps(env['args'])}")
+    _say(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
     for a in job["attempt_log"]:
-        typer.echo(f"\nattempt {a['attempt']}: {a['outcome'] or 'running'}  "
+        _say(f"\nattempt {a['attempt']}: {a['outcome'] or 'running'}  "
                    f"started={a['started_at']} finished={a['finished_at'] or '-'}")
         if a["error_type"]:
-            typer.echo(f"  {a['error_type']}: {a['message']}")
+            _say(f"  {a['error_type']}: {a['message']}")
         if a["traceback"]:
-            typer.echo("  " + a["traceback"].rstrip().replace("\n", "\n  "))
+            _say("  " + a["traceback"].rstrip().replace("\n", "\n  "))
 
 
 @app.command()
@@ -672,4 +689,4 @@ def logs(
     if as_json:
         typer.echo(json.dumps({"id": job_id, "attempts": attempts}))
     else:
-        typer.echo(render(attempts) if attempts else f"job {job_id} has no attempts yet")
+        _say(render(attempts) if attempts else f"job {job_id} has no attempts yet")

@@ -9,6 +9,7 @@ the job's terminal record is in results/ (guarantee 1 of DESIGN.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from qlite.store import Store
 from qlite.worker.faults import crash_point
 
 log = logging.getLogger(__name__)
+LONG_KEY = 512  # bytes: a longer quarantine key gets a short name
 
 
 @dataclass
@@ -329,9 +331,18 @@ class Ingest:
         log.warning("quarantined key=%s reason=%s", key, reason)
         safe = reason.encode("ascii", "backslashreplace").decode("ascii")[:1024]
         target = envelope.quarantine_key(key)
+        metadata = {"qlite-reason": safe}
+        # S3 keys end at 1,024 bytes (some servers: fewer): a long key, which the longer
+        # quarantine name could push over the limit, is quarantined under a short name, its
+        # original key in the index and the metadata. Otherwise its copy would fail on every
+        # pass and the inbox would never drain.
+        if len((self.store.prefix + target).encode("utf-8")) > LONG_KEY:
+            digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+            target = f"quarantine/_long/{digest}"
+            metadata["qlite-original-key"] = key.encode(
+                "ascii", "backslashreplace").decode("ascii")[:240]
         if self.store.exists(target):  # an earlier object at the same key: keep both
             target = f"{target}.{int(self.clock() * 1000)}"
-        metadata = {"qlite-reason": safe}
         if signature:
             metadata[signing.METADATA] = signature.encode(
                 "ascii", "backslashreplace").decode("ascii")[:512]

@@ -227,6 +227,14 @@ def add(a, b):
     return a + b
 
 
+charged: list = []
+
+
+@probe.task(name="probe.charge")
+def charge(order):
+    charged.append(order)
+
+
 def test_an_unsigned_writer_cannot_occupy_a_keyed_job_or_pack_id(s3):
     # The attacker can write to inbox/ and knows the keys, so it writes garbage first at the
     # ids a key used to imply (SHA-256 of the key, the same everywhere).
@@ -343,3 +351,33 @@ def test_escape_sequences_from_a_remote_error_body_are_not_printed_raw(s3, origi
 ])
 def test_verify_webhook_returns_false_for_any_hostile_signature(signature):
     assert qlite.verify_webhook(b"{}", signature, "s3cret", now=1700000000) is False
+
+
+# -- 6. signed envelopes cannot be replayed after a purge ------------------------------------
+
+
+def test_a_signed_envelope_older_than_the_replay_window_is_refused_and_purge_keeps_it(s3):
+    import time
+
+    from qlite import signing
+
+    charged.clear()
+    # Captured signed bytes of a job put 8 days ago, whose record a purge has since deleted.
+    old = envelope.make("probe.charge", ["o-1"], now=time.time() - 8 * 86400)
+    raw = envelope.encode(old)
+    s3.server.client().put_object(
+        Bucket=s3.bucket, Key=s3.prefix + envelope.inbox_key("default", old["id"]), Body=raw,
+        Metadata=signing.metadata(raw, signing.parse(K1)))
+    fresh = qlite.Client(signing_key=K1).put("probe.charge", ["o-2"])
+    replayed, ok = drain_with(probe, s3, [qlite.Client().job(old["id"]), fresh],
+                              settings={"signing_key": K1})
+    assert charged == ["o-2"] and ok["state"] == "succeeded"
+    assert (replayed["state"], replayed["error"]["type"]) == ("failed", "Quarantined")
+    assert replayed["error"]["message"].startswith("replay refused: enqueued_at")
+    assert bucket_keys(s3, "inbox/") == []  # quarantined, not lost
+    env = {**s3.env, "QLITE_SIGNING_KEY": K1}
+    r = run_qlite("purge", "--older-than", "1d", env=env)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+    assert r.stderr.startswith("Error: --older-than 1d: with QLITE_SIGNING_KEY set")
+    assert "Try: --older-than 7d" in r.stderr
+    assert run_qlite("purge", "--older-than", "7d", env=env).returncode == 0

@@ -415,7 +415,8 @@ def purge(
 ) -> None:
     """Delete finished jobs from the index and their records from results/ (run on the worker
     VM; a pack's batched record is deleted with the last of its members). An idempotency key
-    is remembered until its job is purged: the same key put after that is a new job.
+    is remembered until its job is purged: the same key put after that is a new job. With
+    QLITE_SIGNING_KEY set, --older-than is at least 7d (the replay window, docs/signing.md).
 
     Example: qlite purge --state failed --older-than 30d
     """
@@ -436,8 +437,16 @@ def purge(
     if bad:
         raise QliteError(f"--state: only finished jobs can be purged: succeeded, failed or "
                          f"cancelled (got {bad[0]!r})")
-    before = time.time() - parse_age(older_than)
+    age = parse_age(older_than)
     settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url)
+    from qlite.signing import REPLAY_WINDOW
+
+    if settings.signing_key is not None and age < REPLAY_WINDOW:
+        # A purged job's signed envelope, put back, must be too old to run (docs/signing.md).
+        raise QliteError(f"--older-than {older_than}: with QLITE_SIGNING_KEY set, purge keeps "
+                         f"jobs for the {REPLAY_WINDOW // 86400}-day replay window of signed "
+                         f"envelopes. Try: --older-than {REPLAY_WINDOW // 86400}d")
+    before = time.time() - age
     store = Store(settings.require_url(), settings.endpoint_url)
     index = _index(db, url, readonly=False)
     total = 0

@@ -193,6 +193,7 @@ class Ingest:
                 return None  # deleted since the LIST (another worker took it)
             self._verify(raw, meta)  # before parsing: unsigned bytes are never interpreted
             env = envelope.decode(raw, limit)
+            self._fresh(env)
             if env["id"] != job_id or env["queue"] != queue:
                 raise EnvelopeError(f"envelope id/queue ({env['id']}, {env['queue']}) do not "
                                     f"match its object key {key!r}")
@@ -214,6 +215,8 @@ class Ingest:
                 return None
             self._verify(raw, meta)  # the signature covers the whole pack
             members = envelope.decode_pack(raw, queue, pack_id, self.settings.max_payload)
+            for env, _ in members:
+                self._fresh(env)
         except (EnvelopeError, SignatureError) as e:
             self._quarantine(key, None, str(e), meta.get(signing.METADATA))
             return ("quarantine", key, str(e), size)
@@ -275,6 +278,18 @@ class Ingest:
         """With QLITE_SIGNING_KEY set, the object's bytes must carry a valid signature."""
         if self.settings.signing_key is not None:
             signing.verify(raw, meta.get(signing.METADATA), self.settings.signing_key)
+
+    def _fresh(self, env: dict) -> None:
+        """With QLITE_SIGNING_KEY set, a new envelope must be younger than the replay window:
+        older signed bytes may be a capture put back after its job was purged."""
+        if self.settings.signing_key is None:
+            return
+        age = self.clock() - envelope.parse_time(env["enqueued_at"])
+        if age > signing.REPLAY_WINDOW:
+            raise SignatureError(
+                f"replay refused: enqueued_at {env['enqueued_at']} is {age / 86400:.1f} days "
+                f"old, beyond the {signing.REPLAY_WINDOW // 86400}-day replay window of signed "
+                "envelopes (captured bytes put back after a purge?). Try: put the job again")
 
     def _verified_markers(self, markers: list[tuple[str, str, str]],
                           result: Pass) -> list[tuple[str, str, str]]:

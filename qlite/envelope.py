@@ -8,6 +8,7 @@ other languages. Standard library only: this module is on the producer's import 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -52,9 +53,13 @@ def new_id(now: float | None = None, rand: bytes | None = None) -> str:
     return _format(value)
 
 
-def key_id(key: str) -> str:
-    """The job id for idempotency key ``key``: a UUIDv8 from SHA-256, the same everywhere."""
-    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:16], "big")
+def key_id(key: str, secret: bytes | None = None) -> str:
+    """The job id for idempotency key ``key``: a UUIDv8 from SHA-256, the same everywhere.
+    With ``secret`` (the signing key, docs/signing.md) from HMAC-SHA256 instead, so a writer
+    without the secret cannot predict a keyed id and occupy it first."""
+    raw = key.encode("utf-8")
+    mac = hmac.new(secret, raw, hashlib.sha256) if secret is not None else hashlib.sha256(raw)
+    digest = int.from_bytes(mac.digest()[:16], "big")
     value = (digest & ~(0xF << 76) & ~(0b11 << 62)) | (0x8 << 76) | (0b10 << 62)
     return _format(value)
 

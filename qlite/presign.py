@@ -48,13 +48,14 @@ def presign_put(url: str | None = None, *, queue: str = "default", job_id: str |
     _check(queue, expires)
     if job_id is not None and key is not None:
         raise ConfigError("presign: give a job id or an idempotency key, not both")
-    if key is not None:
-        job_id = envelope.key_id(key)
+    s, settings = _store(url, endpoint_url, store)
+    if key is not None:  # as put(key=...): keyed by the signing key when there is one
+        ring = settings.signing_key
+        job_id = envelope.key_id(key, ring.keys[0][1] if ring else None)
     job_id = job_id or envelope.new_id(now)
     if not envelope.ID_RE.match(job_id):
         raise ConfigError(f"id: expected a UUIDv7/v8 like 0192f1c4-8f3e-7abc-9def-0123456789ab "
                           f"(got {job_id!r})")
-    s, _ = _store(url, endpoint_url, store)
     object_key = envelope.inbox_key(queue, job_id)
     signed = s.presign_put(object_key, expires=expires,
                            content_type=PUT_HEADERS["Content-Type"], if_none_match=True)

@@ -98,8 +98,9 @@ class Client:
             for _ in range(2):  # a full pack is sealed and the job goes to a fresh one
                 if current is None:
                     numbers[queue] = numbers.get(queue, 0) + 1
-                    current = packs[queue] = _Pack(queue, now, key and f"{key}:{queue}:"
-                                                   f"{numbers[queue]}")
+                    keyed = (self.key_id(f"pack:{key}:{queue}:{numbers[queue]}")
+                             if key is not None else None)
+                    current = packs[queue] = _Pack(queue, now, keyed)
                 env = self._envelope(**item, now=now, job_id=current.next_id())
                 try:
                     raw = envelope.encode(env, self.settings.max_payload)
@@ -144,7 +145,7 @@ class Client:
                               "Try: a group of groups (each member's then fans in further)")
         # Member i's id is the group's base id with its last 12 bits set to i, as in a pack:
         # the whole group lands in one fleet shard, so one worker sees it finish.
-        base = (envelope.key_id(f"group:{key}") if key is not None else envelope.new_id())[:-3]
+        base = (self.key_id(f"group:{key}") if key is not None else envelope.new_id())[:-3]
         group_id = base + "000"
         envs = []
         for i, item in enumerate(items):
@@ -194,6 +195,11 @@ class Client:
                            "at": envelope.now_rfc3339()}).encode()
         self.put_object(marker, body)
         return status
+
+    def key_id(self, key: str) -> str:
+        """The job id of idempotency key ``key``: with a signing key, an HMAC of the key that
+        a writer without the secret cannot predict (docs/signing.md)."""
+        return envelope.key_id(key, self.keyring.keys[0][1] if self.keyring else None)
 
     def job(self, job_id: str, queue: str | None = None) -> Job:
         return Job(self, job_id, queue)
@@ -276,7 +282,8 @@ class Client:
                              webhook=webhook, on_success=getattr(on_success, "name", on_success),
                              on_failure=getattr(on_failure, "name", on_failure), group=group,
                              max_attempts=max_attempts, timeout=timeout, meta=meta, now=now,
-                             job_id=job_id)
+                             job_id=job_id or (self.key_id(key) if isinstance(key, str) and key
+                                               else None))
 
     def _encode(self, env: dict) -> tuple[dict, bytes, bytes | None]:
         """The envelope's bytes; arguments over the inline limit go to their own object
@@ -342,7 +349,13 @@ class Client:
             raise JobNotFound(f"{envelope.pack_result_key(envelope.pack_of(job_id))} is not a "
                               "qlite pack results record (was it written by something else?)"
                               ) from None
-        return self._resolve(record) if isinstance(record, dict) else None
+        if record is None:
+            return None
+        if not _is_record(record, job_id):
+            raise JobNotFound(f"{envelope.pack_result_key(envelope.pack_of(job_id))}: the record "
+                              f"of job {job_id} is not a qlite status record (was it written "
+                              "by something else?)")
+        return self._resolve(record)
 
     def put_object(self, key: str, body: bytes) -> None:
         """The one write of the producer path: PUT ``body`` to ``key`` if absent, signed when
@@ -358,14 +371,26 @@ class Client:
             record = json.loads(raw)
         except ValueError:
             record = None
-        if not isinstance(record, dict) or "state" not in record:
-            raise JobNotFound(f"results/{job_id}.json is not a qlite status record "
-                              "(was it written by something else?)")
+        if not _is_record(record, job_id):
+            raise JobNotFound(f"results/{job_id}.json is not a qlite status record of job "
+                              f"{job_id} (was it written by something else?)")
         return self._resolve(record)
 
     def _resolve(self, record: dict) -> dict:
-        if record.get("result_ref"):  # a large result, claim-checked: read it transparently
-            record["result"] = json.loads(self.store.get(record["result_ref"]))
+        """``record`` with a claim-checked result read in. Only the value key its id implies
+        is read: a crafted ``result_ref`` must not make status print another object."""
+        ref = record.get("result_ref")
+        if ref:
+            expected = envelope.value_key(record["id"])
+            if ref != expected:
+                raise JobNotFound(f"results/{record['id']}.json: result_ref {str(ref)[:80]!r} "
+                                  f"is not {expected!r}; refused (was the record written by "
+                                  "something else?)")
+            try:
+                record["result"] = json.loads(self.store.get(ref))
+            except ValueError:
+                raise JobNotFound(f"{ref} is not JSON (was it written by something "
+                                  "else?)") from None
         return record
 
 
@@ -405,7 +430,7 @@ class Group:
         self.client = client
         self.id = group_id
         self.jobs = jobs
-        self.then = Job(client, envelope.key_id(f"group:{group_id}"))
+        self.then = Job(client, client.key_id(f"group:{group_id}"))
 
     def __repr__(self) -> str:
         return f"<Group {self.id} jobs={len(self.jobs)}>"
@@ -427,10 +452,10 @@ class Group:
 class _Pack:
     """Envelopes of one queue being gathered into one pack object."""
 
-    def __init__(self, queue: str, now: float, key: str | None = None):
+    def __init__(self, queue: str, now: float, keyed_id: str | None = None):
         self.queue = queue
-        self.keyed = key is not None
-        self.id = (envelope.key_id(f"pack:{key}")[:-3] + "000" if key is not None
+        self.keyed = keyed_id is not None
+        self.id = (keyed_id[:-3] + "000" if keyed_id is not None
                    else envelope.pack_ids(1, now)[0])
         self.lines: list[bytes] = []
         self.size = 0
@@ -487,6 +512,19 @@ def _when(delay: Any, at: Any, now: float,
         raise ConfigError(f"{names[1]}: expected an aware datetime or Unix seconds "
                           f"(got {at!r})")
     return None
+
+
+STATES = ("pending", "queued", "scheduled", "running", *TERMINAL)
+
+
+def _is_record(record: Any, job_id: str) -> bool:
+    """True for a status record of ``job_id`` that the CLI can print: the fields it reads
+    have the types the worker writes."""
+    return (isinstance(record, dict) and record.get("id") == job_id
+            and record.get("state") in STATES
+            and isinstance(record.get("error"), dict | None)
+            and isinstance(record.get("errors", []), list)
+            and isinstance(record.get("result_ref"), str | None))
 
 
 def _pending(job_id: str, queue: str, raw: bytes) -> dict:

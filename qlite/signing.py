@@ -23,6 +23,10 @@ MIN_SECRET = 16  # bytes
 DEFAULT_KID = "default"
 _KID = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 _HEX = re.compile(r"[0-9a-f]{64}")
+# A signed envelope whose enqueued_at is older than this is refused, and `qlite purge` keeps
+# at least this much with a key: captured signed bytes put back after their job was purged
+# cannot run it again (docs/signing.md).
+REPLAY_WINDOW = 7 * 86400  # seconds
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +44,22 @@ Db = Annotated[str | None, _setting("db", "SQLite index file")]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
+def human(text: str) -> str:
+    """``text`` safe for a terminal: control characters (ESC, CR, BEL, C1, ...), line and
+    paragraph separators and bidi overrides shown as escapes (``\\x1b``), so a remote error
+    body or a task argument cannot clear the screen, retitle the terminal or hide text.
+    Newlines and tabs stay. JSON output never goes through this: it stays exact."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069]")
+
+
+def _say(text: str, err: bool = False) -> None:
+    typer.echo(human(text), err=err)
+
+
 def _errors(fn: Any) -> Any:
     """Turn qlite errors into one line on stderr and exit 1."""
 
@@ -51,10 +68,10 @@ def _errors(fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except QliteError as e:
-            typer.echo(f"Error: {e}", err=True)
+            _say(f"Error: {e}", err=True)
             raise typer.Exit(1) from None
         except OSError as e:  # the file system refused (permissions, a full disk)
-            typer.echo(f"Error: {e.strerror or e}: {e.filename or ''}", err=True)
+            _say(f"Error: {e.strerror or e}: {e.filename or ''}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -229,12 +246,12 @@ def _client(url: str | None, endpoint_url: str | None) -> Any:
 
 
 def _print_status(status: dict) -> None:
-    typer.echo(f"{status['id']}  {status['state']}  task={status.get('task')}  "
+    _say(f"{status['id']}  {status['state']}  task={status.get('task')}  "
                f"queue={status.get('queue')}  attempts={status.get('attempts')}")
     if status.get("result") is not None:
-        typer.echo(f"result: {json.dumps(status['result'])}")
+        _say(f"result: {json.dumps(status['result'])}")
     if status.get("error"):
-        typer.echo(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
+        _say(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
 
 
 @app.command()
@@ -272,10 +289,10 @@ def wait(
     try:
         s = _client(url, endpoint_url).wait(job_id, timeout)
     except WaitTimeout as e:
-        typer.echo(f"Error: {e}", err=True)
+        _say(f"Error: {e}", err=True)
         raise typer.Exit(2) from None
     except QliteError as e:
-        typer.echo(f"Error: {e}", err=True)
+        _say(f"Error: {e}", err=True)
         raise typer.Exit(3) from None
     typer.echo(json.dumps(s))
     raise typer.Exit(0 if s["state"] == "succeeded" else 1)
@@ -316,7 +333,7 @@ def ls(
         return
     for r in rows:
         error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
-        typer.echo(f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
+        _say(f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
                    f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
                    + (f"  error={error['type']}" if error else ""))
 
@@ -345,16 +362,16 @@ def show(
         return
     for name in ("id", "state", "task", "queue", "attempts", "max_attempts", "key",
                  "enqueued_at", "started_at", "finished_at", "result"):
-        typer.echo(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
-    typer.echo(f"{'args:':<14}{json.dumps(env['args'])}")
-    typer.echo(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
+        _say(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
+    _say(f"{'args:':<14}{json.dumps(env['args'])}")
+    _say(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
     for a in job["attempt_log"]:
-        typer.echo(f"\nattempt {a['attempt']}: {a['outcome'] or 'running'}  "
+        _say(f"\nattempt {a['attempt']}: {a['outcome'] or 'running'}  "
                    f"started={a['started_at']} finished={a['finished_at'] or '-'}")
         if a["error_type"]:
-            typer.echo(f"  {a['error_type']}: {a['message']}")
+            _say(f"  {a['error_type']}: {a['message']}")
         if a["traceback"]:
-            typer.echo("  " + a["traceback"].rstrip().replace("\n", "\n  "))
+            _say("  " + a["traceback"].rstrip().replace("\n", "\n  "))
 
 
 @app.command()
@@ -448,7 +465,8 @@ def purge(
 ) -> None:
     """Delete finished jobs from the index and their records from results/ (run on the worker
     VM; a pack's batched record is deleted with the last of its members). An idempotency key
-    is remembered until its job is purged: the same key put after that is a new job.
+    is remembered until its job is purged: the same key put after that is a new job. With
+    QLITE_SIGNING_KEY set, --older-than is at least 7d (the replay window, docs/signing.md).
 
     Example: qlite purge --state failed --older-than 30d
     """
@@ -460,6 +478,13 @@ def purge(
 
     age, states = parse_age(older_than), finished_states(state)  # before touching anything
     settings = Settings.load(db=db, url=url, endpoint_url=endpoint_url)
+    from qlite.signing import REPLAY_WINDOW
+
+    if settings.signing_key is not None and age < REPLAY_WINDOW:
+        # A purged job's signed envelope, put back, must be too old to run (docs/signing.md).
+        raise QliteError(f"--older-than {older_than}: with QLITE_SIGNING_KEY set, purge keeps "
+                         f"jobs for the {REPLAY_WINDOW // 86400}-day replay window of signed "
+                         f"envelopes. Try: --older-than {REPLAY_WINDOW // 86400}d")
     store = Store(settings.require_url(), settings.endpoint_url)
     done = purge_jobs(_index(db, url, readonly=False), store, age, states=states, queue=queue)
     typer.echo(f"purged {done.jobs} job(s) finished before "
@@ -701,4 +726,4 @@ def logs(
     if as_json:
         typer.echo(json.dumps({"id": job_id, "attempts": attempts}))
     else:
-        typer.echo(render(attempts) if attempts else f"job {job_id} has no attempts yet")
+        _say(render(attempts) if attempts else f"job {job_id} has no attempts yet")

@@ -9,7 +9,16 @@
   link-local, cloud metadata, multicast, reserved are refused unless ``QLITE_HTTP_ALLOW``
   lists them), and the connection goes to the checked address (the name is kept for the Host
   header and TLS), so DNS cannot answer differently between the check and the connect.
+  IPv6 addresses that embed an IPv4 one (``::ffff:a.b.c.d``, ``::ffff:0:a.b.c.d``,
+  ``::a.b.c.d``, NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``, 6to4 ``2002::/16``, Teredo) are
+  judged by the IPv4 address too.
   Redirects are followed by hand (at most 5) and each target is checked the same way.
+- Credentials stay with their origin: on a redirect to another scheme, host or port,
+  ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and any header whose name looks
+  secret (``X-Api-Key``, ``*-Token``, ``*-Secret``, ...) are dropped, as browsers and curl do,
+  and a 307/308 that would re-send the request body to another origin is refused.
+- Secrets in the URL (``?api_key=...``, a password in ``user:password@``) are shown as
+  ``[redacted]`` in the result's ``url`` and in error messages.
 - The result: ``status``, selected ``headers``, ``body`` (text, or base64 when not text) cut
   at ``max_body`` bytes with ``truncated: true``.
 
@@ -23,11 +32,13 @@ import email.utils
 import ipaddress
 import json as jsonlib
 import os
+import re
 import socket
 import time
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
+from qlite.envelope import SECRET_NAMES
 from qlite.errors import Fail, Retry
 
 MAX_BODY = 1 << 20  # 1 MiB of response body kept in the result by default
@@ -57,16 +68,111 @@ def allowed_networks(text: str | None = None) -> list[Any]:
     return nets
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+
+
+def embedded_ipv4(addr: Any) -> Any:
+    """The IPv4 address an IPv6 transition address carries (mapped, translated, compatible,
+    NAT64, 6to4, Teredo client), or None: the connection may end up there."""
+    if addr.version != 6:
+        return None
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    n = int(addr)
+    if addr in _NAT64 or addr in _IPV4_COMPATIBLE or addr in _IPV4_TRANSLATED:
+        return ipaddress.IPv4Address(n & 0xFFFFFFFF)
+    if addr in _NAT64_LOCAL:  # RFC 6052 /48: bits 48-63 and 72-87 (bits 64-71 are zero)
+        return ipaddress.IPv4Address(((n >> 64) & 0xFFFF) << 16 | (n >> 40) & 0xFFFF)
+    return None
+
+
 def check_address(ip: str, allow: list[Any]) -> None:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if any(addr in net for net in allow):
+    inner = embedded_ipv4(addr)
+    if any(addr in net or (inner is not None and inner in net) for net in allow):
         return
-    mapped = getattr(addr, "ipv4_mapped", None)
-    target = mapped or addr
-    if not target.is_global or target.is_multicast or str(target) == "169.254.169.254":
-        raise Refused(f"refused {ip}: loopback, private, link-local, metadata and reserved "
+    if any(not target.is_global or target.is_multicast or str(target) == "169.254.169.254"
+           for target in (addr, inner) if target is not None):
+        via = f" (it embeds {inner})" if inner is not None else ""
+        raise Refused(f"refused {ip}{via}: loopback, private, link-local, metadata and reserved "
                       "addresses are blocked (server-side request forgery guard). Try: allow "
                       "it with QLITE_HTTP_ALLOW=<network> on the worker")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def check_headers(headers: Any, field: str = "headers") -> dict[str, str]:
+    """Request headers as strings; Fail (permanent) on a name that is not an HTTP token or a
+    control character in a value (header injection)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise Fail(f"{field}: expected a JSON object (got {type(headers).__name__})")
+    out = {}
+    for name, value in headers.items():
+        name, value = str(name), str(value)
+        if not _TOKEN.fullmatch(name):
+            raise Fail(f"{field}: header name {name[:80]!r} is not an HTTP token (letters, "
+                       "digits, '-'; header injection refused)")
+        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+            raise Fail(f"{field}: {name}: CR, LF or another control character in the value "
+                       "(header injection refused)")
+        out[name] = value
+    return out
+
+
+def is_secret_header(name: str) -> bool:
+    return name.lower() in SECRET_HEADERS or bool(SECRET_NAMES.search(name))
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return (parts.scheme, (parts.hostname or "").lower(),
+            parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def follow(url: str, location: str, status: int, method: str, data: bytes | None,
+           headers: dict[str, str]) -> tuple[str, str, bytes | None, dict[str, str]]:
+    """The next hop of a redirect: (url, method, body, headers). Credentials never leave
+    their origin: secret headers are dropped on a hop to another scheme, host or port, and a
+    307/308 that would re-send a body there is refused."""
+    target = urljoin(url, location)
+    if status == 303 or (status in (301, 302) and method == "POST"):
+        method, data = "GET", None
+    if origin(target) != origin(url):
+        if data is not None:
+            raise Refused(f"{method} {shown(url)}: HTTP {status} redirects to another origin "
+                          f"({shown(target)}) and would re-send the request body there; "
+                          "refused. Try: url= the new location")
+        headers = {k: v for k, v in headers.items() if not is_secret_header(k)}
+    return target, method, data, headers
+
+
+def shown(url: str) -> str:
+    """``url`` for a result or an error message: the values of secret-looking query
+    parameters and a password in the user info replaced by ``[redacted]``, cut at 200."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(":" + parts.password + "@", ":[redacted]@", 1)
+        query = parts.query
+        if query and SECRET_NAMES.search(query):
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = "&".join(f"{k}=[redacted]" if SECRET_NAMES.search(k) else urlencode({k: v})
+                             for k, v in pairs)
+        url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        pass
+    return url[:200]
 
 
 def resolve(host: str, port: int, allow: list[Any]) -> str:
@@ -117,14 +223,11 @@ def request(ctx: Any, url: str, method: str = "GET", headers: dict | None = None
         raise Fail("give json= or body=, not both")
     if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
         raise Fail(f"timeout: expected seconds in (0, 3600] (got {timeout!r})")
-    for name, value, kind in (("headers", headers, dict), ("params", params, dict)):
-        if value is not None and not isinstance(value, kind):
-            raise Fail(f"{name}: expected a JSON object (got {type(value).__name__})")
+    if params is not None and not isinstance(params, dict):
+        raise Fail(f"params: expected a JSON object (got {type(params).__name__})")
     if type(max_body) is not int or max_body < 0:
         raise Fail(f"max_body: expected a whole number of bytes >= 0 (got {max_body!r})")
-    headers = {str(k): str(v) for k, v in (headers or {}).items()}
-    if any("\r" in k + v or "\n" in k + v for k, v in headers.items()):
-        raise Fail("headers: CR or LF in a header name or value (header injection refused)")
+    headers = check_headers(headers)
     lower = {k.lower() for k in headers}
     if "idempotency-key" not in lower:
         headers["Idempotency-Key"] = ctx.job_id
@@ -143,7 +246,8 @@ def request(ctx: Any, url: str, method: str = "GET", headers: dict | None = None
     for hop in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Refused(f"url: expected http:// or https:// with a host (got {url[:200]!r})")
+            raise Refused(f"url: expected http:// or https:// with a host "
+                          f"(got {shown(url)!r})")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         ip = resolve(parts.hostname, port, allow)
         host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
@@ -158,19 +262,18 @@ def request(ctx: Any, url: str, method: str = "GET", headers: dict | None = None
         try:
             if follow_redirects and resp.status in (301, 302, 303, 307, 308) \
                     and resp.headers.get("location") and hop < MAX_REDIRECTS:
-                url = urljoin(url, resp.headers["location"])
-                if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
-                    method, data = "GET", None
+                url, method, data, headers = follow(url, resp.headers["location"],
+                                                    resp.status, method, data, headers)
                 continue
             raw = resp.read(max_body + 1, decode_content=True) if method != "HEAD" else b""
         finally:
             resp.release_conn()
         status = resp.status
         if status in RETRY_STATUS:
-            raise Retry(f"{method} {url[:200]}: HTTP {status}",
+            raise Retry(f"{method} {shown(url)}: HTTP {status}",
                         after=retry_after(resp.headers.get("retry-after")))
         if 400 <= status < 500:
-            raise Fail(f"{method} {url[:200]}: HTTP {status} (not retried: a client error): "
+            raise Fail(f"{method} {shown(url)}: HTTP {status} (not retried: a client error): "
                        f"{raw[:300].decode('utf-8', 'replace')}")
         truncated = len(raw) > max_body
         raw = raw[:max_body]
@@ -178,10 +281,10 @@ def request(ctx: Any, url: str, method: str = "GET", headers: dict | None = None
             text, encoding = raw.decode("utf-8"), "text"
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(raw).decode(), "base64"
-        return {"status": status, "url": url,
+        return {"status": status, "url": shown(url),
                 "headers": {k: v for k, v in resp.headers.items() if k.lower() in KEPT_HEADERS},
                 "body": text, "encoding": encoding, "truncated": truncated}
-    raise Fail(f"{url[:200]}: more than {MAX_REDIRECTS} redirects")
+    raise Fail(f"{shown(url)}: more than {MAX_REDIRECTS} redirects")
 
 
 def deliver_webhook(ctx: Any, url: str, status: dict) -> dict:

@@ -8,8 +8,11 @@ The server comes from ``QLITE_SMTP_URL`` (read when a job runs, never logged):
 
 The sender is ``sender=`` or ``QLITE_SMTP_FROM``. Transient failures (connection, a 4xx
 reply) raise, so the job is retried with back-off; a permanent one (a 5xx reply, refused
-credentials) fails the job with the server's reply. CR or LF in any header field is refused
-before anything is sent: Python 3.11.7's email package lets them through (CVE-2024-6923).
+credentials, a malformed argument) fails the job at once. A control character (CR, LF, NUL,
+ESC, U+2028, ...) in any header field or attachment filename is refused before anything is
+sent, also when it hides in an RFC 2047 encoded word (``=?utf-8?q?=0D=0A?=``): Python 3.11's
+email package decodes those and writes the CR/LF (the CVE-2024-6923 class). At most
+``MAX_RECIPIENTS`` recipients per message.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import re
 import smtplib
 import ssl
 import tempfile
+import unicodedata
 import uuid
+from email.header import decode_header
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid, parseaddr
@@ -29,22 +34,66 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from qlite.errors import Fail
 
+MAX_RECIPIENTS = 100  # to + cc + bcc of one message: a bulk send is one job per recipient
+ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[^?\s]*\?[^?\s]*\?=")
+# The addr-spec itself: printable ASCII without spaces or specials (no encoded words, no
+# UTF-8 mailbox names: smtplib would refuse them on every attempt).
+ADDR_SPEC = re.compile(r"[A-Za-z0-9!#$%&'*+/^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}")
+
+
+def _control(text: str) -> str | None:
+    """The first control character (Cc) or line/paragraph separator in ``text``, if any:
+    each can end a header line in some reader."""
+    return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+
 
 def _one_line(field: str, value: Any) -> str:
+    """``value`` if it is a string that stays one header line, also once its RFC 2047 encoded
+    words are decoded; else Fail (permanent: the same argument fails on every attempt)."""
     if not isinstance(value, str):
         raise Fail(f"{field}: expected a string (got {type(value).__name__})")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise Fail(f"{field}: CR, LF or NUL in a header field (header injection refused)")
+    bad = _control(value)
+    where = ""
+    if bad is None:
+        for word in ENCODED_WORD.findall(value):
+            try:
+                parts = decode_header(word)
+            except Exception:
+                raise Fail(f"{field}: malformed RFC 2047 encoded word {word[:80]!r}. Try: plain "
+                           "text (qlite encodes non-ASCII itself)") from None
+            for data, charset in parts:
+                text = data if isinstance(data, str) else _decode(data, charset)
+                bad = bad or _control(text)
+            if bad is not None:
+                where = f" (in the encoded word {word[:80]!r})"
+                break
+    if bad is not None:
+        raise Fail(f"{field}: control character {bad!r} in a header field{where}: CR, LF, NUL "
+                   "and other control characters are refused (header injection refused)")
     return value
 
 
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "ascii", "replace")
+    except LookupError:  # an unknown charset: every byte as a character, none hidden
+        return data.decode("latin-1")
+
+
 def _addresses(field: str, value: Any) -> list[str]:
+    if value is not None and not isinstance(value, str | list):
+        raise Fail(f"{field}: expected an address or a list of addresses "
+                   f"(got {type(value).__name__})")
     items = [value] if isinstance(value, str) else list(value or [])
+    if len(items) > MAX_RECIPIENTS:
+        raise Fail(f"{field}: {len(items)} addresses, over the limit of {MAX_RECIPIENTS} "
+                   "recipients per message. Try: one email.send job per recipient")
     out = []
     for item in items:
         address = _one_line(field, item)
-        if "@" not in parseaddr(address)[1]:
-            raise Fail(f"{field}: {address!r} is not an email address")
+        if not ADDR_SPEC.fullmatch(parseaddr(address)[1]):
+            raise Fail(f"{field}: {address[:120]!r} is not an email address such as "
+                       "'Name <user@example.com>' (ASCII user@domain, no encoded words)")
         out.append(address)
     return out
 
@@ -80,8 +129,15 @@ def build(to: Any, subject: str, text: str | None = None, html: str | None = Non
                                   _addresses("bcc", bcc))
     if not to_list + cc_list + bcc_list:
         raise Fail("to: expected at least one recipient")
+    if len(to_list + cc_list + bcc_list) > MAX_RECIPIENTS:
+        raise Fail(f"to, cc, bcc: {len(to_list + cc_list + bcc_list)} recipients, over the "
+                   f"limit of {MAX_RECIPIENTS} per message. Try: one email.send job per "
+                   "recipient")
     if text is None and html is None:
         raise Fail("give text=, html= or both")
+    for name, value in (("text", text), ("html", html)):
+        if value is not None and not isinstance(value, str):
+            raise Fail(f"{name}: expected a string (got {type(value).__name__})")
     msg = EmailMessage()
     msg["From"] = sender
     if to_list:

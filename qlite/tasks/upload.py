@@ -23,11 +23,12 @@ from qlite.tasks import http
 
 CHUNK = 5 << 20
 CONCURRENCY = 2
-KEY_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))[A-Za-z0-9!_.*'()/=@+,:;$&-]{1,900}$")
+# fullmatch, and \Z not $: '$' also matches before a final newline ('x.json\n').
+KEY_RE = re.compile(r"(?!/)(?!.*(?:^|/)\.\.?(?:/|\Z))[A-Za-z0-9!_.*'()/=@+,:;$&-]{1,900}\Z")
 
 
 def _key(field: str, key: Any) -> str:
-    if not isinstance(key, str) or not KEY_RE.match(key):
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise Fail(f"{field}: expected a relative key such as 'avatars/42.png' (letters, "
                    f"digits, '/', '-', '_', '.'; no '..') (got {key!r:.120})")
     return "uploads/" + key
@@ -36,7 +37,10 @@ def _key(field: str, key: Any) -> str:
 def _bucket(field: str, bucket: str | None, store: Any) -> str:
     if bucket is None or bucket == store.bucket:
         return store.bucket
-    allowed = {b.strip() for b in os.environ.get("QLITE_UPLOAD_BUCKETS", "").split(",")}
+    if not isinstance(bucket, str) or not bucket:
+        raise Fail(f"{field}: expected a bucket name (got {bucket!r:.80}). Try: leave it out "
+                   "for the queue's own bucket")
+    allowed = {b.strip() for b in os.environ.get("QLITE_UPLOAD_BUCKETS", "").split(",")} - {""}
     if bucket not in allowed:
         raise Fail(f"{field}: bucket {bucket!r} is not in QLITE_UPLOAD_BUCKETS on the worker")
     return bucket
@@ -50,36 +54,44 @@ def from_url(ctx: Any, url: str, key: str, content_type: str | None = None,
 
     store = ctx.client.store
     dest = _key("key", key)
+    headers = http.check_headers(headers)
+    if not isinstance(url, str):
+        raise Fail(f"url: expected a string (got {type(url).__name__})")
     allow = http.allowed_networks()
     for _ in range(http.MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise http.Refused(f"url: expected http:// or https:// with a host "
-                               f"(got {url[:200]!r})")
+                               f"(got {http.shown(url)!r})")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         ip = http.resolve(parts.hostname, port, allow)
         pool = http._pool(parts.scheme, parts.hostname, port, ip, float(timeout))
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
         try:
-            resp = pool.urlopen("GET", path, headers={**(headers or {}), "Host": host},
+            resp = pool.urlopen("GET", path, headers={**headers, "Host": host},
                                 redirect=False, preload_content=False, retries=False)
         except urllib3.exceptions.HTTPError as e:
-            raise Retry(f"GET {parts.scheme}://{host}: {type(e).__name__}: {e}") from None
+            raise Retry(f"GET {parts.scheme}://{host}: {type(e).__name__}: "
+                        f"{e}") from None
         if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("location"):
             resp.release_conn()
-            url = http.urljoin(url, resp.headers["location"])
+            url, _, _, headers = http.follow(url, resp.headers["location"], resp.status, "GET",
+                                             None, headers)
             continue
         break
     else:
-        raise Fail(f"{url[:200]}: more than {http.MAX_REDIRECTS} redirects")
+        raise Fail(f"{http.shown(url)}: more than {http.MAX_REDIRECTS} redirects")
     try:
         if resp.status in http.RETRY_STATUS:
-            raise Retry(f"GET {url[:200]}: HTTP {resp.status}",
+            raise Retry(f"GET {http.shown(url)}: HTTP {resp.status}",
                         after=http.retry_after(resp.headers.get("retry-after")))
         if resp.status >= 400:
-            raise Fail(f"GET {url[:200]}: HTTP {resp.status} (not retried: a client error)")
+            raise Fail(f"GET {http.shown(url)}: HTTP {resp.status} (not retried: a client "
+                       "error)")
         kind = content_type or resp.headers.get("content-type") or "application/octet-stream"
+        if not isinstance(kind, str) or any(ord(c) < 32 or ord(c) == 127 for c in kind):
+            raise Fail(f"content_type: expected a MIME type such as image/png (got {kind!r:.80})")
         counted = _Counting(resp)
         store.upload(dest, counted, content_type=kind, chunk=CHUNK, concurrency=CONCURRENCY)
     finally:

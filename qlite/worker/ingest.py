@@ -9,6 +9,7 @@ the job's terminal record is in results/ (guarantee 1 of docs/design.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from qlite.store import Store
 from qlite.worker.faults import crash_point
 
 log = logging.getLogger(__name__)
+LONG_KEY = 512  # bytes: a longer quarantine key gets a short name
 
 
 @dataclass
@@ -252,6 +254,7 @@ class Ingest:
                 return None  # deleted since the LIST (another worker took it)
             self._verify(raw, meta)  # before parsing: unsigned bytes are never interpreted
             env = envelope.decode(raw, limit)
+            self._fresh(env)
             if env["id"] != job_id or env["queue"] != queue:
                 raise EnvelopeError(f"envelope id/queue ({env['id']}, {env['queue']}) do not "
                                     f"match its object key {key!r}")
@@ -273,6 +276,8 @@ class Ingest:
                 return None
             self._verify(raw, meta)  # the signature covers the whole pack
             members = envelope.decode_pack(raw, queue, pack_id, self.settings.max_payload)
+            for env, _ in members:
+                self._fresh(env)
         except (EnvelopeError, SignatureError) as e:
             self._quarantine(key, None, str(e), meta.get(signing.METADATA))
             return ("quarantine", key, str(e), size)
@@ -335,6 +340,18 @@ class Ingest:
         if self.settings.signing_key is not None:
             signing.verify(raw, meta.get(signing.METADATA), self.settings.signing_key)
 
+    def _fresh(self, env: dict) -> None:
+        """With QLITE_SIGNING_KEY set, a new envelope must be younger than the replay window:
+        older signed bytes may be a capture put back after its job was purged."""
+        if self.settings.signing_key is None:
+            return
+        age = self.clock() - envelope.parse_time(env["enqueued_at"])
+        if age > signing.REPLAY_WINDOW:
+            raise SignatureError(
+                f"replay refused: enqueued_at {env['enqueued_at']} is {age / 86400:.1f} days "
+                f"old, beyond the {signing.REPLAY_WINDOW // 86400}-day replay window of signed "
+                "envelopes (captured bytes put back after a purge?). Try: put the job again")
+
     def _verified_markers(self, markers: list[tuple[str, str, str]],
                           result: Pass) -> list[tuple[str, str, str]]:
         """The cancel/retry markers whose signature verifies and whose body names the job,
@@ -390,9 +407,18 @@ class Ingest:
         log.warning("quarantined key=%s reason=%s", key, reason)
         safe = reason.encode("ascii", "backslashreplace").decode("ascii")[:1024]
         target = envelope.quarantine_key(key)
+        metadata = {"qlite-reason": safe}
+        # S3 keys end at 1,024 bytes (some servers: fewer): a long key, which the longer
+        # quarantine name could push over the limit, is quarantined under a short name, its
+        # original key in the index and the metadata. Otherwise its copy would fail on every
+        # pass and the inbox would never drain.
+        if len((self.store.prefix + target).encode("utf-8")) > LONG_KEY:
+            digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+            target = f"quarantine/_long/{digest}"
+            metadata["qlite-original-key"] = key.encode(
+                "ascii", "backslashreplace").decode("ascii")[:240]
         if self.store.exists(target):  # an earlier object at the same key: keep both
             target = f"{target}.{int(self.clock() * 1000)}"
-        metadata = {"qlite-reason": safe}
         if signature:
             metadata[signing.METADATA] = signature.encode(
                 "ascii", "backslashreplace").decode("ascii")[:512]

@@ -14,7 +14,7 @@ from qlite.ops.doctor import FAIL, OK, WARN, diagnose
 from qlite.testing.devserver import free_port
 
 S3_CHECKS = ("settings", "credentials", "endpoint", "bucket", "clock", "write", "read",
-             "if-none-match", "if-match", "delete")
+             "if-none-match", "if-match", "fleet", "delete")
 
 
 def doctor(env: dict, *args: str) -> tuple[int, dict, str]:
@@ -99,6 +99,8 @@ def test_a_server_that_ignores_conditional_headers_fails_both_checks(moto, tmp_p
     assert "enqueue a job twice" in checks["if-none-match"]["detail"]
     assert checks["if-none-match"]["fix"]
     assert checks["if-match"]["status"] == FAIL
+    assert checks["fleet"]["status"] == FAIL
+    assert "several workers cannot share this bucket" in checks["fleet"]["detail"]
     assert checks["delete"]["status"] == OK
 
 

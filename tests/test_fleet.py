@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faultproxy import FaultProxy
 
 import qlite
 from conftest import qlite as run_qlite
@@ -266,3 +267,27 @@ def test_periodic_ticks_fire_once_across_the_fleet_while_a_worker_is_killed(
     # A tick whose job was running at the kill may run again (at least once); none other.
     assert len(twice) <= 1, twice
     assert os.path.getsize(ledger) > 0
+
+
+def test_a_second_worker_refuses_to_start_on_a_server_that_cannot_coordinate(moto, tmp_path):
+    # A proxy that drops If-None-Match and If-Match: every create "wins", so two workers
+    # would both own every shard. The first worker is alone (it warns); a second refuses.
+    moto.create_bucket("qlite-tests")
+    prefix = f"t{time.time_ns()}/q/"
+    with FaultProxy(moto.endpoint, strip=("If-None-Match", "If-Match")) as proxy:
+        env = {**moto.env(), "AWS_ENDPOINT_URL_S3": proxy.endpoint,
+               "QLITE_URL": f"s3://qlite-tests/{prefix}", "QLITE_REPLICATE": "off",
+               "QLITE_DB": str(tmp_path / "a.db"), "PYTHONPATH": os.environ.get("PYTHONPATH", "")
+               + os.pathsep + str(Path(__file__).parent / "apps")}
+        alone = run_qlite("worker", "--app", "testapp:app", "--burst", env=env)
+        assert alone.returncode == 0, alone.stderr
+        assert "cannot coordinate several workers" in alone.stderr
+        # Another worker is a member now (as a running one would be).
+        moto.client().put_object(Bucket="qlite-tests", Key=f"{prefix}coord/members/x.json",
+                                 Body=b'{"mid": "x"}')
+        second = run_qlite("worker", "--app", "testapp:app", "--burst",
+                           env={**env, "QLITE_DB": str(tmp_path / "b.db")})
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: fleet: another worker runs on this bucket"), lines
+    assert "cannot coordinate workers" in lines[-1] and "Traceback" not in second.stderr

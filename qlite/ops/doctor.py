@@ -81,9 +81,9 @@ class Doctor:
     def run(self) -> list[Check]:
         if not self.credentials():
             self.skip("endpoint", "bucket", "clock", "write", "read", "if-none-match",
-                      "if-match", "delete", because="no credentials")
+                      "if-match", "fleet", "delete", because="no credentials")
         elif not self.bucket():
-            self.skip("clock", "write", "read", "if-none-match", "if-match", "delete",
+            self.skip("clock", "write", "read", "if-none-match", "if-match", "fleet", "delete",
                       because="the bucket is not reachable")
         else:
             self.clock_skew()
@@ -172,13 +172,14 @@ class Doctor:
                     fix = (f"grant s3:PutObject on arn:aws:s3:::{self.url.bucket}/"
                            f"{self.url.prefix}* to the worker's identity")
                 self.add("write", FAIL, detail, fix)
-                self.skip("read", "if-none-match", "if-match", "delete",
+                self.skip("read", "if-none-match", "if-match", "fleet", "delete",
                           because="the scratch object could not be written")
                 return
             self.add("write", OK, f"PUT {name}")
             self._read(key, body)
             self._if_none_match(key)
             self._if_match(key)
+            self._fleet()
         finally:
             self._delete(key, name)
 
@@ -237,6 +238,19 @@ class Doctor:
                      f"{e}"[:300], "use a server that supports S3 conditional writes")
             return
         self.add("if-match", OK, "a wrong ETag was refused (412), the right one accepted")
+
+    def _fleet(self) -> None:
+        from qlite.worker.fleet import probe
+
+        problems = probe(self.store)
+        if problems:
+            self.add("fleet", FAIL, f"several workers cannot share this bucket: "
+                     f"{'; '.join(problems)}"[:300],
+                     "run one worker VM, or use a server that enforces conditional writes "
+                     "(AWS S3, MinIO, SeaweedFS since 2025-08, R2)")
+        else:
+            self.add("fleet", OK, "concurrent creates gave one winner, If-Match on a missing "
+                     "key and a stale ETag were refused: several workers can share this bucket")
 
     def _delete(self, key: str, name: str) -> None:
         if not any(c.name == "write" and c.status == OK for c in self.checks):

@@ -126,9 +126,21 @@ class Fleet:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Read (or write) the fleet's config, join as a new member and take a first share,
-        before the worker takes anything in. Then renew on a thread of its own, so a loop
-        busy with S3 or SQLite never lets the lease lapse."""
+        """Check that the server can coordinate workers, read (or write) the fleet's config,
+        join as a new member and take a first share, before the worker takes anything in.
+        Then renew on a thread of its own, so a loop busy with S3 or SQLite never lets the
+        lease lapse."""
+        problems = probe(self.store)
+        if problems:
+            others = list(self.store.list_etags(MEMBERS))
+            if others:
+                raise ConfigError(
+                    f"fleet: another worker runs on this bucket ({len(others)} member "
+                    f"object(s) in {MEMBERS}) but this S3 endpoint cannot coordinate workers: "
+                    f"{problems[0]}. Try: run one worker, or a server that enforces "
+                    "conditional writes (qlite doctor)")
+            log.warning("this S3 endpoint cannot coordinate several workers (%s): fine for "
+                        "this one worker; a second one will refuse to start", problems[0])
         self._config()
         self._join()
         self.tick()
@@ -458,6 +470,46 @@ class Fleet:
         return False
 
     # -- qlite fleet ---------------------------------------------------------------------
+
+
+def probe(store: Store) -> list[str]:
+    """What the fleet's coordination needs of the server, tried on scratch keys under
+    coord/probe/: concurrent creates give one winner, If-Match on a missing key and a stale
+    ETag are refused, and LIST shows the ETag a PUT returned. Returns the problems found
+    (empty: this endpoint can run several workers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = f"coord/probe/{uuid.uuid4().hex}"
+    problems = []
+    try:
+        racers = 8
+        with ThreadPoolExecutor(racers) as pool:
+            won = list(pool.map(lambda i: store.put_cas(f"{base}-race.json",
+                                                        f'{{"racer": {i}}}'.encode(), None),
+                                range(racers)))
+        winners = sum(1 for etag in won if etag is not None)
+        if winners != 1:
+            problems.append(f"{racers} concurrent creates (If-None-Match: *) gave {winners} "
+                            "winners, not 1")
+        if store.put_cas(f"{base}-missing.json", b"{}", '"0123456789abcdef"') is not None:
+            problems.append("a PUT with If-Match on a missing key succeeded")
+        first = store.put_cas(f"{base}-cas.json", b'{"n": 1}', None)
+        second = store.put_cas(f"{base}-cas.json", b'{"n": 2}', first) if first else None
+        if first is None or second is None:
+            problems.append("a PUT with If-Match and the current ETag was refused")
+        elif store.put_cas(f"{base}-cas.json", b'{"n": 3}', first) is not None:
+            problems.append("a PUT with If-Match and a stale ETag succeeded")
+        elif store.list_etags(f"{base}-cas.json").get(f"{base}-cas.json") != second:
+            problems.append("LIST shows another ETag than the PUT returned")
+    except StorageError as e:
+        problems.append(f"a conditional write failed: {e}")
+    finally:
+        for suffix in ("race", "missing", "cas"):
+            try:
+                store.delete(f"{base}-{suffix}.json")
+            except StorageError:
+                pass
+    return problems
 
 
 def _ranges(shards: Any) -> str:

@@ -214,7 +214,9 @@ def fleet(
     endpoint_url: Endpoint = None,
 ) -> None:
     """The workers sharing this bucket, from coord/ in the bucket: each member's node, the
-    shards it owns, its renewal count; and shards nobody owns (taken within a lease).
+    shards it owns, when it last renewed its lease (by its own clock) and the jobs it has
+    published (and per minute since it started); and shards nobody owns (taken within a
+    lease). Logs say when a shard is taken, handed over or taken from a dead worker.
 
     Example: qlite fleet --json
     """
@@ -233,8 +235,10 @@ def fleet(
                f"{out['lease']:.0f}s, table generation {out['table_gen']}")
     for m in out["members"]:
         state = "fenced" if m["fenced_by"] else "draining" if m["draining"] else "live"
+        renewed = f"{m['renewed_ago']:.0f}s ago" if m["renewed_ago"] is not None else "-"
         typer.echo(f"  {m['mid']}  {state:8}  {m['shards']:4} shard(s) {m['shard_ranges']}  "
-                   f"node={m['node']}  owner={m['owner']}  renewals={m['seq']}")
+                   f"renewed {renewed}  {m['jobs']} job(s) ({m['jobs_per_min'] or 0}/min)  "
+                   f"node={m['node']}")
     if out["unowned"]:
         typer.echo(f"  unowned: {out['unowned']} shard(s) {out['unowned_ranges']}")
 

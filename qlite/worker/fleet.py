@@ -102,7 +102,9 @@ class Fleet:
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.started = self.clock()
+        self.started_at = time.time()  # for qlite fleet only: never compared across machines
         self.renewed_at: float | None = None
+        self.jobs: Callable[[], int] = lambda: 0  # jobs this worker published, for qlite fleet
 
     # -- the worker's loop asks ----------------------------------------------------------
 
@@ -192,7 +194,8 @@ class Fleet:
         return json.dumps({"v": 1, "mid": self.mid, "node": self.node, "owner": self.owner,
                            "pid": os.getpid(), "seq": self.seq, "nonce": self.nonce,
                            "draining": self.draining, "shards": len(self.owned),
-                           "fenced_by": None}).encode()
+                           "jobs": self.jobs(), "started_at": self.started_at,
+                           "at": time.time(), "fenced_by": None}).encode()
 
     def _join(self) -> None:
         self.mid = uuid.uuid4().hex[:16]
@@ -539,10 +542,15 @@ def describe(store: Store) -> dict:
             continue
         body = json.loads(got[0])
         owned = sorted(int(s) for s, o in table["owners"].items() if o.get("mid") == body["mid"])
+        up = max((body.get("at") or 0) - (body.get("started_at") or 0), 1e-9)
         members.append({"mid": body["mid"], "node": body.get("node"), "owner": body.get("owner"),
                         "seq": body.get("seq"), "draining": body.get("draining", False),
                         "fenced_by": body.get("fenced_by"), "shards": len(owned),
-                        "shard_ranges": _ranges(owned)})
+                        "shard_ranges": _ranges(owned), "jobs": body.get("jobs", 0),
+                        "jobs_per_min": round(60 * body.get("jobs", 0) / up, 1)
+                        if body.get("started_at") else None,
+                        "renewed_ago": round(time.time() - body["at"], 1)
+                        if body.get("at") else None})
     unowned = sorted(s for s in range(int(config.get("shards", 0)))
                      if not (table["owners"].get(str(s)) or {}).get("mid"))
     return {"shards": config.get("shards"), "lease": config.get("lease"),

@@ -354,6 +354,7 @@ class Worker:
     def _join_fleet(self) -> None:
         self.fleet = Fleet(self.store, node=node_name(self.settings), owner=self.owner,
                            shards=self.settings.shards, lease=self.settings.fleet_lease)
+        self.fleet.jobs = lambda: self.publisher.published
         self.fleet.start()
         self.ingest.shards = self.fleet.shards
         self._fleet_step()

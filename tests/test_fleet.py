@@ -291,3 +291,37 @@ def test_a_second_worker_refuses_to_start_on_a_server_that_cannot_coordinate(mot
     lines = second.stderr.strip().splitlines()
     assert lines[-1].startswith("Error: fleet: another worker runs on this bucket"), lines
     assert "cannot coordinate workers" in lines[-1] and "Traceback" not in second.stderr
+
+
+def test_keys_delays_cancels_retries_groups_and_chains_work_across_the_fleet(fleet):
+    fleet.lease = QUIET_LEASE
+    fleet.start("a")
+    fleet.start("b")
+    eventually(lambda: fleet.balanced(2), timeout=90)
+    client = qlite.Client()
+    keyed = [client.put("math.add", [i, 1], key=f"order-{i}") for i in range(10)]
+    again = [client.put("math.add", [i, 1], key=f"order-{i}") for i in range(10)]
+    assert [j.id for j in again] == [j.id for j in keyed]  # one job per key
+    delayed = client.put("math.add", [2, 2], delay=2)
+    chain = client.put("math.add", [3, 3], on_success="test.total")
+    group = client.group([("math.add", [i, i]) for i in range(20)], then="test.total")
+    flaky = client.put("test.flaky", kwargs={"fail_times": 2})
+    far = client.put("math.add", [9, 9], delay=3600)
+    cancel_state = client.cancel(far.id)["state"]
+    fails = client.put("test.always_fail")
+    eventually(lambda: fails.status()["state"] == "failed", timeout=90)
+    client.retry(fails.id)
+
+    eventually(lambda: all(j.status()["state"] == "succeeded"
+                           for j in [*keyed, delayed, chain, flaky]), timeout=90, every=0.5)
+    assert [j.result() for j in keyed] == [i + 1 for i in range(10)]
+    assert flaky.status()["attempts"] == 3  # two failures, retried where it ran
+    assert group.then.wait(timeout=90)["result"] == sum(2 * i for i in range(20))
+    follow = client.job(client.key_id(f"on_success:{chain.id}"))
+    assert follow.wait(timeout=60)["result"] == 6
+    assert cancel_state in ("pending", "queued")
+    eventually(lambda: far.status()["state"] == "cancelled", timeout=60)
+    retried = eventually(lambda: fails.status()["attempts"] == 4 and fails.status(),
+                         timeout=90)
+    assert retried["state"] == "failed"  # ran again (2 more attempts), on whichever worker
+    fleet.stop_all()

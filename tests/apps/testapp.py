@@ -63,3 +63,9 @@ def work(ctx, path, seconds=0.02):
         f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
     time.sleep(seconds)
     return os.getpid()
+
+
+@app.task(name="test.total")
+def total(values):
+    """A group's ``then`` (the members' results in order) or a chain's next step."""
+    return sum(values) if isinstance(values, list) else values

@@ -325,3 +325,26 @@ def test_keys_delays_cancels_retries_groups_and_chains_work_across_the_fleet(fle
                          timeout=90)
     assert retried["state"] == "failed"  # ran again (2 more attempts), on whichever worker
     fleet.stop_all()
+
+
+def test_a_job_waiting_for_a_retry_keeps_its_attempts_when_its_shard_is_handed_over(fleet):
+    # The short lease: the shards move well within the jobs' 15-30 s back-off.
+    fleet.start("a")
+    eventually(lambda: fleet.balanced(1), timeout=60)
+    client = qlite.Client()
+    jobs = [client.put("test.fails_once", kwargs={"path": str(fleet.ledger)})
+            for _ in range(24)]
+    eventually(lambda: len(fleet.runs()) >= 24, timeout=60)  # every first attempt failed
+    fleet.start("b")  # half the shards move while their jobs wait for the retry
+    eventually(lambda: fleet.balanced(2), timeout=90)
+    eventually(lambda: all_done(jobs, fleet.store), timeout=120, every=0.5)
+    fleet.stop_all()
+
+    runs = fleet.runs()
+    assert sorted(collections.Counter(r[0] for r in runs).values()) == [2] * 24, runs
+    assert {j.status()["attempts"] for j in jobs} == {2}
+    b = fleet.procs["b"].pid
+    moved = {r[0] for r in runs if r[2] == b}
+    assert moved, "no job moved to the second worker"
+    assert all(r[1] == 2 for r in runs if r[2] == b)  # it ran attempt 2, not a new attempt 1
+    assert "waiting for a retry in shard" in fleet.log("b")

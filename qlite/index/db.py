@@ -272,6 +272,18 @@ class Index:
         returns how many."""
         return self._drop("drop_shards", shards, nshards)
 
+    def waiting_retries(self, shards: set[int], nshards: int) -> list[dict]:
+        return self._rows("waiting_retries", shards=json.dumps(sorted(shards)),
+                          nshards=nshards)
+
+    def carry(self, jobs: list[dict], now: float | None = None) -> int:
+        """Give jobs taken in from a handed-over shard their attempts and retry time."""
+        now, _ = self._now(now)
+        with self._tx():
+            return sum(self.conn.execute(QUERIES["carry"], {
+                "id": j["id"], "attempts": j["attempts"], "run_at": j["run_at"],
+                "error": j.get("error"), "now": now}).rowcount for j in jobs)
+
     def drop_waiting(self, shards: set[int], nshards: int) -> int:
         """Forget the jobs of ``shards`` that have not started (a shard handed over)."""
         return self._drop("drop_waiting", shards, nshards)

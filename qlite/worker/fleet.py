@@ -50,6 +50,12 @@ MEMBERS = "coord/members/"
 TABLE = "coord/shards.json"
 
 
+def handoff_key(shard: int) -> str:
+    """Where a worker handing ``shard`` over leaves its jobs waiting for a retry (their
+    attempts so far and when they may run), for the next owner."""
+    return f"coord/handoff/{shard:04d}.json"
+
+
 def _score(shard: int, mid: str) -> int:
     """Rendezvous hashing: each member prefers different shards, so members taking shards at
     the same moment seldom collide on the table."""
@@ -72,6 +78,7 @@ class Changes:
     acquired: dict[int, bool] = field(default_factory=dict)  # shard -> rows here are stale
     lost: set[int] = field(default_factory=set)  # taken from us: drop their rows, publish none
     release: set[int] = field(default_factory=set)  # drain these, then call released()
+    handoff: set[int] = field(default_factory=set)  # acquired with a coord/handoff/ object
 
 
 class Fleet:
@@ -93,7 +100,7 @@ class Fleet:
         self.table_etag: str | None = None
         self.owned: frozenset[int] = frozenset()
         self.releasing: set[int] = set()
-        self.drained: set[int] = set()
+        self.drained: dict[int, bool] = {}  # shard -> a handoff object was written
         self.draining = False  # SIGTERM: hand every shard over
         self.live_before: frozenset[str] = frozenset()
         self.stable = 0  # ticks the set of live members has not changed
@@ -120,10 +127,11 @@ class Fleet:
             changes, self.changes = self.changes, Changes()
             return changes
 
-    def released(self, shard: int) -> None:
-        """The loop drained ``shard``: nothing of it runs or waits to be published here."""
+    def released(self, shard: int, handoff: bool = False) -> None:
+        """The loop drained ``shard``: nothing of it runs or waits to be published here;
+        ``handoff``: it wrote the shard's waiting retries to handoff_key(shard)."""
         with self.lock:
-            self.drained.add(shard)
+            self.drained[shard] = handoff
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -226,10 +234,11 @@ class Fleet:
         self.stable = self.stable + 1 if key == self.live_before else 0
         self.live_before = key
         with self.lock:
-            drained, self.drained = self.drained, set()
-        if drained and not self._release(drained, why="handed over to balance the fleet"):
+            drained, self.drained = self.drained, {}
+        if drained and not self._release(set(drained), why="handed over to balance the fleet",
+                                          handoff={s for s, h in drained.items() if h}):
             with self.lock:
-                self.drained |= drained  # the table was busy: again next tick
+                self.drained.update(drained)  # the table was busy: again next tick
         if self.draining:
             return
         self._acquire(live)
@@ -373,14 +382,18 @@ class Fleet:
         if not take:
             return
         taken: dict[int, bool] = {}
+        handed: set[int] = set()
 
         def change(table: dict) -> bool:
             taken.clear()
+            handed.clear()
             for s in take:
                 cur = table["owners"].get(str(s)) or {}
                 if cur.get("mid") and cur["mid"] not in dead:
                     continue  # someone else took it first
                 taken[s] = cur.get("node") != self.node  # another index ran it: rows stale
+                if cur.get("handoff"):
+                    handed.add(s)
                 table["owners"][str(s)] = {"mid": self.mid, "node": self.node,
                                            "gen": int(cur.get("gen", 0)) + 1}
             return bool(taken)
@@ -389,6 +402,7 @@ class Fleet:
             with self.lock:
                 self.owned = frozenset(self.owned | set(taken))
                 self.changes.acquired.update(taken)
+                self.changes.handoff |= handed
                 self.changes.lost -= set(taken)
             from_dead = [s for s in taken if (owners.get(str(s)) or {}).get("mid")]
             log.info("took %d shard(s) %s (%d from a dead member); now own %d of %d",
@@ -451,7 +465,7 @@ class Fleet:
             self.releasing |= give
             return give
 
-    def _release(self, shards: set[int], why: str) -> bool:
+    def _release(self, shards: set[int], why: str, handoff: set[int] = frozenset()) -> bool:
         shards &= set(self.owned)
         if not shards:
             return True
@@ -461,7 +475,8 @@ class Fleet:
                 cur = table["owners"].get(str(s)) or {}
                 if cur.get("mid") == self.mid:
                     table["owners"][str(s)] = {"mid": None, "node": self.node,
-                                               "gen": int(cur.get("gen", 0)) + 1}
+                                               "gen": int(cur.get("gen", 0)) + 1,
+                                               "handoff": s in handoff}
             return True
 
         if self._cas_table(change):

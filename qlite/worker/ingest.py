@@ -63,6 +63,8 @@ class Ingest:
         # objects may be jobs the other worker finished (results written, inbox delete not yet
         # done, or a pack half done), so their records are read before anything runs again.
         self.suspect: dict[int, set[str]] = {}
+        # Job id -> its attempts and retry time from a shard handed over to us (fleet.py)
+        self.carried: dict[str, dict] = {}
 
     def all_clean(self) -> bool:
         """True when the latest full sweep of every queue found nothing to take in."""
@@ -181,6 +183,10 @@ class Ingest:
                     except Exception as row_error:
                         log.error("job %s cannot be indexed: %s (left in the inbox)",
                                   unit[0]["id"], row_error)
+            if self.carried:
+                inserted = [self.carried.pop(r["id"]) for r in rows if r["id"] in self.carried]
+                if inserted:
+                    self.index.carry(inserted, self.clock())
             crash_point("after_ingest_commit")
         sweep.found += len(fetch)
         if sweep.cursor is None:

@@ -31,7 +31,7 @@ from qlite.settings import Settings
 from qlite.store import Store
 from qlite.worker.execute import Claim, Outcome, run
 from qlite.worker.faults import crash_point
-from qlite.worker.fleet import Fleet
+from qlite.worker.fleet import Fleet, handoff_key
 from qlite.worker.ingest import Ingest
 from qlite.worker.isolate import kill_children, run_in_child
 from qlite.worker.liveness import disk_full, owner_id, reap
@@ -80,6 +80,9 @@ class Worker:
         self.metrics: Any = None  # metrics.Metrics when --metrics-port is set
         self.fleet: Fleet | None = None  # the shards of the inbox this worker owns
         self.active: set[int] = set()  # owned shards whose jobs may start here now
+        # shard being handed over -> its jobs waiting for a retry (for coord/handoff/)
+        self.handing: dict[int, dict[str, dict]] = {}
+        self.drained: set[int] = set()  # shards handed over, waiting for the table
         install_capture()  # a handler's own log lines are kept with its job
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
@@ -384,7 +387,9 @@ class Worker:
                 log.info("dropped %d stale row(s) of %d shard(s) another worker holds or held",
                          dropped, len(stale))
         if changes.release:
-            self.index.drop_waiting(changes.release, fleet.shards)
+            self._hand_over(changes.release)
+        if changes.handoff:
+            self._take_handoff(changes.handoff)
         if changes.acquired:
             stale_taken = {s for s, is_stale in changes.acquired.items() if is_stale}
             if stale_taken:
@@ -393,9 +398,46 @@ class Worker:
                 self.ingest.expect(queue)
             self.next_poll = 0.0  # take in the new shards' jobs now
         self.active = set(fleet.owned) - fleet.releasing
-        for shard in list(fleet.releasing):
+        self.drained &= fleet.releasing
+        for shard in list(fleet.releasing - self.drained):
             if shard in fleet.owned and not self.index.shards_busy({shard}, fleet.shards):
-                fleet.released(shard)
+                fleet.released(shard, handoff=self._hand_over({shard}, final=True))
+                self.drained.add(shard)
+
+    def _hand_over(self, shards: set[int], final: bool = False) -> bool:
+        """Shards to hand over: keep their jobs waiting for a retry (attempts spent, retry
+        time) aside and forget every job not started (the next owner takes them in from the
+        inbox again). Once drained (``final``), leave the retries in coord/handoff/ for the
+        next owner; returns whether a handoff object was written."""
+        fleet = self.fleet
+        for r in self.index.waiting_retries(shards, fleet.shards):
+            shard = envelope.shard_of(r["id"], fleet.shards)
+            self.handing.setdefault(shard, {})[r["id"]] = {
+                "attempts": r["attempts"], "run_at": r["run_at"], "error": r["error"]}
+        self.index.drop_waiting(shards, fleet.shards)
+        if not final:
+            return False
+        (shard,) = shards
+        jobs = self.handing.pop(shard, {})
+        if jobs:
+            body = json.dumps({"v": 1, "shard": shard, "jobs": jobs}).encode()
+            self.store.put(handoff_key(shard), body)
+        return bool(jobs)
+
+    def _take_handoff(self, shards: set[int]) -> None:
+        for shard in shards:
+            found = self.store.get_or_none(handoff_key(shard))
+            if found is None:
+                continue
+            try:
+                jobs = json.loads(found)["jobs"]
+            except (ValueError, KeyError, TypeError):
+                log.warning("handoff of shard %d is malformed: its retries start afresh", shard)
+                continue
+            self.ingest.carried.update({i: {"id": i, **j} for i, j in jobs.items()})
+            self.store.delete_many([handoff_key(shard)])
+            log.info("took over %d job(s) waiting for a retry in shard %d, with their "
+                     "attempts", len(jobs), shard)
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues in claim order: as given, or a weighted random order (a queue of weight

@@ -69,3 +69,14 @@ def work(ctx, path, seconds=0.02):
 def total(values):
     """A group's ``then`` (the members' results in order) or a chain's next step."""
     return sum(values) if isinstance(values, list) else values
+
+
+@app.task(name="test.fails_once", backoff=30.0)
+def fails_once(ctx, path):
+    """Fails its first attempt (then waits a back-off of 15-30 s), succeeds on its second;
+    appends (job id, attempt, pid) to the ledger at every run."""
+    with open(path, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return ctx.attempt

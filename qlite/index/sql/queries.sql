@@ -344,6 +344,19 @@ DELETE FROM jobs
 WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards)) AND published = 0
 RETURNING id, pack;
 
+-- name: waiting_retries
+-- A shard being handed over: its jobs that already spent attempts, for the next owner.
+SELECT id, attempts, run_at, error FROM jobs
+WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards))
+  AND state IN ('queued', 'scheduled') AND attempts > 0;
+
+-- name: carry
+-- A job taken in from a shard handed over: its attempts so far and its retry time come along.
+UPDATE jobs SET attempts = :attempts, error = :error,
+                run_at = max(run_at, :run_at),
+                state = CASE WHEN max(run_at, :run_at) > :now THEN 'scheduled' ELSE state END
+WHERE id = :id AND attempts = 0 AND state IN ('queued', 'scheduled');
+
 -- name: drop_waiting
 -- A shard being handed over: its jobs not started are left to the next owner, who takes
 -- them in from the inbox again.

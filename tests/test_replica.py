@@ -1,12 +1,15 @@
 """Litestream replication of the index: a worker on a fresh disk restores it from the bucket."""
 
+import shutil
+import sqlite3
 import time
 
 import pytest
 
 import qlite
+from conftest import bucket_keys
 from conftest import qlite as run_qlite
-from qlite.index.db import Index
+from qlite.index.db import Index, check_file
 from qlite.worker import replica
 
 
@@ -61,3 +64,80 @@ def test_reindex_rebuilds_finished_jobs_from_results(s3):
     row = Index(s3.db, readonly=True).get(job.id)
     assert (row["state"], row["attempts"]) == ("failed", 2)
     assert [a["message"] for a in row["attempt_log"]] == ["boom", "boom"]
+
+
+def _replicate_a_corrupt_index(s3) -> None:
+    """Put a replica of a malformed index in the bucket with real Litestream: a table's root
+    page overwritten after the schema was written, as a torn replica would restore."""
+    index = Index(s3.db)
+    index.close()  # the last connection checkpoints the WAL into the file
+    conn = sqlite3.connect(s3.db)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()[0]
+    conn.close()
+    with open(s3.db, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * 64)  # not a b-tree page type
+    rep = replica.Replica(s3.settings(replicate="on"), replica.find_litestream())
+    assert rep.acquire()
+    rep.start()
+    try:
+        assert rep.sync(), "litestream did not confirm the replica"
+    finally:
+        rep.stop()
+    shutil.rmtree(s3.db.with_name(f".{s3.db.name}-litestream"), ignore_errors=True)
+    for path in s3.db.parent.glob(s3.db.name + "*"):
+        path.unlink()  # the disk is lost
+
+
+def test_a_malformed_replica_is_set_aside_and_the_index_rebuilt_from_the_bucket(s3):
+    env = {**s3.env, "QLITE_REPLICATE": "on"}
+    client = qlite.Client()
+    done = client.put("math.add", [1, 2])
+    assert run_qlite("worker", "--app", "testapp:app", "--burst",
+                     env={**s3.env, "QLITE_DB": str(s3.db.with_name("other.db"))},
+                     timeout=120).returncode == 0
+    _replicate_a_corrupt_index(s3)
+    waiting = client.put("math.add", [2, 3])
+
+    worker = run_qlite("worker", "--app", "testapp:app", "--burst", env=env, timeout=120)
+
+    assert worker.returncode == 0, worker.stderr
+    assert "is unusable (" in worker.stderr and "malformed" in worker.stderr, worker.stderr
+    assert "attempt history of unfinished jobs" in worker.stderr
+    kept = [p for p in s3.db.parent.glob(s3.db.name + ".bad-*")
+            if not p.name.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1 and str(kept[0]) in worker.stderr
+    assert check_file(kept[0]) is not None  # the evidence, still malformed
+    node = replica.node_name(s3.settings())
+    assert bucket_keys(s3, f"index-bad/{node}-"), "the bad replica was not kept in the bucket"
+    index = Index(s3.db, readonly=True)
+    assert index.get(done.id)["state"] == "succeeded"  # from results/
+    assert index.get(waiting.id)["state"] == "succeeded"  # from inbox/, run now
+    assert waiting.status()["result"] == 5
+
+    # The rebuilt index replicates to a clean path: the next lost disk restores it.
+    s3.db.unlink()
+    again = run_qlite("worker", "--app", "testapp:app", "--burst", env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "is unusable" not in again.stderr
+    assert "2 job(s) from the replica, 0 finished job(s) from results/" in again.stderr
+
+
+def test_a_replica_whose_restore_fails_does_not_stop_the_worker(s3):
+    env = {**s3.env, "QLITE_REPLICATE": "on"}
+    first = qlite.Client().put("math.add", [1, 2])
+    assert run_qlite("worker", "--app", "testapp:app", "--burst", env=env,
+                     timeout=120).returncode == 0
+    s3.db.unlink()
+    node = replica.node_name(s3.settings())
+    client = s3.server.client()
+    for key in bucket_keys(s3, f"index/{node}/"):  # every LTX file cut short
+        client.put_object(Bucket=s3.bucket, Key=s3.prefix + key, Body=b"LTX1 torn")
+
+    worker = run_qlite("worker", "--app", "testapp:app", "--burst", env=env, timeout=120)
+
+    assert worker.returncode == 0, worker.stderr
+    assert "is unusable (litestream restore" in worker.stderr, worker.stderr
+    assert "nothing was restored" in worker.stderr
+    assert Index(s3.db, readonly=True).get(first.id)["state"] == "succeeded"

@@ -53,6 +53,26 @@ def _text(value: Any) -> Any:
     return value
 
 
+def check_file(path: str | Path) -> str | None:
+    """What is wrong with the SQLite file at ``path`` as an index (None: nothing): it must pass
+    ``PRAGMA quick_check`` and hold every table of the schema. Read-only; for a restored copy."""
+    tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                return "quick_check: " + "; ".join(problems)
+            have = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        return str(e)
+    missing = sorted(tables - have)
+    return f"tables missing: {', '.join(missing)}" if missing else None
+
+
 class Index:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)

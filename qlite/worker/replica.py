@@ -7,12 +7,21 @@ ids only). Litestream runs as a child of the worker, dies with it (PR_SET_PDEATH
 restarted if it exits. Recovery point: ``sync-interval`` (1 s) of index changes; those are
 jobs still in ``inbox/`` or already in ``results/``, so nothing is lost, but a job that was
 running may get its attempt count back by one.
+
+One writer per replica path, also across restarts of one worker: Litestream 0.5 does not fence
+a second writer, and a SIGTERM'd Litestream keeps uploading for up to its shutdown-sync-timeout
+(30 s) after the worker died. Two processes then write LTX files with the same TXIDs from
+different states, and a restore applies pages of both: "database disk image is malformed"
+(issue 19). So the replica lock (``index.db.replica.lock``) is inherited by the Litestream child
+and held until the child itself has exited; a new worker restores or replicates only once it
+holds that lock.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import logging
 import os
 import re
@@ -46,12 +55,16 @@ def find_litestream() -> str | None:
         "litestream", path=str(Path(sys.executable).parent))
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux)
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-    os.setpgrp()  # a Ctrl-C to the worker's group must not stop replication before the worker
+def _die_with(parent: int):
+    def preexec() -> None:  # runs in the child between fork and exec (Linux)
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+        if os.getppid() != parent:  # the worker died before prctl: nobody would signal us
+            os._exit(1)
+        os.setpgrp()  # a Ctrl-C to the worker's group must not stop replication before the worker
+    return preexec
 
 
 class Replica:
@@ -63,8 +76,10 @@ class Replica:
         # One replica path per index file (host and path): two workers never write one
         # Litestream replica, even three "VMs" on one host (docs/fleet.md).
         self.bucket, self.path = url.bucket, f"{url.prefix}index/{node_name(settings)}"
+        self.key = f"index/{node_name(settings)}/"  # the replica's objects, in Store's keys
         self.config = self.db.with_name(self.db.name + ".litestream.yml")
         self.socket = self.db.with_name(self.db.name + ".ls.sock")
+        self.lockfile = self.db.with_name(self.db.name + ".replica.lock")
         self.proc: subprocess.Popen | None = None
         self.lock: Any = None  # held while this worker is the index's replicator
         self.restarts = 0
@@ -117,31 +132,52 @@ class Replica:
                  self.bucket, self.path)
         return out.exists()
 
+    def acquire(self, wait: float = 0) -> bool:
+        """Take the replica lock: no other Litestream (a live worker's, or the one a killed
+        worker left finishing its last upload) writes this replica path. ``wait``: seconds to
+        wait for it; True when held."""
+        if self.lock is not None:
+            return True
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.lockfile, "a")  # noqa: SIM115 - held for the worker's life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if wait <= 0:
+                lock.close()
+                return False
+            log.info("waiting up to %.0fs for the litestream of a previous worker to finish "
+                     "its last upload to s3://%s/%s (%s is locked)", wait, self.bucket,
+                     self.path, self.lockfile.name)
+            if not _flock_within(lock, wait):
+                lock.close()
+                return False
+        self.lock = lock
+        return True
+
     def start(self) -> None:
+        assert self.lock is not None, "start litestream only while holding the replica lock"
         self._write_config()
         logfile = open(self.db.with_name(self.db.name + ".litestream.log"), "ab")  # noqa: SIM115
+        # The child inherits the locked file: the lock outlives a SIGKILLed worker until its
+        # Litestream has finished its shutdown sync and exited.
         self.proc = subprocess.Popen(
             [self.binary, "replicate", "-config", str(self.config)], env=self._env(),
             stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
+            pass_fds=(self.lock.fileno(),), preexec_fn=_die_with(os.getpid()))
         logfile.close()
         log.info("replicating the index to s3://%s/%s with litestream (pid %d)",
                  self.bucket, self.path, self.proc.pid)
 
     def check(self) -> None:
         """Start litestream when this worker may (one replicator per index file, chosen by a
-        lock that dies with its holder); restart it if it exited, with back-off."""
-        if self.lock is None:
-            lock = open(self.db.with_name(self.db.name + ".replica.lock"), "a")  # noqa: SIM115
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                lock.close()  # another worker process on this index replicates it
-                return
-            self.lock = lock
-            self.start()
+        lock held by the replicating worker and its litestream child); restart it if it
+        exited, with back-off."""
+        if self.proc is None:
+            if self.acquire():  # else: another worker, or a dead one's litestream, holds it
+                self.start()
             return
-        if self.proc is None or self.proc.poll() is None or time.monotonic() < self.next_start:
+        if self.proc.poll() is None or time.monotonic() < self.next_start:
             return
         self.restarts += 1
         log.warning("litestream exited with %s; restarting (see %s.litestream.log)",
@@ -150,22 +186,45 @@ class Replica:
         self.start()
 
     def sync(self, timeout: float = 30) -> bool:
-        """Push every committed change to the replica now; True when litestream confirmed."""
-        if self.proc is None or self.proc.poll() is not None:
-            return False
-        try:
-            result = subprocess.run(
-                [self.binary, "sync", "-wait", "-timeout", str(int(timeout)), "-socket",
-                 str(self.socket), str(self.db)], env=self._env(), capture_output=True,
-                text=True, timeout=timeout + 5)
-        except subprocess.TimeoutExpired:
-            return False
-        if result.returncode != 0:
-            log.warning("litestream sync failed: %s", (result.stderr or result.stdout).strip())
-        return result.returncode == 0
+        """Push every committed change to the replica now; True when litestream confirmed
+        that the replica holds the database's last transaction."""
+        deadline = time.monotonic() + timeout
+        error = "litestream is not running"
+        while self.proc is not None and self.proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 1:
+                break
+            try:
+                result = subprocess.run(
+                    [self.binary, "sync", "-wait", "-json", "-timeout", str(int(left)),
+                     "-socket", str(self.socket), str(self.db)], env=self._env(),
+                    capture_output=True, text=True, timeout=left + 5)
+            except subprocess.TimeoutExpired:
+                error = f"no answer within {timeout:.0f}s"
+                break
+            error = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["?"]
+            error = error[0]
+            if result.returncode == 0:
+                try:
+                    answer = json.loads(result.stdout)
+                except ValueError:
+                    break
+                if (answer.get("replica_txid") or 0) >= (answer.get("txid") or 0):
+                    log.info("replica confirmed at txid %s", answer.get("txid"))
+                    return True
+                error = (f"replica at txid {answer.get('replica_txid')}, "
+                         f"index at {answer.get('txid')}")
+            # Litestream answers on its socket only once it has opened the database (a burst
+            # worker may stop a moment after starting it): ask again, bounded by the deadline.
+            if not _socket_error(error):
+                break
+            time.sleep(0.1)
+        log.warning("litestream sync of %s not confirmed (%s): the replica may miss the last "
+                    "commits; a restore catches up from results/ and inbox/", self.db, error)
+        return False
 
     def stop(self) -> None:
-        """Sync the last commits to the replica, then SIGTERM litestream."""
+        """Sync the last commits to the replica (confirmed by litestream), then SIGTERM it."""
         if self.proc is not None and self.proc.poll() is None:
             self.sync()
             self.proc.send_signal(signal.SIGTERM)
@@ -177,3 +236,41 @@ class Replica:
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+
+
+def _socket_error(message: str) -> bool:
+    """The sync request did not reach a ready litestream (socket not up, database not yet
+    opened), so asking again may succeed."""
+    return any(m in message for m in ("connect", "no such file", "not found", "not open",
+                                      "database not"))
+
+
+def _flock_within(lock: Any, wait: float) -> bool:
+    """Block on ``lock`` for at most ``wait`` seconds (flock has no timeout: an alarm ends it)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        deadline = time.monotonic() + wait  # no signals off the main thread: poll instead
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                time.sleep(0.1)
+        return False
+    class TimedOut(Exception):
+        pass
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimedOut  # a handler that returns would let Python retry the flock (PEP 475)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, wait)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return True
+    except TimedOut:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

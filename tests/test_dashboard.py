@@ -181,6 +181,13 @@ def test_dashboard_with_a_token_retries_a_failed_job_from_the_page(s3, dashboard
     page.locator(f'#failed tr.job[data-id="{bad[0]}"]').click()
     page.locator("#detail button.retry").click()
     expect(page.locator("#action-msg")).to_contain_text("retry requested (was failed)")
+    # The answer stays through the page's periodic refreshes (it used to vanish at the next
+    # one, 2 s at most, which a loaded machine's first look could miss): wait for two more
+    # reads of the job, the first of which has been rendered by the time the second answers.
+    for _ in range(2):
+        with page.expect_response(lambda r: r.url.endswith(f"/api/jobs/{bad[0]}")):
+            pass
+    expect(page.locator("#action-msg")).to_contain_text("retry requested (was failed)")
 
     # The marker reached the bucket; the worker applies it and runs the job again.
     assert any(k.startswith(f"inbox/default/{bad[0]}.retry.") for k in bucket_keys(s3, "inbox/"))

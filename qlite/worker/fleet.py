@@ -136,21 +136,21 @@ class Fleet:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check that the server can coordinate workers, read (or write) the fleet's config,
+        """Check that the server can coordinate workers (when others are members), read (or
+        write) the fleet's config,
         join as a new member and take a first share, before the worker takes anything in.
         Then renew on a thread of its own, so a loop busy with S3 or SQLite never lets the
         lease lapse."""
-        problems = probe(self.store)
+        others = list(self.store.list_etags(MEMBERS))
+        # Alone, a worker needs nothing of the server's conditional writes; joining others,
+        # it must know they hold (else two workers would both own every shard).
+        problems = probe(self.store) if others else []
         if problems:
-            others = list(self.store.list_etags(MEMBERS))
-            if others:
-                raise ConfigError(
-                    f"fleet: another worker runs on this bucket ({len(others)} member "
-                    f"object(s) in {MEMBERS}) but this S3 endpoint cannot coordinate workers: "
-                    f"{problems[0]}. Try: run one worker, or a server that enforces "
-                    "conditional writes (qlite doctor)")
-            log.warning("this S3 endpoint cannot coordinate several workers (%s): fine for "
-                        "this one worker; a second one will refuse to start", problems[0])
+            raise ConfigError(
+                f"fleet: another worker runs on this bucket ({len(others)} member "
+                f"object(s) in {MEMBERS}) but this S3 endpoint cannot coordinate workers: "
+                f"{problems[0]}. Try: run one worker, or a server that enforces "
+                "conditional writes (qlite doctor)")
         self._config()
         self._join()
         self.tick()

@@ -363,6 +363,10 @@ def show(
     for name in ("id", "state", "task", "queue", "attempts", "max_attempts", "key",
                  "enqueued_at", "started_at", "finished_at", "result"):
         _say(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
+    # Crash attribution (docs/states.md): strikes pinned on the job, worker deaths it shared.
+    _say(f"{'crashes:':<14}{job['crashes']}" + ("  (suspect: runs alone next)"
+                                                 if job["suspect"] else ""))
+    _say(f"{'worker lost:':<14}{job['lost']}")
     _say(f"{'args:':<14}{json.dumps(env['args'])}")
     _say(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
     for a in job["attempt_log"]:

@@ -24,7 +24,6 @@ from typing import Any
 
 from qlite import envelope
 from qlite.app import App
-from qlite.errors import TaskError
 from qlite.index.db import MAX_CRASHES, Index, Limits
 from qlite.producer import Client
 from qlite.settings import Settings
@@ -89,11 +88,12 @@ class Worker:
             from qlite.tasks import register
 
             register(app)
-        unknown = [q for q in settings.queues if q not in app.queues]
-        if unknown:
-            raise TaskError(f"--queue {unknown[0]}: no task of this app uses that queue (known: "
-                            f"{', '.join(app.queues)}). Try: a known name, or declare it with "
-                            f"qlite.App(queues=[...])")
+        # Any queue name is served: a producer may put to a queue the code never declared
+        # (qlite put --queue low). A typo gets a warning, as in RQ, Celery and Dramatiq.
+        for queue in (q for q in settings.queues if q not in app.queues):
+            log.warning("--queue %s: no task of this app declares that queue (known: %s); "
+                        "serving it anyway. Declare it with qlite.App(queues=[...]) to silence "
+                        "this", queue, ", ".join(app.queues), extra={"queue": queue})
 
     # -- signals ----------------------------------------------------------------------------
 

@@ -507,6 +507,18 @@ class Index:
             self._rows("purge_requests", ids=json.dumps(ids))
             return self.conn.execute(QUERIES["purge"], {"ids": json.dumps(ids)}).rowcount
 
+    def stale_markers(self, before: float, queue: str | None = None,
+                      n: int = 1000) -> list[str]:
+        """Keys of cancel/retry markers taken in before ``before`` whose job never arrived."""
+        return [r["key"] for r in self._rows("stale_markers", before=now_rfc3339(before),
+                                             queue=queue, n=n)]
+
+    def forget_markers(self, keys: list[str]) -> int:
+        """Forget marker rows (their objects are deleted first), unless their job came."""
+        with self._tx():
+            return self.conn.execute(QUERIES["forget_markers"],
+                                     {"keys": json.dumps(keys)}).rowcount
+
     def forget_packs(self, keys: list[str]) -> list[str]:
         """Drop the rows of packs none of whose members is left (after a purge); returns
         their keys."""

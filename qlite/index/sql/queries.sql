@@ -359,6 +359,19 @@ DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(:ids));
 -- name: purge_requests
 DELETE FROM requests WHERE job_id IN (SELECT value FROM json_each(:ids));
 
+-- name: stale_markers
+-- Cancel/retry markers taken in before :before for a job id this index never held: the job
+-- never arrived (or went to another worker), so they would stay in the inbox forever.
+SELECT key FROM requests
+WHERE at < :before AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = requests.job_id)
+  AND (:queue IS NULL OR substr(key, 1, length('inbox/' || :queue || '/')) = 'inbox/' || :queue || '/')
+ORDER BY at LIMIT :n;
+
+-- name: forget_markers
+DELETE FROM requests
+WHERE key IN (SELECT value FROM json_each(:keys))
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = requests.job_id);
+
 -- name: group_members
 SELECT id, state, result, error, envelope FROM jobs WHERE grp = :grp;
 

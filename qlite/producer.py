@@ -218,10 +218,7 @@ class Client:
             try:
                 raw = self.store.get_or_none(key)
             except AccessDenied:
-                # A reader allowed results/ only (deploy/iam/reader.json) may not read the
-                # job's arguments; a LIST still tells that it is pending.
-                page, _ = self.store.list_page(key, max_keys=1)
-                raw = b"{}" if page and page[0][0] == key else None
+                raw = b"{}" if self._listed(key) else None
             if raw is not None:
                 return _pending(job_id, q, raw)
         # A packed job (put_many): its record is in its pack's results, or the pack is pending.
@@ -230,7 +227,12 @@ class Client:
             return record
         pack_id = envelope.pack_of(job_id)
         for q in queues:
-            if self.store.exists(envelope.pack_key(q, pack_id)):
+            key = envelope.pack_key(q, pack_id)
+            try:
+                present = self.store.exists(key)
+            except AccessDenied:
+                present = self._listed(key)
+            if present:
                 return {**_pending(job_id, q, b""), "pack": pack_id}
         # The worker may have finished it between our reads.
         record = self._result(job_id) or self._packed_result(job_id)
@@ -238,6 +240,13 @@ class Client:
             return record
         raise JobNotFound(f"no job {job_id} in {self.store.url}: not in results/ nor inbox/ "
                           "(mistyped id, wrong QLITE_URL, or purged)")
+
+    def _listed(self, key: str) -> bool:
+        """Whether ``key`` exists, by a LIST: a reader allowed results/ only
+        (deploy/iam/reader.json) may not read inbox objects, but a LIST still tells that a job
+        or its pack is pending."""
+        page, _ = self.store.list_page(key, max_keys=1)
+        return bool(page) and page[0][0] == key
 
     def wait(self, job_id: str, timeout: float | None = None, queue: str | None = None,
              poll: float = 0.2, poll_max: float = 2.0) -> dict:

@@ -56,7 +56,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queues", "QLITE_QUEUES", "--queue", ("default",), "list",
             "Queues the worker serves, in strict priority order (comma-separated in the env "
             "var; repeat --queue on the CLI). NAME=WEIGHT on any of them switches to weighted "
-            "order: high=3,default=1 puts high first three times as often as default."),
+            "order: high=3,default=1 puts high first three times as often as default. A "
+            "queue no task of the app uses (nor App(queues=...)) is served, with a warning."),
     Setting("replicate", "QLITE_REPLICATE", "--replicate", "auto", "str",
             "Replicate the index to index/ in the bucket with Litestream and restore it on a "
             "fresh disk: auto (when the litestream binary is installed), on, or off."),

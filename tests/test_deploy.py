@@ -285,7 +285,7 @@ def denied(call) -> bool:  # noqa: ANN001
     return False
 
 
-def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam):
+def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam, tmp_path):
     bucket, prefix = iam["bucket"], iam["prefix"]
     producer, worker, reader = iam["env"]("producer"), iam["env"]("worker"), iam["env"]("reader")
 
@@ -310,6 +310,17 @@ def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam):
     pending = qlite("status", job_id, "--json", env=reader)
     assert pending.returncode == 0, pending.stderr
     assert json.loads(pending.stdout)["state"] == "pending"
+    # ... a packed one too (its pack object, not readable either, is found by a LIST) ...
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text(json.dumps({"task": "math.add", "args": [4, 5]}) + "\n")
+    # (put by the worker's role: put-many's check of results/packs/ is more than producer.json
+    # allows)
+    many = qlite("put-many", str(lines), "--json", env=worker)
+    assert many.returncode == 0, many.stderr
+    packed_id = json.loads(many.stdout)["first_id"]
+    packed = qlite("status", packed_id, "--json", env=reader)
+    assert packed.returncode == 0, packed.stderr
+    assert json.loads(packed.stdout)["state"] == "pending"
 
     bad = envelope.new_id()  # a malformed job, put by hand: the worker must quarantine it
     p.put_object(Bucket=bucket, Key=f"{prefix}/{envelope.inbox_key('default', bad)}",
@@ -322,6 +333,8 @@ def test_iam_policies_let_each_role_do_its_part_and_nothing_else(iam):
     # ... and then its result, and cannot write anything or read the inbox.
     done = qlite("status", job_id, "--json", env=reader)
     assert json.loads(done.stdout)["result"] == 5, done.stderr
+    packed = qlite("status", packed_id, "--json", env=reader)
+    assert json.loads(packed.stdout)["result"] == 9, packed.stderr
     quarantined = json.loads(qlite("status", bad, "--json", env=reader).stdout)
     assert quarantined["error"]["type"] == "Quarantined"
     kept = envelope.quarantine_key(envelope.inbox_key("default", bad))

@@ -225,6 +225,27 @@ def test_purge_as_a_library_call_keeps_younger_jobs_and_other_states(s3):
         purge(index, client.store, 0, states=["queued"])
 
 
+def test_purge_deletes_old_markers_whose_job_never_arrived(s3):
+    from qlite import envelope
+    from qlite.index.purge import purge
+
+    client = qlite.Client()
+    waiting = client.put("f.tag", ["later"], delay=3600)
+    kept = envelope.marker_key("default", waiting.id, "retry", envelope.new_id())
+    never = envelope.marker_key("default", envelope.new_id(), "cancel", envelope.new_id())
+    client.put_object(kept, b"{}")
+    client.put_object(never, b"{}")
+    Worker(app, s3.settings()).run(burst=True)  # takes the markers in
+    index = Index(s3.db)
+    assert purge(index, client.store, 3600).markers == 0  # taken in just now: younger
+    done = purge(index, client.store, 0, now=time.time() + 1)
+    assert done.markers == 1
+    assert sorted(keys(s3, "inbox/")) == sorted([envelope.inbox_key("default", waiting.id),
+                                                 kept])
+    r = run_qlite("purge", "--older-than", "0", env=s3.env)
+    assert r.returncode == 0 and "marker" not in r.stdout, r.stderr
+
+
 def test_purge_refuses_unfinished_states_and_bad_ages(s3):
     r = run_qlite("purge", "--state", "running", "--older-than", "1d", env=s3.env)
     assert r.returncode == 1 and "only finished jobs can be purged" in r.stderr
@@ -257,11 +278,12 @@ def test_weighted_queues_share_the_worker_by_their_weights(s3):
     assert 22 <= first.count("high") <= 36 and "low" in first  # about 3 in 4, not strict
 
 
-def test_a_worker_refuses_a_queue_no_task_uses(s3):
-    with pytest.raises(qlite.TaskError, match="--queue hihg: no task of this app uses"):
-        Worker(app, s3.settings(queues=("hihg",)))
-    r = run_qlite("worker", "--app", "testapp:app", "--queue", "nope", "--burst", env=s3.env)
-    assert r.returncode == 1 and r.stderr.startswith("Error: --queue nope")
+def test_a_worker_serves_a_queue_no_task_declares_with_a_warning(s3):
+    job = qlite.Client().put("math.add", [2, 3], queue="low")
+    r = run_qlite("worker", "--app", "testapp:app", "--queue", "low", "--burst", env=s3.env)
+    assert r.returncode == 0, r.stderr
+    assert "--queue low: no task of this app declares that queue" in r.stderr
+    assert job.status()["result"] == 5
     r = run_qlite("worker", "--app", "testapp:app", "--queue", "default=x", env=s3.env)
     assert r.returncode == 1 and "queue weight in 'default=x'" in r.stderr
 

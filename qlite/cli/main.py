@@ -367,6 +367,10 @@ def show(
     for name in ("id", "state", "task", "queue", "attempts", "max_attempts", "key",
                  "enqueued_at", "started_at", "finished_at", "result"):
         _say(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
+    # Crash attribution (docs/states.md): strikes pinned on the job, worker deaths it shared.
+    _say(f"{'crashes:':<14}{job['crashes']}" + ("  (suspect: runs alone next)"
+                                                 if job["suspect"] else ""))
+    _say(f"{'worker lost:':<14}{job['lost']}")
     _say(f"{'args:':<14}{json.dumps(env['args'])}")
     _say(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
     for a in job["attempt_log"]:
@@ -468,7 +472,8 @@ def purge(
     endpoint_url: Endpoint = None,
 ) -> None:
     """Delete finished jobs from the index and their records from results/ (run on the worker
-    VM; a pack's batched record is deleted with the last of its members). An idempotency key
+    VM; a pack's batched record is deleted with the last of its members), and cancel/retry
+    markers as old whose job never arrived. An idempotency key
     is remembered until its job is purged: the same key put after that is a new job. With
     QLITE_SIGNING_KEY set, --older-than is at least 7d (the replay window, docs/signing.md).
 
@@ -493,7 +498,9 @@ def purge(
     done = purge_jobs(_index(db, url, readonly=False), store, age, states=states, queue=queue)
     typer.echo(f"purged {done.jobs} job(s) finished before "
                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(done.before))} "
-               f"(states: {', '.join(done.states)})")
+               f"(states: {', '.join(done.states)})"
+               + (f"; deleted {done.markers} cancel/retry marker(s) whose job never arrived"
+                  if done.markers else ""))
 
 
 @app.command()

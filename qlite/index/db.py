@@ -33,6 +33,8 @@ def _load_queries() -> dict[str, str]:
 
 QUERIES = _load_queries()
 SCHEMA = resources.files("qlite.index").joinpath("sql/schema.sql").read_text()
+MAX_CRASHES = 3  # crashes pinned on one job before it fails (docs/guarantees.md, guarantee 2)
+MAX_LOST = 20  # worker deaths a job only shared before it fails: generous, not max_attempts
 
 
 @dataclass
@@ -105,7 +107,11 @@ class Index:
         """Bring an index written by an older qlite up to this schema (columns added since)."""
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(jobs)")}
         with self._tx():
-            for column in ("expires_at REAL", "grp TEXT", "pack TEXT"):
+            for column in ("expires_at REAL", "grp TEXT", "pack TEXT",
+                           "suspect INTEGER NOT NULL DEFAULT 0",
+                           "solo INTEGER NOT NULL DEFAULT 0",
+                           "crashes INTEGER NOT NULL DEFAULT 0",
+                           "lost INTEGER NOT NULL DEFAULT 0"):
                 if column.split()[0] not in columns:
                     self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
             attempt_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
@@ -117,6 +123,8 @@ class Index:
                               "WHERE pack IS NOT NULL")
             for name in ("jobs_state", "jobs_finished", "attempts_finished", "attempts_first"):
                 self.conn.execute(f"DROP INDEX IF EXISTS {name}")  # see schema.sql
+            self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_suspect ON jobs (priority DESC, "
+                              "run_at, id) WHERE suspect = 1 AND state IN ('queued', 'scheduled')")
             self.conn.execute(
                 "CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) "
                 "WHERE state IN ('queued', 'scheduled') AND expires_at IS NOT NULL")
@@ -223,11 +231,7 @@ class Index:
         tasks' concurrency and rate ``limits``. ``limits.held_until`` then says when a job held
         back by a rate limit may go (None: when a running job ends). ``shards`` (owned, of
         how many) limits a fleet worker to the shards it owns."""
-        now, now_iso = self._now(now)
-        params = {"queues": json.dumps(list(queues)), "owner": owner, "now": now,
-                  "lease_until": now + lease, "now_iso": now_iso,
-                  "shards": json.dumps(sorted(shards[0])) if shards else None,
-                  "nshards": shards[1] if shards else 1}
+        params = self._claim_params(queues, owner, lease, now, shards)
         if not limits:
             rows = []
             with self._tx():
@@ -236,11 +240,38 @@ class Index:
                                        **params)
                     if len(rows) >= n:
                         break
-                self._attempts_started(rows, owner, now_iso)
+                self._attempts_started(rows, owner, params["now_iso"])
         else:
             rows = self._claim_limited(n, queues, limits, params)
         order = {q: i for i, q in enumerate(queues)}
         return sorted(rows, key=lambda r: (order[r["queue"]], r["id"]))
+
+    def _claim_params(self, queues: tuple[str, ...], owner: str, lease: float,
+                      now: float | None, shards: tuple[set[int], int] | None) -> dict:
+        now, now_iso = self._now(now)
+        return {"queues": json.dumps(list(queues)), "owner": owner, "now": now,
+                "lease_until": now + lease, "now_iso": now_iso,
+                "shards": json.dumps(sorted(shards[0])) if shards else None,
+                "nshards": shards[1] if shards else 1}
+
+    def claim_suspect(self, queues: tuple[str, ...], owner: str, lease: float,
+                      now: float | None = None, shards: tuple[set[int], int] | None = None,
+                      solo: bool = False) -> list[dict]:
+        """Claim one runnable suspect (a job that was running when its worker died, or whose
+        own process crashed), to run alone. ``solo``: it runs in this worker's own process,
+        so a death of the worker is pinned on it (reap)."""
+        params = self._claim_params(queues, owner, lease, now, shards)
+        with self._tx():
+            rows = self._rows("claim_suspect", solo=int(solo), **params)
+            self._attempts_started(rows, owner, params["now_iso"])
+        return rows
+
+    def suspect_waiting(self, queues: tuple[str, ...], now: float | None = None,
+                        shards: tuple[set[int], int] | None = None) -> bool:
+        """Whether a suspect could run now: the worker then starts nothing beside it."""
+        params = self._claim_params(queues, "", 0.0, now, shards)
+        return bool(self._rows("suspect_waiting", **{k: params[k] for k in (
+            "queues", "now", "shards", "nshards")})[0]["waiting"])
 
     def _claim_limited(self, n: int, queues: tuple[str, ...], limits: Limits,
                        params: dict) -> list[dict]:
@@ -333,9 +364,10 @@ class Index:
     def finish(self, job_id: str, attempt: int, owner: str, outcome: str, *,
                result: str | None = None, error: dict | None = None,
                run_at: float | None = None, now: float | None = None,
-               logs: list | None = None) -> bool:
+               logs: list | None = None, crashed: bool = False) -> bool:
         """Record an attempt's outcome: ``succeeded``, ``retry`` (at ``run_at``), ``failed``, or
-        ``snooze`` (at ``run_at``, giving the attempt back).
+        ``snooze`` (at ``run_at``, giving the attempt back). ``crashed``: the job's own process
+        died (``retry`` or ``failed``): a strike pinned on it (the crash statement).
 
         Returns False when the attempt is stale (the job was reaped and claimed again): its
         outcome is then ignored, fenced by (id, attempt, owner).
@@ -347,10 +379,13 @@ class Index:
         with self._tx():
             query = {"succeeded": "succeed", "retry": "retry", "failed": "fail",
                      "snooze": "snooze", "cancelled": "cancel"}[outcome]
+            if crashed:
+                query, run_at = "crash", run_at if outcome == "retry" else None
             done = self._rows(query, id=job_id,
                               attempt=attempt, owner=owner, result=result, error=error_json,
-                              run_at=run_at, now_iso=now_iso)
+                              run_at=run_at, now_iso=now_iso, max_crashes=MAX_CRASHES)
             if done:
+                outcome = done[0].get("outcome", outcome)
                 error = error or {}
                 self.conn.execute(QUERIES["end_attempt"], {
                     "id": job_id, "attempt": attempt, "now_iso": now_iso, "outcome": outcome,
@@ -374,12 +409,13 @@ class Index:
 
     def reap(self, dead_owners: list[str], alive_owners: list[str] = (),
              now: float | None = None) -> list[dict]:
-        """Requeue (or fail, when out of attempts) jobs whose owner died, or whose lease
-        expired unless their owner is a process on this host known to be alive."""
+        """Requeue as suspects (or fail, see the reap statement) jobs whose owner died, or
+        whose lease expired unless their owner is a process on this host known to be alive."""
         now, now_iso = self._now(now)
         with self._tx():
             rows = self._rows("reap", dead=json.dumps(dead_owners),
-                              alive=json.dumps(list(alive_owners)), now=now, now_iso=now_iso)
+                              alive=json.dumps(list(alive_owners)), now=now, now_iso=now_iso,
+                              max_crashes=MAX_CRASHES, max_lost=MAX_LOST)
             for r in rows:
                 self.conn.execute(QUERIES["lost_attempt"], {
                     "id": r["id"], "attempt": r["attempts"], "now_iso": now_iso,
@@ -502,6 +538,18 @@ class Index:
             self._rows("purge_attempts", ids=json.dumps(ids))
             self._rows("purge_requests", ids=json.dumps(ids))
             return self.conn.execute(QUERIES["purge"], {"ids": json.dumps(ids)}).rowcount
+
+    def stale_markers(self, before: float, queue: str | None = None,
+                      n: int = 1000) -> list[str]:
+        """Keys of cancel/retry markers taken in before ``before`` whose job never arrived."""
+        return [r["key"] for r in self._rows("stale_markers", before=now_rfc3339(before),
+                                             queue=queue, n=n)]
+
+    def forget_markers(self, keys: list[str]) -> int:
+        """Forget marker rows (their objects are deleted first), unless their job came."""
+        with self._tx():
+            return self.conn.execute(QUERIES["forget_markers"],
+                                     {"keys": json.dumps(keys)}).rowcount
 
     def forget_packs(self, keys: list[str]) -> list[str]:
         """Drop the rows of packs none of whose members is left (after a purge); returns

@@ -3,7 +3,7 @@
 Objects go first (each job's record, large result and payload), then the index rows: a crash
 between the two leaves rows whose objects are gone, and the next purge deletes them again
 (deleting a missing key is not an error). A pack's batched record goes with the last of its
-members.
+members. Cancel/retry markers whose job never arrived go once they are older than the age too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class Purged:
     jobs: int  # how many were forgotten
     before: float  # Unix seconds: they finished before this
     states: tuple[str, ...]
+    markers: int = 0  # cancel/retry markers deleted whose job never arrived
 
 
 def finished_states(states: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -39,7 +40,8 @@ def purge(index: Index, store: Store, older_than: float, *,
           states: tuple[str, ...] | list[str] | None = None, queue: str | None = None,
           now: float | None = None) -> Purged:
     """Forget jobs in ``states`` (default: every terminal one) that finished more than
-    ``older_than`` seconds ago, optionally of one ``queue`` only."""
+    ``older_than`` seconds ago, optionally of one ``queue`` only, and delete the cancel/retry
+    markers taken in that long ago whose job never arrived."""
     chosen = finished_states(states)
     before = (time.time() if now is None else now) - older_than
     total = 0
@@ -51,4 +53,10 @@ def purge(index: Index, store: Store, older_than: float, *,
         total += index.purge(ids)
         gone = index.forget_packs(sorted({j["pack"] for j in jobs if j["pack"]}))
         store.delete_many([pack_result_key(parse_pack_key(k)[1]) for k in gone])
-    return Purged(total, before, chosen)
+    # A marker whose job never arrived is settled by nothing else (the job would delete it).
+    markers = 0
+    while keys := index.stale_markers(before, queue):
+        store.delete_many(keys)
+        markers += len(keys)
+        index.forget_markers(keys)
+    return Purged(total, before, chosen, markers)

@@ -8,6 +8,7 @@ there?); a worker on another host by its lease in the index alone.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -66,7 +67,7 @@ def disk_full(error: BaseException | None) -> bool:
 
 
 def reap(index: Index, owner: str, now: float) -> None:
-    """Requeue (or fail, when out of attempts) the running jobs of dead workers and of
+    """Requeue as suspects (or fail, see Index.reap) the running jobs of dead workers and of
     expired leases."""
     owners = [o for o in index.running_owners() if o != owner]
     dead = [o for o in owners if owner_is_dead(o)]
@@ -74,6 +75,10 @@ def reap(index: Index, owner: str, now: float) -> None:
     # its jobs are not taken from it.
     alive = [owner] + [o for o in owners if o not in dead and is_local(o)]
     for row in index.reap(dead, alive, now):
-        log.warning("job %s after its worker stopped",
-                    "requeued" if row["state"] == "queued" else "failed",
-                    extra=job_fields(row))
+        if row["state"] == "queued":
+            log.warning("job requeued after its worker stopped; it runs alone next (crashes "
+                        "pinned on it: %d, worker deaths it shared: %d)", row["crashes"],
+                        row["lost"], extra=job_fields(row))
+        else:
+            log.warning("job failed after its worker stopped: %s",
+                        json.loads(row["error"])["message"], extra=job_fields(row))

@@ -24,8 +24,7 @@ from typing import Any
 
 from qlite import envelope
 from qlite.app import App
-from qlite.errors import TaskError
-from qlite.index.db import Index, Limits
+from qlite.index.db import MAX_CRASHES, Index, Limits
 from qlite.producer import Client
 from qlite.settings import Settings
 from qlite.store import Store
@@ -69,6 +68,7 @@ class Worker:
         self.outage = 0.0  # back-off after a failed step, seconds
         self.disk_full = False
         self.packed: set[str] = set()  # running jobs that came in a pack
+        self.suspects: set[str] = set()  # running suspects: nothing starts beside them
         self.record_failures: dict[str, int] = {}
         self.cancels: dict[str, threading.Event] = {}  # running job id -> its ctx.cancelled
         self.next_cancel_check = 0.0
@@ -91,11 +91,12 @@ class Worker:
             from qlite.tasks import register
 
             register(app)
-        unknown = [q for q in settings.queues if q not in app.queues]
-        if unknown:
-            raise TaskError(f"--queue {unknown[0]}: no task of this app uses that queue (known: "
-                            f"{', '.join(app.queues)}). Try: a known name, or declare it with "
-                            f"qlite.App(queues=[...])")
+        # Any queue name is served: a producer may put to a queue the code never declared
+        # (qlite put --queue low). A typo gets a warning, as in RQ, Celery and Dramatiq.
+        for queue in (q for q in settings.queues if q not in app.queues):
+            log.warning("--queue %s: no task of this app declares that queue (known: %s); "
+                        "serving it anyway. Declare it with qlite.App(queues=[...]) to silence "
+                        "this", queue, ", ".join(app.queues), extra={"queue": queue})
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -237,7 +238,20 @@ class Worker:
         self._expire(now)
         limits = Limits(self.concurrency_limits, self.rate_limits)
         shards = (self.active, self.fleet.shards) if self.fleet is not None else None
-        rows = self.index.claim(self._queue_order(), free, self.owner, self.settings.lease,
+        queues = self._queue_order()
+        if self.suspects or (self.running and self.index.suspect_waiting(queues, now, shards)):
+            # A suspect runs alone: the jobs running drain, then it starts, then the others.
+            self.backlog, self.held, self.held_until = False, True, None
+            return []
+        if not self.running:
+            # Without a child process (an app not loaded by name) it runs in this process:
+            # then the worker's death is pinned on it.
+            rows = self.index.claim_suspect(queues, self.owner, self.settings.lease, now,
+                                            shards, solo=self.app.spec is None)
+            if rows:
+                self.backlog, self.held, self.held_until = False, True, None
+                return rows
+        rows = self.index.claim(queues, free, self.owner, self.settings.lease,
                                 now, limits, shards=shards)
         self.backlog = len(rows) == free  # more may be runnable: no LIST while slots are full
         self.held = bool(limits) and len(rows) < free
@@ -256,7 +270,14 @@ class Worker:
             cancel = self.cancels[claim.id] = threading.Event()
             if row["packed"]:
                 self.packed.add(claim.id)
-            if task and (timeout or self.settings.pool == "process"):
+            # A suspect runs in a child process: if that dies, the crash is its own.
+            suspect = bool(row["suspect"])
+            if suspect:
+                self.suspects.add(claim.id)
+                log.info("job runs alone: it was running when its worker died, or crashed its "
+                         "process", extra=job_fields(claim))
+            if task and (timeout or self.settings.pool == "process"
+                         or (suspect and self.app.spec is not None)):
                 future = self.handlers.submit(run_in_child, self.app, claim, timeout,
                                               str(self.store.url), self.settings.endpoint_url,
                                               cancel, (self.settings.log_level,
@@ -315,6 +336,7 @@ class Worker:
             crash_point("after_record")
             self.publisher.soon(packed=claim.id in self.packed)
             self.packed.discard(claim.id)
+            self.suspects.discard(claim.id)
             self.record_failures.pop(claim.id, None)
             self.cancels.pop(claim.id, None)
             del self.running[future]
@@ -328,11 +350,17 @@ class Worker:
                    backoff=task.backoff if task else 1.0,
                    cancelled=cancel is not None and cancel.is_set(), now=now,
                    rng=self.rng)
+        error = d.error or {}
+        # The job's own child process died: a strike pinned on it (failed at the third).
+        crashed = d.state in ("retry", "failed") and error.get("type") == "ProcessCrashed"
         ok = self.index.finish(claim.id, claim.attempt, self.owner, d.state, now=now,
                                result=d.result, error=d.error, run_at=d.run_at,
-                               logs=outcome.logs)
-        error = d.error or {}
-        if d.state in ("succeeded", "cancelled"):
+                               logs=outcome.logs, crashed=crashed)
+        if crashed:
+            log.warning("job crashed its own process (a strike against it; failed at %d): %s",
+                        MAX_CRASHES, error.get("message"),
+                        extra={**fields, "error": error.get("type")})
+        elif d.state in ("succeeded", "cancelled"):
             log.info("job %s", d.state, extra=fields)
         elif d.state == "snooze":
             log.info("job snoozed for %.1fs", outcome.delay or 0, extra=fields)

@@ -41,9 +41,10 @@ def sleep(ctx, seconds, marker_dir):
     return {"slept": seconds, "attempt": ctx.attempt}
 
 
-@app.task(name="test.poison", max_attempts=2)
+@app.task(name="test.poison", max_attempts=2, backoff=0.05)
 def poison():
-    """Kills the worker process itself (it runs in a worker thread)."""
+    """Kills the process it runs in: the worker itself in a worker thread, or the job's own
+    child process once it runs as a suspect."""
     os._exit(1)
 
 

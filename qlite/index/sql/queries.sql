@@ -51,6 +51,7 @@ WHERE id IN (
     WHERE jobs.queue = :queue AND jobs.state IN ('queued', 'scheduled') AND jobs.run_at <= :now
       AND (jobs.expires_at IS NULL OR jobs.expires_at > :now OR jobs.attempts > 0)
       AND jobs.task NOT IN (SELECT value FROM json_each(:blocked))
+      AND jobs.suspect = 0  -- suspects run alone (claim_suspect)
       AND NOT EXISTS (SELECT 1 FROM requests AS r
                       WHERE r.job_id = jobs.id AND r.kind = 'cancel' AND r.done = 0)
       -- in a fleet, only jobs of the shards this worker owns now (worker/fleet.py)
@@ -58,8 +59,37 @@ WHERE id IN (
            OR qlite_shard(jobs.id, :nshards) IN (SELECT value FROM json_each(:shards)))
     ORDER BY jobs.priority DESC, jobs.run_at, jobs.id
     LIMIT :n)
-RETURNING id, task, queue, attempts, max_attempts, envelope, enqueued_at,
-          coalesce(pack = inbox_key, 0) AS packed;
+-- A start lost to a worker death not pinned on the job does not use up its attempts (reap).
+RETURNING id, task, queue, attempts, max_attempts + lost AS max_attempts, envelope,
+          enqueued_at, coalesce(pack = inbox_key, 0) AS packed, suspect;
+
+-- name: claim_suspect
+-- One suspect (a job running when its worker died, or whose own process crashed), claimed when
+-- nothing else runs in this worker: it runs alone, in a child process (solo = 0), or, when no
+-- child can load the app, in the worker's own process (solo = 1: a worker death is its doing).
+UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = :now_iso,
+                lease_until = :lease_until, owner = :owner, solo = :solo
+WHERE id = (
+    SELECT jobs.id FROM jobs INDEXED BY jobs_suspect
+    WHERE jobs.suspect = 1 AND jobs.state IN ('queued', 'scheduled') AND jobs.run_at <= :now
+      AND jobs.queue IN (SELECT value FROM json_each(:queues))
+      AND NOT EXISTS (SELECT 1 FROM requests AS r
+                      WHERE r.job_id = jobs.id AND r.kind = 'cancel' AND r.done = 0)
+      AND (:shards IS NULL
+           OR qlite_shard(jobs.id, :nshards) IN (SELECT value FROM json_each(:shards)))
+    ORDER BY jobs.priority DESC, jobs.run_at, jobs.id
+    LIMIT 1)
+RETURNING id, task, queue, attempts, max_attempts + lost AS max_attempts, envelope,
+          enqueued_at, coalesce(pack = inbox_key, 0) AS packed, suspect;
+
+-- name: suspect_waiting
+SELECT EXISTS (
+    SELECT 1 FROM jobs INDEXED BY jobs_suspect
+    WHERE jobs.suspect = 1 AND jobs.state IN ('queued', 'scheduled') AND jobs.run_at <= :now
+      AND jobs.queue IN (SELECT value FROM json_each(:queues))
+      AND (:shards IS NULL
+           OR qlite_shard(jobs.id, :nshards) IN (SELECT value FROM json_each(:shards)))
+) AS waiting;
 
 -- name: expire
 -- A job not started before its expires_at ends cancelled; one already tried goes on.
@@ -91,36 +121,54 @@ INSERT OR REPLACE INTO attempts (job_id, attempt, owner, started_at)
 VALUES (:id, :attempt, :owner, :now_iso);
 
 -- name: succeed
-UPDATE jobs SET state = 'succeeded', result = :result, finished_at = :now_iso,
+UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
+                state = 'succeeded', result = :result, finished_at = :now_iso,
                 lease_until = NULL, owner = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
 
 -- name: retry
-UPDATE jobs SET state = 'scheduled', run_at = :run_at, error = :error,
+UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
+                state = 'scheduled', run_at = :run_at, error = :error,
                 lease_until = NULL, owner = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
 
 -- name: snooze
 -- The handler asked to run later: the attempt it was counted for is given back.
-UPDATE jobs SET state = 'scheduled', attempts = attempts - 1, run_at = :run_at,
+UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
+                state = 'scheduled', attempts = attempts - 1, run_at = :run_at,
                 lease_until = NULL, owner = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
 
 -- name: fail
-UPDATE jobs SET state = 'failed', error = :error, finished_at = :now_iso,
+UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
+                state = 'failed', error = :error, finished_at = :now_iso,
                 lease_until = NULL, owner = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
 
 -- name: cancel
 -- A running job whose cancellation was requested, and whose handler did not succeed.
-UPDATE jobs SET state = 'cancelled', error = :error, finished_at = :now_iso,
+UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
+                state = 'cancelled', error = :error, finished_at = :now_iso,
                 lease_until = NULL, owner = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
+
+-- name: crash
+-- The job's own process died (os._exit, a signal, the OOM killer): a strike pinned on it. It
+-- stays a suspect; it fails at :max_crashes strikes, or when its attempts are spent (no
+-- :run_at), else it runs again at :run_at.
+UPDATE jobs SET state = CASE WHEN crashes + 1 >= :max_crashes OR :run_at IS NULL
+                             THEN 'failed' ELSE 'scheduled' END,
+                finished_at = CASE WHEN crashes + 1 >= :max_crashes OR :run_at IS NULL
+                                   THEN :now_iso END,
+                run_at = coalesce(:run_at, run_at), error = :error,
+                crashes = crashes + 1, suspect = 1, solo = 0, lease_until = NULL, owner = NULL
+WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
+RETURNING id, CASE state WHEN 'failed' THEN 'failed' ELSE 'retry' END AS outcome;
 
 -- name: end_attempt
 UPDATE attempts SET finished_at = :now_iso, outcome = :outcome, error_type = :error_type,
@@ -138,19 +186,34 @@ UPDATE jobs SET lease_until = :lease_until WHERE state = 'running' AND owner = :
 SELECT DISTINCT owner FROM jobs WHERE state = 'running';
 
 -- name: reap
--- Jobs whose worker died: back to queued with the attempt spent, or failed when none are left.
-UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+-- Jobs whose worker died come back as suspects (run alone next, claim_suspect). A job that
+-- ran alone in that worker's own process (solo) caused the death: a strike, and its attempt
+-- is spent. Any other only shared the worker with the cause or was killed from outside: it is
+-- not charged; the death counts in lost (failed at :max_lost) and gives the attempt back
+-- (claims read max_attempts + lost).
+UPDATE jobs SET state = CASE WHEN (solo AND (crashes + 1 >= :max_crashes
+                                             OR attempts >= max_attempts + lost))
+                                  OR (NOT solo AND lost + 1 >= :max_lost)
+                             THEN 'failed' ELSE 'queued' END,
+                finished_at = CASE WHEN (solo AND (crashes + 1 >= :max_crashes
+                                                   OR attempts >= max_attempts + lost))
+                                        OR (NOT solo AND lost + 1 >= :max_lost)
+                                   THEN :now_iso END,
                 run_at = :now,
                 error = json_object('type', 'WorkerLost',
                                     'message', 'the worker running attempt ' || attempts ||
-                                    ' stopped (' || coalesce(owner, '?') || ')',
+                                    ' stopped (' || coalesce(owner, '?') || ')' ||
+                                    CASE WHEN solo THEN ' while the job ran alone in it'
+                                         WHEN lost + 1 >= :max_lost
+                                         THEN '; ' || (lost + 1) || ' worker deaths while it ran'
+                                         ELSE '' END,
                                     'traceback', NULL),
-                finished_at = CASE WHEN attempts >= max_attempts THEN :now_iso END,
+                crashes = crashes + solo, lost = lost + 1 - solo, suspect = 1, solo = 0,
                 lease_until = NULL, owner = NULL
 WHERE state = 'running'
   AND (owner IN (SELECT value FROM json_each(:dead))
        OR (lease_until < :now AND owner NOT IN (SELECT value FROM json_each(:alive))))
-RETURNING id, task, queue, state, attempts, error;
+RETURNING id, task, queue, state, attempts, error, crashes, lost;
 
 -- name: lost_attempt
 UPDATE attempts SET finished_at = :now_iso, outcome = 'lost', error_type = 'WorkerLost',
@@ -270,7 +333,7 @@ WHERE r.kind = 'retry' AND r.done = 0
 -- qlite retry: a failed or cancelled job runs again with a fresh budget of attempts; its
 -- attempt history stays.
 UPDATE jobs SET state = 'queued', run_at = :now, max_attempts = attempts + :budget,
-                finished_at = NULL, published = 0, inbox_key = :inbox_key
+                crashes = 0, lost = 0, finished_at = NULL, published = 0, inbox_key = :inbox_key
 WHERE id = :id AND state IN ('failed', 'cancelled') AND published = 1
 RETURNING id;
 
@@ -295,6 +358,19 @@ DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(:ids));
 
 -- name: purge_requests
 DELETE FROM requests WHERE job_id IN (SELECT value FROM json_each(:ids));
+
+-- name: stale_markers
+-- Cancel/retry markers taken in before :before for a job id this index never held: the job
+-- never arrived (or went to another worker), so they would stay in the inbox forever.
+SELECT key FROM requests
+WHERE at < :before AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = requests.job_id)
+  AND (:queue IS NULL OR substr(key, 1, length('inbox/' || :queue || '/')) = 'inbox/' || :queue || '/')
+ORDER BY at LIMIT :n;
+
+-- name: forget_markers
+DELETE FROM requests
+WHERE key IN (SELECT value FROM json_each(:keys))
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = requests.job_id);
 
 -- name: group_members
 SELECT id, state, result, error, envelope FROM jobs WHERE grp = :grp;

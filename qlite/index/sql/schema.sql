@@ -24,7 +24,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     published    INTEGER NOT NULL DEFAULT 0,   -- 1: results/ has the terminal record, inbox object deleted
     expires_at   REAL,                         -- Unix seconds: cancelled if not started by then
     grp          TEXT,                         -- the group (qlite.group) this job belongs to
-    pack         TEXT                          -- the pack object it came in (put_many), if any
+    pack         TEXT,                         -- the pack object it came in (put_many), if any
+    -- Crash attribution (docs/states.md): a job running when its worker died is a suspect and
+    -- runs again alone, in a child process, until it ends an attempt without crashing.
+    suspect      INTEGER NOT NULL DEFAULT 0,   -- 1: run alone in a child process next time
+    solo         INTEGER NOT NULL DEFAULT 0,   -- running only: 1 when it runs alone in the worker's own process
+    crashes      INTEGER NOT NULL DEFAULT 0,   -- strikes: crashes pinned on this job (failed at 3)
+    lost         INTEGER NOT NULL DEFAULT 0    -- worker deaths it only shared (own cap, not max_attempts)
 );
 
 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, run_at, id)

@@ -3,6 +3,7 @@ with real worker processes (the project is tests/django_project)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -163,3 +164,33 @@ def test_a_worker_killed_mid_task_leaves_the_job_to_the_next_worker(queue, tmp_p
     drain(queue, [result])
     assert result.return_value == "done again"
     assert result.attempts == 2
+
+
+PRODUCER = """
+import json, os, sys
+sys.path.insert(0, {project!r})
+os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+import django
+django.setup()
+from shop import tasks
+result = tasks.add.enqueue(1, 2)
+tasks.add.get_result(result.id)
+print(json.dumps(sorted(sys.modules)))
+"""
+# What Django itself and the backport bring with them.
+DJANGO_AND_ITS_DEPENDENCIES = {"django", "asgiref", "sqlparse", "django_tasks",
+                               "typing_extensions", "django_stubs_ext", "zoneinfo"}
+
+
+def test_enqueue_and_get_result_load_only_django_boto3_and_the_standard_library(queue):
+    from test_imports import BOTO3_AND_ITS_DEPENDENCIES
+
+    out = subprocess.run([sys.executable, "-c", PRODUCER.format(project=str(PROJECT))],
+                         env=_env(queue), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    modules = json.loads(out.stdout.strip().splitlines()[-1])
+    third = {m.split(".")[0] for m in modules if not m.startswith(("__", "_sysconfigdata"))} - set(
+        sys.stdlib_module_names) - {"project", "shop"}
+    allowed = BOTO3_AND_ITS_DEPENDENCIES | DJANGO_AND_ITS_DEPENDENCIES
+    assert third <= allowed, third - allowed
+    assert not [m for m in modules if m.startswith(("qlite.worker", "qlite.index", "qlite.cli"))]

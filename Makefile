@@ -5,10 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test check lint clean bench chaos test-endpoint browser
+.PHONY: help install run test check lint clean bench chaos test-endpoint browser test-django6
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ browser: ## Debian's Chromium for the dashboard's browser tests (apt-get, as roo
 test: $(STAMP) browser ## run the suite (starts SeaweedFS and moto server on free ports)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+PY312 := $(shell command -v python3.12 || ls $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+DJ6 := .venv-django6
+
+test-django6: ## qlite.django on Django 6 (needs python3.12; the main venv tests the 5.2 backport)
+	@test -n "$(PY312)" || { echo "Error: python3.12 not found; Django 6 needs Python >= 3.12. Try: pyenv install 3.12 (the 5.2 backport tier runs in make test)" >&2; exit 2; }
+	test -x $(DJ6)/bin/python || $(PY312) -m venv $(DJ6)
+	$(DJ6)/bin/python -m pip install -q 'django>=6.0,<6.1' -e '.[dev]'
+	$(DJ6)/bin/python -m pytest -q -p no:cacheprovider tests/test_django.py
+
 test-endpoint: $(STAMP) ## the suite against any S3 endpoint: ENDPOINT=http://host:port [PYTEST_ARGS=...]
 	@test -n "$(ENDPOINT)" || { echo "Error: ENDPOINT is not set. Try: make test-endpoint ENDPOINT=http://127.0.0.1:4566 (see localstack/README.md)" >&2; exit 2; }
 	QLITE_TEST_ENDPOINT=$(ENDPOINT) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -44,4 +53,4 @@ bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery (~10 min; bench/resu
 	$(PY) -m bench
 
 clean: ## remove the venv and local data
-	rm -rf $(VENV) .qlite-dev .pytest_cache
+	rm -rf $(VENV) $(DJ6) .qlite-dev .pytest_cache

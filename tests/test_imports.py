@@ -49,7 +49,8 @@ def test_all_names_the_public_api_and_nothing_more():
     assert public <= set(qlite.__all__), public - set(qlite.__all__)
 
 
-SUBPACKAGES = ("qlite.worker", "qlite.index", "qlite.ops", "qlite.cli", "qlite.testing")
+SUBPACKAGES = ("qlite.worker", "qlite.index", "qlite.ops", "qlite.cli", "qlite.testing",
+               "qlite.django")
 
 
 def test_top_level_modules_never_import_the_subpackages():

@@ -32,7 +32,7 @@ BATCH = 500  # jobs per pass, and acknowledged inbox objects per DeleteObjects
 def result_record(job: dict) -> dict:
     """The public status record of a terminal job, as written to results/{id}.json."""
     error = json.loads(job["error"]) if job.get("error") else None
-    return {
+    record = {
         "v": 1,
         "id": job["id"],
         "state": job["state"],
@@ -55,6 +55,11 @@ def result_record(job: dict) -> dict:
         "started_at": job["started_at"],
         "finished_at": job["finished_at"],
     }
+    env = json.loads(job["envelope"]) if job.get("envelope") else {}
+    if (env.get("meta") or {}).get("record_args") is True and not env.get("payload_ref"):
+        # Asked for by the producer (qlite.django: Django's TaskResult holds the arguments).
+        record["args"], record["kwargs"] = env.get("args", []), env.get("kwargs", {})
+    return record
 
 
 def _in_pack(job: dict) -> bool:

@@ -1,0 +1,156 @@
+"""``qlite.django.QliteBackend``: enqueue = one PutObject of an envelope; get_result = the
+job's status from the bucket (``results/``, or the inbox while it waits)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+
+from qlite import envelope, errors
+from qlite.django.compat import (
+    BaseTaskBackend,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    normalize_json,
+    task_enqueued,
+)
+from qlite.errors import JobNotFound
+
+STATUS = {"pending": "READY", "queued": "READY", "scheduled": "READY", "running": "RUNNING",
+          "succeeded": "SUCCESSFUL", "failed": "FAILED", "cancelled": "FAILED"}
+
+
+class QliteBackend(BaseTaskBackend):
+    """``OPTIONS``: ``url`` (default QLITE_URL), ``endpoint_url`` (default
+    AWS_ENDPOINT_URL_S3), ``max_attempts`` (default: the worker's, 3)."""
+
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict) -> None:
+        super().__init__(alias, params)
+        for q in self.queues:
+            if not isinstance(q, str) or not envelope.QUEUE_RE.match(q):
+                raise ImproperlyConfigured(
+                    f"TASKS[{alias!r}]['QUEUES']: {q!r} is not a valid qlite queue name "
+                    "(letters, digits, '_', '-', '.'; at most 64)")
+        unknown = set(self.options) - {"url", "endpoint_url", "max_attempts"}
+        if unknown:
+            raise ImproperlyConfigured(
+                f"TASKS[{alias!r}]['OPTIONS']: unknown option(s) {sorted(unknown)}. "
+                "Try: url, endpoint_url, max_attempts")
+        self.max_attempts = self.options.get("max_attempts")
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._tasks: dict[str, Any] | None = None
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from qlite.producer import Client
+
+                self._client = Client(self.options.get("url"),
+                                      endpoint_url=self.options.get("endpoint_url"))
+            return self._client
+
+    def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
+        self.validate_task(task)
+        # TypeError for what JSON cannot hold, as Django's own backends raise.
+        args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
+        run_after = task.run_after
+        if run_after is not None and timezone.is_naive(run_after):  # USE_TZ = False
+            run_after = timezone.make_aware(run_after)
+        job = self.client.put(task.module_path, args, kwargs, queue=task.queue_name,
+                              priority=task.priority or None, at=run_after,
+                              max_attempts=self.max_attempts,
+                              # results/ repeats the arguments: get_result returns them
+                              meta={"record_args": True})
+        result = TaskResult(task=task, id=job.id, status=TaskResultStatus.READY,
+                            enqueued_at=datetime.now(UTC), started_at=None, finished_at=None,
+                            last_attempted_at=None, args=args, kwargs=kwargs,
+                            backend=self.alias, errors=[], worker_ids=[])
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id: str) -> Any:
+        try:
+            status = self.client.status(result_id)
+        except JobNotFound:
+            raise TaskResultDoesNotExist(result_id) from None
+        return self.result_from(status)
+
+    def result_from(self, status: dict) -> Any:
+        """A TaskResult from a qlite status record (``Client.status``)."""
+        task = self.task_named(status.get("task") or "")
+        if task is None:
+            raise TaskResultDoesNotExist(
+                f"job {status['id']} runs {status.get('task')!r}, which is not a django.tasks "
+                "Task defined in an installed app of this project")
+        args, kwargs = self._arguments(status)
+        state = status["state"]
+        errs = list(status.get("errors") or [])
+        if state in ("failed", "cancelled") and status.get("error") and not errs:
+            errs = [status["error"]]  # failed without running: cancelled, expired, refused
+        attempts = status.get("attempts") or 0
+        started = _time(status.get("started_at"))
+        finished = _time(status.get("finished_at"))
+        last = max([t for t in [started, *(_time(e.get("at")) for e in errs)] if t],
+                   default=None)
+        result = TaskResult(
+            task=task, id=status["id"], status=TaskResultStatus[STATUS[state]],
+            enqueued_at=_time(status.get("enqueued_at")), started_at=started,
+            finished_at=finished, last_attempted_at=last, args=args, kwargs=kwargs,
+            backend=self.alias,
+            errors=[TaskError(exception_class_path=class_path(e.get("type") or "Exception"),
+                              traceback=e.get("traceback") or e.get("message") or "")
+                    for e in errs],
+            # The bucket records how many attempts ran, not on which worker.
+            worker_ids=["qlite"] * attempts)
+        if state == "succeeded":
+            object.__setattr__(result, "_return_value", status.get("result"))
+        return result
+
+    def task_named(self, path: str) -> Any:
+        """The project's Task with this module path (None if there is none)."""
+        from qlite.django.registry import discover
+
+        if self._tasks is None or path not in self._tasks:
+            self._tasks = discover()
+        return self._tasks.get(path)
+
+    def _arguments(self, status: dict) -> tuple[list, dict]:
+        if isinstance(status.get("args"), list):  # the result record repeats them
+            return status["args"], status.get("kwargs") or {}
+        raw = self.client.store.get_or_none(envelope.inbox_key(status["queue"], status["id"]))
+        try:
+            env = json.loads(raw) if raw is not None else {}
+            return list(env.get("args", [])), dict(env.get("kwargs", {}))
+        except (ValueError, TypeError, AttributeError):
+            return [], {}
+
+
+def class_path(kind: str) -> str:
+    """qlite's error type to an importable class path: 'ValueError' is builtins.ValueError,
+    'Timeout' is qlite.errors.Timeout; 'app.errors.Boom' stays."""
+    if "." in kind:
+        return kind
+    if isinstance(getattr(builtins, kind, None), type):
+        return f"builtins.{kind}"
+    if isinstance(getattr(errors, kind, None), type):
+        return f"qlite.errors.{kind}"
+    return kind
+
+
+def _time(text: Any) -> datetime | None:
+    return datetime.fromisoformat(text) if isinstance(text, str) and text else None

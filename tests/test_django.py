@@ -1,0 +1,196 @@
+"""qlite.django: the django.tasks backend and ``manage.py qlite_worker``, against SeaweedFS
+with real worker processes (the project is tests/django_project)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("django")
+PROJECT = Path(__file__).resolve().parent / "django_project"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def django_project():
+    sys.path.insert(0, str(PROJECT))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    import django
+
+    django.setup()
+    yield
+    sys.path.remove(str(PROJECT))
+
+
+@pytest.fixture
+def queue(seaweed_target):
+    """TASKS pointing at a fresh queue on SeaweedFS, for this test's process."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    tasks = {"default": {**settings.TASKS["default"], "OPTIONS": {
+        "url": seaweed_target.url, "max_attempts": 2}}}
+    with override_settings(TASKS=tasks):
+        yield seaweed_target
+
+
+def manage(target, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT, env=_env(target),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _env(target) -> dict:
+    return {**target.env, "PYTHONPATH": "", "QLITE_POLL_MIN": "0.05", "QLITE_POLL_MAX": "0.2"}
+
+
+def drain(target, results, timeout: float = 60) -> None:
+    """Burst workers until every result is finished (a retry waits out its back-off)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = manage(target, "qlite_worker", "--burst")
+        assert out.returncode == 0, out.stdout + out.stderr
+        for r in results:
+            r.refresh()
+        if all(r.is_finished for r in results):
+            return
+        assert time.monotonic() < deadline, [r.status for r in results]
+
+
+def test_a_task_enqueued_here_runs_in_manage_py_qlite_worker_and_its_result_reads_back(queue):
+    from shop import tasks
+
+    from qlite.django.compat import TaskResultStatus
+
+    result = tasks.add.enqueue(2, b=3)
+    assert result.status == TaskResultStatus.READY
+    assert tasks.add.get_result(result.id).status == TaskResultStatus.READY
+    mail = tasks.send_mail.enqueue("a@example.com")
+    doubled = tasks.async_double.enqueue(21)
+    drain(queue, [result, mail, doubled])
+    fresh = tasks.add.get_result(result.id)
+    assert fresh.status == TaskResultStatus.SUCCESSFUL
+    assert fresh.return_value == 5
+    assert (fresh.args, fresh.kwargs) == ([2], {"b": 3})
+    assert fresh.enqueued_at <= fresh.started_at <= fresh.finished_at
+    assert fresh.last_attempted_at is not None and fresh.attempts == 1
+    assert mail.return_value == {"to": "a@example.com", "subject": "hi"}
+    assert doubled.return_value == 42
+
+
+def test_a_failing_task_is_retried_then_failed_with_each_error(queue):
+    from shop import tasks
+
+    from qlite.django.compat import TaskResultStatus
+
+    result = tasks.boom.enqueue("no luck")
+    drain(queue, [result])
+    assert result.status == TaskResultStatus.FAILED
+    assert len(result.errors) == 2  # OPTIONS max_attempts
+    assert result.errors[0].exception_class is ValueError
+    assert "no luck" in result.errors[-1].traceback
+    with pytest.raises(ValueError, match="failed"):
+        result.return_value  # noqa: B018
+
+
+def test_a_context_task_sees_its_attempt_number(queue):
+    from shop import tasks
+
+    result = tasks.flaky.enqueue("m")
+    drain(queue, [result])
+    assert result.return_value == {"attempt": 2, "id": result.id}
+    assert result.attempts == 2 and len(result.errors) == 1
+
+
+def test_enqueue_refuses_unknown_queues_unserialisable_arguments_and_a_missing_bucket(queue):
+    from django.conf import settings
+    from django.test import override_settings
+    from shop import tasks
+
+    import qlite
+    from qlite.django.compat import InvalidTask
+
+    with pytest.raises(InvalidTask, match="nightly"):
+        tasks.add.using(queue_name="nightly").enqueue(1, 2)
+    with pytest.raises(TypeError):
+        tasks.add.enqueue(object(), 2)
+    missing = {"default": {**settings.TASKS["default"],
+                           "OPTIONS": {"url": "s3://no-such-bucket-qlite/x"}}}
+    with override_settings(TASKS=missing), pytest.raises(qlite.BucketNotFound):
+        tasks.add.enqueue(1, 2)
+
+
+def test_a_job_naming_a_module_path_that_is_no_project_task_fails_without_importing_it(queue):
+    import qlite
+
+    client = qlite.Client(queue.url)
+    job = client.put("os.system", ["touch /tmp/qlite-django-pwned"])
+    out = manage(queue, "qlite_worker", "--burst")
+    assert out.returncode == 0, out.stderr
+    status = job.status()
+    assert status["state"] == "failed"
+    assert status["error"]["type"] == "UnknownTask"
+    assert "shop.tasks.add" in status["error"]["message"]
+    assert not Path("/tmp/qlite-django-pwned").exists()
+
+
+def test_a_worker_killed_mid_task_leaves_the_job_to_the_next_worker(queue, tmp_path):
+    from shop import tasks
+
+    from qlite.django.compat import TaskResultStatus
+
+    marker = tmp_path / "started"
+    result = tasks.slow.enqueue(str(marker), 30)
+    log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "manage.py", "qlite_worker"], cwd=PROJECT,
+                            env=_env(queue), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                (tmp_path / "worker.log").read_text())
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.close()
+    assert tasks.slow.get_result(result.id).status == TaskResultStatus.READY
+    # The next worker on the same index finds the dead worker's job and runs it again.
+    drain(queue, [result])
+    assert result.return_value == "done again"
+    assert result.attempts == 2
+
+
+PRODUCER = """
+import json, os, sys
+sys.path.insert(0, {project!r})
+os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+import django
+django.setup()
+from shop import tasks
+result = tasks.add.enqueue(1, 2)
+tasks.add.get_result(result.id)
+print(json.dumps(sorted(sys.modules)))
+"""
+# What Django itself and the backport bring with them.
+DJANGO_AND_ITS_DEPENDENCIES = {"django", "asgiref", "sqlparse", "django_tasks",
+                               "typing_extensions", "django_stubs_ext", "zoneinfo"}
+
+
+def test_enqueue_and_get_result_load_only_django_boto3_and_the_standard_library(queue):
+    from test_imports import BOTO3_AND_ITS_DEPENDENCIES
+
+    out = subprocess.run([sys.executable, "-c", PRODUCER.format(project=str(PROJECT))],
+                         env=_env(queue), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    modules = json.loads(out.stdout.strip().splitlines()[-1])
+    third = {m.split(".")[0] for m in modules if not m.startswith(("__", "_sysconfigdata"))} - set(
+        sys.stdlib_module_names) - {"project", "shop"}
+    allowed = BOTO3_AND_ITS_DEPENDENCIES | DJANGO_AND_ITS_DEPENDENCIES
+    assert third <= allowed, third - allowed
+    assert not [m for m in modules if m.startswith(("qlite.worker", "qlite.index", "qlite.cli"))]

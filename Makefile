@@ -40,10 +40,11 @@ test-endpoint: $(STAMP) ## the suite against any S3 endpoint: ENDPOINT=http://ho
 	@test -n "$(ENDPOINT)" || { echo "Error: ENDPOINT is not set. Try: make test-endpoint ENDPOINT=http://127.0.0.1:4566 (see localstack/README.md)" >&2; exit 2; }
 	QLITE_TEST_ENDPOINT=$(ENDPOINT) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check qlite tests scripts examples
+	$(VENV)/bin/mypy
 
-check: lint test ## ruff, then the suite: what .ci/run runs
+check: lint test ## ruff, mypy, then the suite: what .ci/run runs
 
 chaos: $(STAMP) ## the long chaos tier: 5,000 jobs, 25 SIGKILLs, both servers
 	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 QLITE_CHAOS_SERVERS=seaweedfs,moto $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -82,7 +82,8 @@ class Client:
         again (say, after an interruption) skips the packs already enqueued (until purged).
         ``progress(jobs, skipped)`` is called after each object is written."""
         now = time.time()  # one timestamp for the batch
-        handles, writes = [], []
+        handles: list[Job] = []
+        writes: list[tuple[Callable[..., Any], tuple]] = []
         packs: dict[str, _Pack] = {}
         numbers: dict[str, int] = {}  # packs started per queue (for keyed pack ids)
         for item in _items(jobs, "put_many"):
@@ -114,7 +115,8 @@ class Client:
                     current.add(raw)
                     break
                 writes.append((self._write_pack, (current,)))
-                current = packs[queue] = None
+                current = None
+                del packs[queue]
             handles.append(Job(self, env["id"], env["queue"]))
         writes += [(self._write_pack, (p,)) for p in packs.values() if p is not None and p.lines]
 

@@ -83,7 +83,7 @@ class Schedule:
         from cronsim import CronSim
 
         start = datetime.fromtimestamp(t, _zone(self.tz, self.name))
-        return next(CronSim(self.cron, start)).timestamp()
+        return next(CronSim(self.cron or "", start)).timestamp()
 
     def latest_at_or_before(self, t: float) -> float:
         """The last tick at or before ``t``."""
@@ -92,7 +92,7 @@ class Schedule:
         from cronsim import CronSim
 
         start = datetime.fromtimestamp(t, _zone(self.tz, self.name)) + timedelta(microseconds=1)
-        return next(CronSim(self.cron, start, reverse=True)).timestamp()
+        return next(CronSim(self.cron or "", start, reverse=True)).timestamp()
 
     def due(self, last: float, now: float) -> tuple[list[float], float]:
         """Given the last tick fired and the time now: the ticks to fire now, oldest first,
@@ -103,7 +103,8 @@ class Schedule:
             return [], last
         latest = self.latest_at_or_before(now)
         if self.misfire == "all":
-            ticks, t = [], first
+            ticks: list[float] = []
+            t = first
             while t <= now and len(ticks) < CATCH_UP_MAX:
                 ticks.append(t)
                 t = self.next_after(t)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,10 +155,10 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
                 raise ValueError
             return value
         if setting.kind == "float":
-            value = float(raw)
-            if not value > 0 or value == float("inf"):
+            number = float(raw)
+            if not number > 0 or number == float("inf"):
                 raise ValueError
-            return value
+            return number
     except (TypeError, ValueError):
         expected = "a positive integer" if setting.kind == "int" else "a positive number"
         if setting.name == "metrics_port":
@@ -232,10 +233,11 @@ class Settings:
     signing_key: Keyring | None = None  # its repr shows key ids, never a secret
 
     @classmethod
-    def load(cls, env: dict | None = None, **overrides: Any) -> Settings:
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``overrides`` (CLI options, arguments), else the environment, else
         the defaults. ``url`` stays None when unset; ``require_url`` reports it."""
         env = os.environ if env is None else env
+        assert env is not None
         values: dict[str, Any] = {}
         for s in SETTINGS:
             given = overrides.get(s.name)

@@ -124,7 +124,8 @@ class Store:
         return ObjectInfo(key, int(resp.get("ContentLength") or 0),
                           _seconds(resp.get("LastModified")), resp.get("ETag") or "")
 
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+    def iter_keys(self, prefix: str,
+                  start_after: str | None = None) -> Iterator[tuple[str, int]]:
         """(relative key, size) under ``prefix``, in key order, one LIST per 1,000 keys."""
         while True:
             page, truncated = self.list_page(prefix, start_after)

@@ -101,7 +101,8 @@ def _put_signature() -> inspect.Signature:
 
 
 _put.__signature__ = _put_signature()  # type: ignore[attr-defined]
-_put.__annotations__ = {p.name: p.annotation for p in _put.__signature__.parameters.values()}
+_put.__annotations__ = {p.name: p.annotation
+                        for p in _put.__signature__.parameters.values()}  # type: ignore[attr-defined]
 app.command("put", help=putcmd.HELP + "\n\n" + putcmd.EPILOG.replace("\n  ", "\n\n  "))(
     _errors(_put))
 
@@ -331,7 +332,7 @@ def ls(
     """
     if state is not None and state not in INDEXED:
         raise QliteError(f"--state: expected one of {', '.join(INDEXED)} (got {state!r})")
-    rows = _index(db, url).list(state, queue, limit)
+    rows = _index(db, url).jobs(state, queue, limit)
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -690,7 +691,7 @@ def dashboard(
     except OSError as e:
         raise QliteError(f"--host {host} --port {port}: cannot listen: {e.strerror or e}. "
                          "Try: another --port (0 picks a free one)") from None
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     where = f"http://{shown}:{bound_port}/"
     mode = "retry and cancel allowed with the token" if board.token else "read-only"

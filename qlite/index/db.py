@@ -11,7 +11,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -233,7 +233,7 @@ class Index:
         how many) limits a fleet worker to the shards it owns."""
         params = self._claim_params(queues, owner, lease, now, shards)
         if not limits:
-            rows = []
+            rows: list[dict] = []
             with self._tx():
                 for queue in queues:
                     rows += self._rows("claim", n=n - len(rows), blocked="[]", queue=queue,
@@ -407,7 +407,7 @@ class Index:
     def running_owners(self) -> list[str]:
         return [r["owner"] for r in self._rows("running_owners") if r["owner"]]
 
-    def reap(self, dead_owners: list[str], alive_owners: list[str] = (),
+    def reap(self, dead_owners: list[str], alive_owners: Sequence[str] = (),
              now: float | None = None) -> list[dict]:
         """Requeue as suspects (or fail, see the reap statement) jobs whose owner died, or
         whose lease expired unless their owner is a process on this host known to be alive."""
@@ -424,7 +424,7 @@ class Index:
 
     # -- publish ----------------------------------------------------------------------------
 
-    def unpublished(self, n: int = 1000, exclude: list[str] = ()) -> list[dict]:
+    def unpublished(self, n: int = 1000, exclude: Sequence[str] = ()) -> list[dict]:
         """Terminal jobs not yet acknowledged, except ``exclude`` (results already written)."""
         return self._with_attempts(
             self._rows("unpublished", n=n, exclude=json.dumps(list(exclude))))
@@ -569,7 +569,7 @@ class Index:
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._rows("counts")}
 
-    def list(self, state: str | None = None, queue: str | None = None,
+    def jobs(self, state: str | None = None, queue: str | None = None,
              limit: int = 50) -> list[dict]:
         return self._rows("list", state=state, queue=queue, limit=limit)
 

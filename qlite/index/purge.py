@@ -52,7 +52,8 @@ def purge(index: Index, store: Store, older_than: float, *,
                                                     payload_key(i))])
         total += index.purge(ids)
         gone = index.forget_packs(sorted({j["pack"] for j in jobs if j["pack"]}))
-        store.delete_many([pack_result_key(parse_pack_key(k)[1]) for k in gone])
+        store.delete_many([pack_result_key(k.rsplit("/", 1)[-1].removesuffix(".pack.jsonl"))
+                           for k in gone if parse_pack_key(k)])
     # A marker whose job never arrived is settled by nothing else (the job would delete it).
     markers = 0
     while keys := index.stale_markers(before, queue):

@@ -20,7 +20,7 @@ def reindex(store: Store, index: Index) -> tuple[int, int]:
     """Add the terminal jobs of results/ that the index does not hold as terminal (unknown, or
     restored from a replica older than their end); returns (records read, rows written).
     One LIST per 1,000 results, and a GET only for those jobs."""
-    keys = [key for key, _ in store.list("results/")
+    keys = [key for key, _ in store.iter_keys("results/")
             if key.endswith(".json") and not key.endswith(".value.json")]
     pack_keys = [k for k in keys if k.startswith("results/packs/")]
     keys = [k for k in keys if not k.startswith("results/packs/")]
@@ -44,7 +44,7 @@ def reindex(store: Store, index: Index) -> tuple[int, int]:
             candidates.extend(json.loads(body)["jobs"].values() if body is not None else ())
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    ids = [r.get("id") for r in candidates if isinstance(r, dict)]
+    ids = [str(r["id"]) for r in candidates if isinstance(r, dict) and r.get("id")]
     done = {job_id for job_id, row in index.known([i for i in ids if i]).items()
             if row["state"] in TERMINAL} if packs else set()
     records = []

@@ -87,7 +87,7 @@ class Dashboard:
             raise BadRequest(f"state: expected one of {', '.join(STATES)} (got {state!r})")
         index = self.index()
         try:
-            rows = index.list(state, _one(query, "queue"), _int(query, "limit", 50, 1, 500))
+            rows = index.jobs(state, _one(query, "queue"), _int(query, "limit", 50, 1, 500))
         finally:
             index.close()
         for r in rows:
@@ -207,7 +207,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         """A page on another site that rebinds its name to 127.0.0.1 must not read the API."""
-        bound = self.server.server_address[0]
+        bound = str(self.server.server_address[0])  # type: ignore[index]
         if bound not in _LOOPBACK:
             return True
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0]

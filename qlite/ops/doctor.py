@@ -218,7 +218,7 @@ class Doctor:
         except AlreadyExists:
             pass  # refused with 412, as it must be
         except QliteError as e:
-            if e.code in ("NotImplemented", "501"):
+            if getattr(e, "code", None) in ("NotImplemented", "501"):
                 self.add("if-match", WARN, "PUT with If-Match is not implemented by this server",
                          "fine for one worker VM; sharded workers (lease objects) will need it")
             else:

@@ -49,7 +49,7 @@ def frame(index: Index, since: float = 3600.0, now: float | None = None) -> Any:
     for name, justify in (("task", "left"), ("finished", "right"), ("/min", "right"),
                           ("failed", "right"), ("wait p50", "right"), ("wait p95", "right"),
                           ("run p50", "right"), ("run p95", "right")):
-        tasks.add_column(name, justify=justify)
+        tasks.add_column(name, justify=justify)  # type: ignore[arg-type]
     for name, t in s["tasks"].items():
         failed = t["finished"]["failed"]
         tasks.add_row(name, str(sum(t["finished"].values())), f"{t['throughput_per_minute']:g}",
@@ -60,7 +60,7 @@ def frame(index: Index, since: float = 3600.0, now: float | None = None) -> Any:
     failures = Table(title="latest failures", title_justify="left")
     for name in ("job", "task", "finished", "error"):
         failures.add_column(name, overflow="fold" if name == "error" else "ellipsis")
-    for job in index.list("failed", None, 5):
+    for job in index.jobs("failed", None, 5):
         error = json.loads(job["error"]) if job["error"] else {}
         failures.add_row(job["id"], job["task"], job["finished_at"] or "-",
                          Text(f"{error.get('type')}: {error.get('message')}", style="red"))
@@ -70,7 +70,7 @@ def frame(index: Index, since: float = 3600.0, now: float | None = None) -> Any:
             f"${c['dollars_per_million_jobs']:.2f} per million jobs at AWS list prices "
             f"(${c['dollars_per_million_jobs_with_enqueue']:.2f} with the producers' PUTs)"
             if c["jobs"] else "S3: no jobs published yet")
-    parts = [head, queues, tasks]
+    parts: list[Any] = [head, queues, tasks]
     if failures.row_count:
         parts.append(failures)
     parts.append(Text(cost, style="dim"))

@@ -13,9 +13,11 @@ A worker with no tasks of its own runs ``qlite worker --app qlite.tasks:app``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from qlite.app import App
 
-BUILTINS = {
+BUILTINS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # name: (module, function, task options)
     "http.request": ("http", "request", {"max_attempts": 5, "backoff": 2.0}),
     "email.send": ("smtp", "send", {"max_attempts": 5, "backoff": 5.0}),

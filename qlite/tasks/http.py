@@ -181,7 +181,7 @@ def resolve(host: str, port: int, allow: list[Any]) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise Retry(f"cannot resolve {host!r}: {e}") from None
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     for ip in addresses:
         check_address(ip, allow)
     return addresses[0]

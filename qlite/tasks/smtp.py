@@ -180,18 +180,18 @@ def _spool(msg: EmailMessage, attachments: list[dict], store: Any) -> Any:
     """The whole message, CRLF line endings, in a temporary file (memory up to 1 MiB, then
     disk): each attachment streams from the bucket through base64 in 57 KiB reads, so a
     large one is never held whole in memory."""
-    placeholders = []
+    placeholders: list[bytes] = []
     for i, a in enumerate(attachments):
         mark = f"QLITEATTACHMENT{i}X{uuid.uuid4().hex}"
         placeholders.append(mark.encode())
         maintype, subtype = a["content_type"].split("/", 1)
         msg.add_attachment(b"", maintype=maintype, subtype=subtype, filename=a["filename"])
-        part = msg.get_payload()[-1]
+        part: Any = msg.get_payload()[-1]  # type: ignore[index]
         part.set_payload(mark)  # stays base64-declared; replaced by the stream below
     out = tempfile.SpooledTemporaryFile(max_size=1 << 20)
     rendered = msg.as_bytes(policy=SMTP)
-    for i, mark in enumerate(placeholders):
-        head, rendered = rendered.split(mark, 1)
+    for i, placeholder in enumerate(placeholders):
+        head, rendered = rendered.split(placeholder, 1)
         out.write(head)
         _base64_into(out, store.stream(attachments[i]["key"]))
     out.write(rendered)
@@ -251,8 +251,8 @@ def send(ctx: Any, to: Any, subject: str, text: str | None = None, html: str | N
     conf = smtp_settings()
     message = _spool(msg, files, ctx.client.store)
     context = ssl.create_default_context()
-    cls = smtplib.SMTP_SSL if conf["implicit_tls"] else smtplib.SMTP
-    kwargs = {"context": context} if conf["implicit_tls"] else {}
+    cls: Any = smtplib.SMTP_SSL if conf["implicit_tls"] else smtplib.SMTP
+    kwargs: dict[str, Any] = {"context": context} if conf["implicit_tls"] else {}
     try:
         with cls(conf["host"], conf["port"], timeout=timeout, **kwargs) as smtp:
             smtp.ehlo()

@@ -465,7 +465,8 @@ class Fleet:
             self.releasing |= give
             return give
 
-    def _release(self, shards: set[int], why: str, handoff: set[int] = frozenset()) -> bool:
+    def _release(self, shards: set[int], why: str,
+                 handoff: frozenset[int] | set[int] = frozenset()) -> bool:
         shards &= set(self.owned)
         if not shards:
             return True
@@ -547,7 +548,7 @@ def describe(store: Store) -> dict:
     """The fleet as the bucket shows it (qlite fleet): members, their shards, last renewal."""
     listing = store.list_etags("coord/")
     found = store.get_etag(TABLE)
-    table = json.loads(found[0]) if found else {"gen": 0, "owners": {}}
+    table: dict[str, Any] = json.loads(found[0]) if found else {"gen": 0, "owners": {}}
     config_found = store.get_etag(CONFIG)
     config = json.loads(config_found[0]) if config_found else {}
     members = []

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from qlite import envelope, signing
 from qlite.app import App
@@ -135,7 +136,7 @@ class Ingest:
         # Requests first: a retry puts its job's inbox object back, which is then no duplicate.
         self._requests(markers, result)
         known = self.index.known(list(by_id))
-        fetch = []
+        fetch: list[tuple[str, Any, str, int]] = []
         for job_id, (key, size) in by_id.items():
             row = known.get(job_id)
             if row is None:
@@ -175,7 +176,8 @@ class Ingest:
                 log.warning("batch insert failed (%s); inserting one by one", e)
                 # A pack goes in whole or not at all: a pack row without all its jobs would
                 # let the pack object be deleted with a job never run.
-                units = [([row], []) for row in rows if not row.get("pack")]
+                units: list[tuple[list[dict], list]] = [
+                    ([row], []) for row in rows if not row.get("pack")]
                 units += [([r for r in rows if r.get("pack") == p[0]], [p]) for p in taken_packs]
                 for unit, unit_packs in units:
                     try:
@@ -368,7 +370,7 @@ class Ingest:
                                    strict=True):
             if outcome == "ok":
                 good.append(marker)
-            elif outcome is not None:
+            elif isinstance(outcome, tuple):
                 reason, signature = outcome
                 key = marker[0]
                 try:

@@ -86,7 +86,7 @@ class Worker:
         install_capture()  # a handler's own log lines are kept with its job
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
-        self.rate_limits = {t.name: (t.rate_key, *t.rate) for t in tasks if t.rate}
+        self.rate_limits = {t.name: (t.rate_key or t.name, *t.rate) for t in tasks if t.rate}
         if app.builtins:
             from qlite.tasks import register
 
@@ -395,6 +395,7 @@ class Worker:
         return self.fleet is None or self.fleet.trusted()
 
     def _accepts(self, job_id: str) -> bool:
+        assert self.fleet is not None
         return envelope.shard_of(job_id, self.fleet.shards) in self.active
 
     def _owns_schedule(self, name: str) -> bool:
@@ -438,6 +439,7 @@ class Worker:
         inbox again). Once drained (``final``), leave the retries in coord/handoff/ for the
         next owner; returns whether a handoff object was written."""
         fleet = self.fleet
+        assert fleet is not None
         for r in self.index.waiting_retries(shards, fleet.shards):
             shard = envelope.shard_of(r["id"], fleet.shards)
             self.handing.setdefault(shard, {})[r["id"]] = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from qlite import envelope
@@ -130,7 +130,8 @@ class Publisher:
                 due.append(key)
             else:
                 self.next_at = min(self.next_at, first + PACK_FLUSH)
-        futures = {self.io.submit(self._write_result, j): [j] for j in singles}
+        futures: dict[Future, list[dict]] = {
+            self.io.submit(self._write_result, j): [j] for j in singles}
         futures.update({self.io.submit(self._write_pack, key, self.index.pack_members(key),
                                        not open_[key]): packed[key] for key in due})
         failed = None
@@ -144,7 +145,7 @@ class Publisher:
         return failed
 
     def _acked(self, done: list[dict], batch: list[dict], markers: dict[str, list[str]],
-               open_: dict[str, bool]) -> None:
+               open_: dict[str, int]) -> None:
         """Note what to delete for ``done`` (written): its inbox object, or its pack's once
         every member is in the record, and its request markers."""
         missing = [j["id"] for j in done if j["id"] not in markers]
@@ -188,7 +189,9 @@ class Publisher:
         """PUT the batched record of every terminal member of pack ``key`` (``members``), then
         enqueue the follow-ups of those not published before; returns those (to acknowledge).
         Runs on the I/O pool: no SQLite here."""
-        pack_id = envelope.parse_pack_key(key)[1]
+        parsed = envelope.parse_pack_key(key)
+        assert parsed is not None, key  # the index holds only valid pack keys
+        pack_id = parsed[1]
         records = {m["id"]: {**self._record_of(m), "pack": pack_id} for m in members}
         body = {"v": 1, "pack": pack_id, "complete": complete, "jobs": records}
         self.store.put(envelope.pack_result_key(pack_id), json.dumps(body).encode())

@@ -202,8 +202,7 @@ class Replica:
             except subprocess.TimeoutExpired:
                 error = f"no answer within {timeout:.0f}s"
                 break
-            error = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["?"]
-            error = error[0]
+            error = ((result.stderr or result.stdout).strip().splitlines()[-1:] or ["?"])[0]
             if result.returncode == 0:
                 try:
                     answer = json.loads(result.stdout)

@@ -90,7 +90,7 @@ def _set_aside(path: Path, new: Path, store: Store, replica: Replica, problem: s
 
 def _move(store: Store, src: str, dst: str) -> int:
     """Copy every object under ``src`` to ``dst``, then delete the originals; the count."""
-    keys = [key for key, _ in store.list(src)]
+    keys = [key for key, _ in store.iter_keys(src)]
     try:
         for key in keys:
             store.copy(key, dst + key.removeprefix(src))

@@ -25,7 +25,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state = RetryCallState(retry_object=None, fn=None, args=(),  # type: ignore[arg-type]
+                               kwargs={})
         state.attempt_number = attempt
         if callable(self.base):
             return min(float(self.base(state)), self.cap)

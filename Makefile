@@ -27,7 +27,8 @@ browser: ## Debian's Chromium for the dashboard's browser tests (apt-get, as roo
 test: $(STAMP) browser ## run the suite (starts SeaweedFS and moto server on free ports)
 	$(PY) -m pytest -q -p no:cacheprovider
 
-PY312 := $(shell command -v python3.12 || ls $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+# A python3.12 that runs (a pyenv shim is found on PATH even when 3.12 is not the active version).
+PY312 := $(shell for p in $$(command -v python3.12) $$(ls $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 2>/dev/null); do $$p -c "" 2>/dev/null && echo $$p && break; done)
 DJ6 := .venv-django6
 
 test-django6: ## qlite.django on Django 6 (needs python3.12; the main venv tests the 5.2 backport)

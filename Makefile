@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test check lint clean bench chaos test-endpoint browser test-django6
+.PHONY: help install run demo-web test check lint clean bench chaos test-endpoint browser test-django6
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ install: $(STAMP) ## create .venv with qlite, test servers and tools
 
 run: $(STAMP) ## start SeaweedFS + a worker on examples/, enqueue demo jobs, keep running
 	$(PY) scripts/demo.py
+
+demo-web: $(STAMP) ## the feeds example (a Django site + worker) on a local SeaweedFS: PORT=8000
+	$(PY) scripts/demo_web.py --port $(or $(PORT),8000)
 
 browser: ## Debian's Chromium for the dashboard's browser tests (apt-get, as root)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)

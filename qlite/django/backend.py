@@ -90,7 +90,7 @@ class QliteBackend(BaseTaskBackend):
                               # results/ repeats the arguments: get_result returns them
                               meta={"record_args": True})
         result = TaskResult(task=task, id=job.id, status=TaskResultStatus.READY,
-                            enqueued_at=datetime.now(UTC), started_at=None, finished_at=None,
+                            enqueued_at=id_time(job.id), started_at=None, finished_at=None,
                             last_attempted_at=None, args=args, kwargs=kwargs,
                             backend=self.alias, errors=[], worker_ids=[])
         task_enqueued.send(type(self), task_result=result)
@@ -164,6 +164,13 @@ def class_path(kind: str) -> str:
     if isinstance(getattr(errors, kind, None), type):
         return f"qlite.errors.{kind}"
     return kind
+
+
+def id_time(job_id: str) -> datetime:
+    """The time in a UUIDv7 job id (its first 48 bits, in ms): the envelope's ``enqueued_at``,
+    so the result of enqueue equals what get_result reads back."""
+    ms = int(job_id.replace("-", "")[:12], 16)
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
 
 
 def _time(text: Any) -> datetime | None:

@@ -55,6 +55,7 @@ def site(seaweed_target):
     """The site and one worker, as ``make demo-web`` runs them; the worker may fetch from
     127.0.0.1 (QLITE_HTTP_ALLOW) and gives a feed 1 s (FEEDS_TIMEOUT)."""
     env = {**seaweed_target.env, "PYTHONPATH": "", "PYTHONUNBUFFERED": "1",
+           "DJANGO_SETTINGS_MODULE": "feedsite.settings",  # tests/test_django.py sets another
            "QLITE_HTTP_ALLOW": "127.0.0.1/32", "FEEDS_TIMEOUT": "1",
            "QLITE_POLL_MIN": "0.05", "QLITE_POLL_MAX": "0.2"}
     worker = subprocess.Popen([sys.executable, "manage.py", "qlite_worker"], cwd=SITE, env=env,

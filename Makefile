@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test check lint clean bench chaos test-endpoint browser test-django6
+.PHONY: help install run demo-web test check lint clean bench chaos test-endpoint browser test-django6
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,20 +21,30 @@ install: $(STAMP) ## create .venv with qlite, test servers and tools
 run: $(STAMP) ## start SeaweedFS + a worker on examples/, enqueue demo jobs, keep running
 	$(PY) scripts/demo.py
 
+demo-web: $(STAMP) ## the feeds example (a Django site + worker) on a local SeaweedFS: PORT=8000
+	$(PY) scripts/demo_web.py --port $(or $(PORT),8000)
+
 browser: ## Debian's Chromium for the dashboard's browser tests (apt-get, as root)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 test: $(STAMP) browser ## run the suite (starts SeaweedFS and moto server on free ports)
 	$(PY) -m pytest -q -p no:cacheprovider
 
-PY312 := $(shell command -v python3.12 || ls $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+# A python3.12 that runs (a pyenv shim is found on PATH even when 3.12 is not the active version).
+PY312 := $(shell for p in $$(command -v python3.12) $$(ls $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 2>/dev/null); do $$p -c "" 2>/dev/null && echo $$p && break; done)
 DJ6 := .venv-django6
 
-test-django6: ## qlite.django on Django 6 (needs python3.12; the main venv tests the 5.2 backport)
+test-django6: ## qlite.django on Django 6 + Django's own tests/tasks on qlite (python3.12; ~1 min)
 	@test -n "$(PY312)" || { echo "Error: python3.12 not found; Django 6 needs Python >= 3.12. Try: pyenv install 3.12 (the 5.2 backport tier runs in make test)" >&2; exit 2; }
 	test -x $(DJ6)/bin/python || $(PY312) -m venv $(DJ6)
 	$(DJ6)/bin/python -m pip install -q 'django>=6.0,<6.1' -e '.[dev]'
-	$(DJ6)/bin/python -m pytest -q -p no:cacheprovider tests/test_django.py
+	$(DJ6)/bin/python -m pytest -q -p no:cacheprovider tests/test_django.py tests/test_feeds.py
+	@# Django's own tests/tasks against qlite: from the sdist of the Django installed (not committed)
+	V=$$($(DJ6)/bin/python -c 'import django; print(django.__version__)'); \
+	test -d $(DJ6)/django-src/django-$$V/tests/tasks || { \
+	  $(DJ6)/bin/python -m pip download -q --no-deps --no-binary :all: django==$$V -d $(DJ6)/django-src && \
+	  tar xzf $(DJ6)/django-src/django-$$V.tar.gz -C $(DJ6)/django-src --wildcards "*/tests/tasks/*"; }; \
+	$(DJ6)/bin/python tests/djangosuite/run.py $(DJ6)/django-src/django-$$V/tests
 
 test-endpoint: $(STAMP) ## the suite against any S3 endpoint: ENDPOINT=http://host:port [PYTEST_ARGS=...]
 	@test -n "$(ENDPOINT)" || { echo "Error: ENDPOINT is not set. Try: make test-endpoint ENDPOINT=http://127.0.0.1:4566 (see localstack/README.md)" >&2; exit 2; }

@@ -17,6 +17,7 @@ from qlite.testing.devserver import MotoServer, SeaweedFS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = Path(__file__).resolve().parent / "apps"
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +159,31 @@ def bucket_keys(target: Target, prefix: str) -> list[str]:
     resp = target.server.client().list_objects_v2(Bucket=target.bucket,
                                                    Prefix=target.prefix + prefix)
     return [o["Key"].removeprefix(target.prefix) for o in resp.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (tests/test_dashboard.py, tests/test_feeds.py)."""
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed. Try: make browser (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+    assert not errors, errors  # no script error and no CSP violation on the page

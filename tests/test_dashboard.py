@@ -17,37 +17,9 @@ from test_observe import run_jobs
 
 from conftest import ROOT, bucket_keys, qlite
 
-CHROMIUM = Path("/usr/bin/chromium")
 OUTPUT = ROOT / "tests" / "output"
 TOKEN = "t0k3n-for-the-dashboard-test"
 XSS = ['<img src=x onerror="window.pwned=1">', "<script>window.pwned=2</script>"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium is not installed. Try: make browser (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
-    assert not errors, errors  # no script error and no CSP violation on the page
 
 
 class Dashboard:

@@ -194,3 +194,20 @@ def test_enqueue_and_get_result_load_only_django_boto3_and_the_standard_library(
     allowed = BOTO3_AND_ITS_DEPENDENCIES | DJANGO_AND_ITS_DEPENDENCIES
     assert third <= allowed, third - allowed
     assert not [m for m in modules if m.startswith(("qlite.worker", "qlite.index", "qlite.cli"))]
+
+
+def test_child_processes_load_the_project_tasks_for_timeouts_and_the_process_pool(queue):
+    from shop import tasks
+
+    import qlite
+
+    # A timeout runs the job in a child process, which loads qlite.django.worker:app.
+    timed = qlite.Client(queue.url).put(tasks.add.module_path, [1, 2], timeout=30)
+    out = manage(queue, "qlite_worker", "--burst")
+    assert out.returncode == 0, out.stderr
+    pooled = tasks.send_mail.enqueue("b@example.com")  # for the process pool alone
+    out = manage(queue, "qlite_worker", "--burst", "--pool", "process")
+    assert out.returncode == 0, out.stderr
+    assert tasks.add.get_result(timed.id).return_value == 3
+    assert tasks.send_mail.get_result(pooled.id).return_value == {
+        "to": "b@example.com", "subject": "hi"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,12 @@ from qlite.django.compat import (
     task_enqueued,
 )
 from qlite.errors import JobNotFound
+
+# Django makes a backend per thread (per request under runserver and threaded servers): the
+# S3 client, some 0.2 s to build, and the project's tasks are shared by every backend.
+_clients: dict[tuple, Any] = {}
+_tasks: dict[str, Any] = {}
+_lock = threading.Lock()
 
 STATUS = {"pending": "READY", "queued": "READY", "scheduled": "READY", "running": "RUNNING",
           "succeeded": "SUCCESSFUL", "failed": "FAILED", "cancelled": "FAILED"}
@@ -50,19 +57,25 @@ class QliteBackend(BaseTaskBackend):
                 f"TASKS[{alias!r}]['OPTIONS']: unknown option(s) {sorted(unknown)}. "
                 "Try: url, endpoint_url, max_attempts")
         self.max_attempts = self.options.get("max_attempts")
-        self._client: Any = None
-        self._lock = threading.Lock()
-        self._tasks: dict[str, Any] | None = None
 
     @property
     def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
+        """The qlite Client of this configuration, built once per process."""
+        url = self.options.get("url") or os.environ.get("QLITE_URL")
+        endpoint = self.options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        key = (url, endpoint, os.environ.get("QLITE_SIGNING_KEY"))
+        with _lock:
+            if key not in _clients:
                 from qlite.producer import Client
 
-                self._client = Client(self.options.get("url"),
-                                      endpoint_url=self.options.get("endpoint_url"))
-            return self._client
+                _clients[key] = Client(url, endpoint_url=endpoint)
+            return _clients[key]
+
+    def connect(self) -> None:
+        """Build the S3 client now, without sending a request: importing boto3 and loading its
+        models take some 0.5 s, which the first enqueue of a process would otherwise pay. Call
+        it where the web process starts (wsgi.py)."""
+        self.client.store.client  # noqa: B018 - the property builds it
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
         self.validate_task(task)
@@ -77,7 +90,7 @@ class QliteBackend(BaseTaskBackend):
                               # results/ repeats the arguments: get_result returns them
                               meta={"record_args": True})
         result = TaskResult(task=task, id=job.id, status=TaskResultStatus.READY,
-                            enqueued_at=datetime.now(UTC), started_at=None, finished_at=None,
+                            enqueued_at=id_time(job.id), started_at=None, finished_at=None,
                             last_attempted_at=None, args=args, kwargs=kwargs,
                             backend=self.alias, errors=[], worker_ids=[])
         task_enqueued.send(type(self), task_result=result)
@@ -125,9 +138,10 @@ class QliteBackend(BaseTaskBackend):
         """The project's Task with this module path (None if there is none)."""
         from qlite.django.registry import discover
 
-        if self._tasks is None or path not in self._tasks:
-            self._tasks = discover()
-        return self._tasks.get(path)
+        with _lock:
+            if path not in _tasks:
+                _tasks.update(discover())
+            return _tasks.get(path)
 
     def _arguments(self, status: dict) -> tuple[list, dict]:
         if isinstance(status.get("args"), list):  # the result record repeats them
@@ -150,6 +164,13 @@ def class_path(kind: str) -> str:
     if isinstance(getattr(errors, kind, None), type):
         return f"qlite.errors.{kind}"
     return kind
+
+
+def id_time(job_id: str) -> datetime:
+    """The time in a UUIDv7 job id (its first 48 bits, in ms): the envelope's ``enqueued_at``,
+    so the result of enqueue equals what get_result reads back."""
+    ms = int(job_id.replace("-", "")[:12], 16)
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
 
 
 def _time(text: Any) -> datetime | None:

@@ -78,7 +78,7 @@ def handler(task: Any) -> Any:
             else:
                 value = task.call(*args, **kwargs)
             value = normalize_json(value)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # as Django's backends: sys.exit() fails the task
             import traceback
 
             object.__setattr__(result, "finished_at", datetime.now(UTC))

@@ -314,8 +314,11 @@ class Worker:
             try:
                 outcome = future.result()
             except BaseException as e:  # run() catches Exception; this is SystemExit & co.
-                outcome = Outcome("error", error={"type": type(e).__name__, "message": str(e),
-                                                  "traceback": None})
+                import traceback
+
+                outcome = Outcome("error", error={
+                    "type": type(e).__name__, "message": str(e),
+                    "traceback": "".join(traceback.format_exception(e))})
             crash_point("after_handler")
             try:
                 self._record(claim, outcome)

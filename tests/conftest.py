@@ -71,7 +71,7 @@ def _started(make: Callable[[int], Server], attempts: int = 3) -> Server:
             server.create_bucket("qlite-tests")
             return server
         except Exception:
-            server.stop()
+            server.stop(grace=0)
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
@@ -81,14 +81,14 @@ def _started(make: Callable[[int], Server], attempts: int = 3) -> Server:
 def seaweed(tmp_path_factory):
     server = _started(lambda _: SeaweedFS(tmp_path_factory.mktemp("seaweedfs")))
     yield server
-    server.stop()
+    server.stop(grace=0)  # its data goes with the session
 
 
 @pytest.fixture(scope="session")
 def moto():
     server = _started(lambda _: MotoServer())
     yield server
-    server.stop()
+    server.stop(grace=0)  # its data goes with the session
 
 
 # `make test-endpoint ENDPOINT=...`: the `s3` fixture runs against that one server instead.

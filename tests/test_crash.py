@@ -2,23 +2,16 @@
 
 import json
 import signal
-import time
 
 import pytest
 
 import qlite
+from conftest import eventually, start_worker
 from conftest import qlite as run_qlite
-from conftest import start_worker
 
 
-def wait_for(path_glob, directory, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = sorted(directory.glob(path_glob))
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"nothing matched {path_glob} in {directory} within {timeout}s")
+def wait_for(path_glob, directory):
+    return eventually(lambda: sorted(directory.glob(path_glob)), what=f"{path_glob} in {directory}")
 
 
 def test_a_job_whose_worker_was_killed_runs_again_after_restart_and_completes(s3, tmp_path):

@@ -39,11 +39,13 @@ if not SERVERS or set(SERVERS) - set(KNOWN_SERVERS):
         f"(got {os.environ['QLITE_TEST_SERVERS']!r}). Try: QLITE_TEST_SERVERS=seaweedfs,moto")
 
 
-def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str | None = None) -> Any:
-    """``check()``'s first truthy value, asking again until ``timeout`` seconds have passed; an
-    AssertionError raised by ``check`` counts as "not yet". For what another process or
-    thread makes true (a log line, a file, a job's state). The timeout only bounds a test
-    that would otherwise hang: it is generous so that a busy machine does not fail it."""
+def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str | None = None,
+               every: float = 0.2) -> Any:
+    """``check()``'s first truthy value, asking again (at most every ``every`` seconds) until
+    ``timeout`` seconds have passed; an AssertionError raised by ``check`` counts as "not
+    yet". For what another process or thread makes true (a log line, a file, a job's state).
+    The timeout only bounds a test that would otherwise hang: it is generous so that a busy
+    machine does not fail it."""
     deadline = time.monotonic() + timeout
     pause = 0.01
     while True:
@@ -58,7 +60,7 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str | None
             name = what or getattr(check, "__name__", "the condition")
             raise AssertionError(f"{name} did not happen within {timeout:g}s; last: {last!r}")
         time.sleep(pause)
-        pause = min(pause * 2, 0.2)
+        pause = min(pause * 2, every)
 
 
 def _started(make: Callable[[int], Server], attempts: int = 3) -> Server:

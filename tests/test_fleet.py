@@ -13,8 +13,8 @@ import pytest
 from faultproxy import FaultProxy
 
 import qlite
+from conftest import eventually, start_worker
 from conftest import qlite as run_qlite
-from conftest import start_worker
 from qlite.settings import Settings
 from qlite.store import Store
 from qlite.worker.fleet import describe
@@ -25,17 +25,6 @@ from qlite.worker.fleet import describe
 LEASE = 6
 QUIET_LEASE = 15
 SHARDS = 16
-
-
-def eventually(check, timeout=60.0, every=0.1):
-    """Poll ``check`` until it returns something truthy; fail with its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout}s: {value!r}"
-        time.sleep(every)
 
 
 class Fleet:

@@ -193,11 +193,12 @@ def test_an_idempotency_key_put_again_after_completion_does_not_run_again(s3):
 
 
 def test_a_delayed_job_waits_for_its_time(s3):
-    job = qlite.Client().put("math.add", [1, 1], delay=1.5)
-    Worker(app, s3.settings()).run(burst=True)
+    put_at = time.time()
+    job = qlite.Client().put("math.add", [1, 1], delay=60)
+    Worker(app, s3.settings(), clock=lambda: put_at).run(burst=True)
     assert Index(s3.db).get(job.id)["state"] == "scheduled"
     assert job.status()["state"] == "pending"
-    later = lambda: time.time() + 1.6  # noqa: E731 - the worker comes once the delay passed
+    later = lambda: time.time() + 61  # noqa: E731 - the worker comes once the delay passed
     assert drain_with(app, s3, [job], worker={"clock": later})[0]["result"] == 2
 
 

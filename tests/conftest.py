@@ -42,32 +42,40 @@ if not SERVERS or set(SERVERS) - set(KNOWN_SERVERS):
 def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str | None = None,
                every: float = 0.2) -> Any:
     """``check()``'s first truthy value, asking again (at most every ``every`` seconds) until
-    ``timeout`` seconds have passed; an AssertionError raised by ``check`` counts as "not
-    yet". For what another process or thread makes true (a log line, a file, a job's state).
-    The timeout only bounds a test that would otherwise hang: it is generous so that a busy
-    machine does not fail it."""
+    ``timeout`` seconds have passed. For what another process or thread makes true (a log
+    line, a file, a job's state). A falsy answer means "not yet" (a ``NotYet`` says what was
+    seen, for the failure message); an assertion failing inside ``check`` fails at once. The
+    timeout only bounds a test that would otherwise hang: generous, so that a busy machine
+    does not fail it."""
     deadline = time.monotonic() + timeout
     pause = 0.01
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-            last: Any = value
-        except AssertionError as e:
-            last = e
+    while not (value := check()):
         if time.monotonic() >= deadline:
             name = what or getattr(check, "__name__", "the condition")
-            raise AssertionError(f"{name} did not happen within {timeout:g}s; last: {last!r}")
+            raise AssertionError(f"{name} did not happen within {timeout:g}s; last: {value!r}")
         time.sleep(pause)
         pause = min(pause * 2, every)
+    return value
 
 
-def _started(make: Callable[[int], Server], attempts: int = 3) -> Server:
+class NotYet:
+    """A falsy answer for ``eventually`` that carries what was seen."""
+
+    def __init__(self, seen: Any):
+        self.seen = seen
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return repr(self.seen)
+
+
+def _started(make: Callable[[], Server], attempts: int = 3) -> Server:
     """A started server; a start that fails (a port taken between choosing it and binding it,
     by another test process) is tried again on fresh ports."""
     for attempt in range(attempts):
-        server = make(attempt)
+        server = make()
         try:
             server.start()
             server.create_bucket("qlite-tests")
@@ -81,14 +89,14 @@ def _started(make: Callable[[int], Server], attempts: int = 3) -> Server:
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
-    server = _started(lambda _: SeaweedFS(tmp_path_factory.mktemp("seaweedfs")))
+    server = _started(lambda: SeaweedFS(tmp_path_factory.mktemp("seaweedfs")))
     yield server
     server.stop(grace=0)  # its data goes with the session
 
 
 @pytest.fixture(scope="session")
 def moto():
-    server = _started(lambda _: MotoServer())
+    server = _started(MotoServer)
     yield server
     server.stop(grace=0)  # its data goes with the session
 
@@ -249,12 +257,11 @@ def drain_with(app, target: Target, jobs, timeout: float = 60.0, settings: dict 
     """Run burst workers of ``app`` until every job is terminal; return their statuses."""
     from qlite.worker.loop import Worker
 
-    def terminal() -> list[dict] | None:
+    def terminal() -> list[dict] | NotYet:
         Worker(app, target.settings(**(settings or {})), **(worker or {})).run(burst=True)
         statuses = [j.status() for j in jobs]
-        assert all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses), \
-            statuses
-        return statuses
+        done = all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses)
+        return statuses if done else NotYet(statuses)
 
     return eventually(terminal, timeout, "every job finished")
 

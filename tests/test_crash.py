@@ -105,10 +105,9 @@ def test_a_crash_is_pinned_on_the_poison_pill_not_on_the_jobs_beside_it(s3, tmp_
     for kill in range(1, 4):
         seen = set(marks.glob("*.started"))
         worker = start_worker(*args, env=s3.env, log=tmp_path / f"w{kill}.log")
-        deadline = time.monotonic() + 60
-        while not set(marks.glob("*.started")) - seen and worker.poll() is None:
-            assert time.monotonic() < deadline, (tmp_path / f"w{kill}.log").read_text()
-            time.sleep(0.02)
+        eventually(lambda seen=seen, worker=worker: set(marks.glob("*.started")) - seen
+                   or worker.poll() is not None, what=f"a job started by worker {kill}",
+                   every=0.02)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     # The restart loop goes on until the work is done.

@@ -10,8 +10,9 @@ from conftest import eventually, start_worker
 from conftest import qlite as run_qlite
 
 
-def wait_for(path_glob, directory):
-    return eventually(lambda: sorted(directory.glob(path_glob)), what=f"{path_glob} in {directory}")
+def wait_for(path_glob, directory, timeout=60.0):
+    return eventually(lambda: sorted(directory.glob(path_glob)), timeout,
+                      what=f"{path_glob} in {directory}")
 
 
 def test_a_job_whose_worker_was_killed_runs_again_after_restart_and_completes(s3, tmp_path):

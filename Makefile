@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Test processes (pytest-xdist): each starts SeaweedFS (and moto server when a test asks).
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help install run demo-web test check lint clean bench chaos test-endpoint browser test-django6
+.PHONY: help install run demo-web test test-all check lint clean bench chaos test-endpoint browser test-django6
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,8 +30,11 @@ demo-web: $(STAMP) ## the feeds example (a Django site + worker) on a local Seaw
 browser: ## Debian's Chromium for the dashboard's browser tests (apt-get, as root)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
-test: $(STAMP) browser ## run the suite (starts SeaweedFS and moto server on free ports)
-	$(PY) -m pytest -q -p no:cacheprovider
+test: $(STAMP) browser ## the suite on SeaweedFS, store conformance also on moto [TEST_WORKERS=auto|0|N]
+	$(PYTEST) -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-all: $(STAMP) browser ## the whole suite on SeaweedFS and on moto server
+	QLITE_TEST_SERVERS=seaweedfs,moto $(PYTEST) -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # A python3.12 that runs (a pyenv shim is found on PATH even when 3.12 is not the active version).
 PY312 := $(shell for p in $$(command -v python3.12) $$(ls $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 2>/dev/null); do $$p -c "" 2>/dev/null && echo $$p && break; done)
@@ -48,7 +54,7 @@ test-django6: ## qlite.django on Django 6 + Django's own tests/tasks on qlite (p
 
 test-endpoint: $(STAMP) ## the suite against any S3 endpoint: ENDPOINT=http://host:port [PYTEST_ARGS=...]
 	@test -n "$(ENDPOINT)" || { echo "Error: ENDPOINT is not set. Try: make test-endpoint ENDPOINT=http://127.0.0.1:4566 (see localstack/README.md)" >&2; exit 2; }
-	QLITE_TEST_ENDPOINT=$(ENDPOINT) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	QLITE_TEST_ENDPOINT=$(ENDPOINT) $(PYTEST) $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check qlite tests scripts examples
@@ -57,7 +63,7 @@ lint: $(STAMP) ## ruff and mypy
 check: lint test ## ruff, mypy, then the suite: what .ci/run runs
 
 chaos: $(STAMP) ## the long chaos tier: 5,000 jobs, 25 SIGKILLs, both servers
-	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 QLITE_CHAOS_SERVERS=seaweedfs,moto $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py
+	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 QLITE_CHAOS_SERVERS=seaweedfs,moto $(PYTEST) -s tests/test_chaos.py
 
 bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery (~10 min; bench/results.*)
 	bash bench/ensure.sh $(PY)

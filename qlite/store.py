@@ -430,10 +430,17 @@ def _seconds(when: Any) -> float:
     return when.timestamp() if when is not None else 0.0
 
 
+_loader: Any = None  # botocore's data loader, shared by the clients of this process
+_loader_lock = threading.Lock()
+
+
 def _make_client(endpoint_url: str | None, **credentials: str) -> Any:
     """A boto3 S3 client; ``credentials`` (aws_access_key_id=...) override the environment's."""
-    import boto3
+    import botocore.session
+    from boto3.s3.inject import inject_s3_transfer_methods
     from botocore.config import Config
+
+    global _loader
 
     options: dict[str, Any] = {
         "connect_timeout": 3,
@@ -453,5 +460,14 @@ def _make_client(endpoint_url: str | None, **credentials: str) -> Any:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if not credentials.get("region_name") and not region:
             kwargs["region_name"] = "us-east-1"
-    session = boto3.session.Session()
-    return session.client("s3", config=Config(**options), **{**kwargs, **credentials})
+    # A fresh session reads the environment's credentials and region as they are now; sharing
+    # the loader spares it parsing botocore's endpoint and S3 model files again (about 0.3 s
+    # of JSON per client, paid by every Client and Worker a process makes).
+    session = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = session.get_component("data_loader")
+    session.register_component("data_loader", _loader)
+    # What a boto3 session adds to its S3 clients: upload_fileobj, copy (managed transfers).
+    session.register("creating-client-class.s3", inject_s3_transfer_methods)
+    return session.create_client("s3", config=Config(**options), **{**kwargs, **credentials})

@@ -1,14 +1,27 @@
-"""Real servers for the suite: one SeaweedFS and one moto server per session, a fresh bucket
-per test, and helpers to run the real ``qlite`` command and worker processes."""
+"""Real servers for the suite: a SeaweedFS (and, when a test asks for it, a moto server) per
+test process, a fresh prefix per test, and helpers to run the real ``qlite`` command, in
+process or as worker processes, and to wait for what another process does.
+
+Which servers: the suite runs on SeaweedFS; the store conformance suite
+(tests/test_store_conformance.py) runs on SeaweedFS and moto server, so what differs between
+S3 servers is checked on both. ``QLITE_TEST_SERVERS=seaweedfs,moto`` (``make test-all``) runs
+every test on both; ``QLITE_TEST_ENDPOINT`` (``make test-endpoint``) runs them on one server
+started elsewhere. Under pytest-xdist each worker process starts servers of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,18 +32,75 @@ ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = Path(__file__).resolve().parent / "apps"
 CHROMIUM = Path("/usr/bin/chromium")
 
+KNOWN_SERVERS = ("seaweedfs", "moto")
+SERVERS = [s.strip() for s in os.environ.get("QLITE_TEST_SERVERS", "seaweedfs").split(",")
+           if s.strip()]
+if not SERVERS or set(SERVERS) - set(KNOWN_SERVERS):
+    raise pytest.UsageError(
+        f"QLITE_TEST_SERVERS: expected a comma-separated list of {', '.join(KNOWN_SERVERS)} "
+        f"(got {os.environ['QLITE_TEST_SERVERS']!r}). Try: QLITE_TEST_SERVERS=seaweedfs,moto")
+
+
+def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str | None = None,
+               every: float = 0.2) -> Any:
+    """``check()``'s first truthy value, asking again (at most every ``every`` seconds) until
+    ``timeout`` seconds have passed. For what another process or thread makes true (a log
+    line, a file, a job's state). A falsy answer means "not yet" (a ``NotYet`` says what was
+    seen, for the failure message); an assertion failing inside ``check`` fails at once. The
+    timeout only bounds a test that would otherwise hang: generous, so that a busy machine
+    does not fail it."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while not (value := check()):
+        if time.monotonic() >= deadline:
+            name = what or getattr(check, "__name__", "the condition")
+            raise AssertionError(f"{name} did not happen within {timeout:g}s; last: {value!r}")
+        time.sleep(pause)
+        pause = min(pause * 2, every)
+    return value
+
+
+class NotYet:
+    """A falsy answer for ``eventually`` that carries what was seen."""
+
+    def __init__(self, seen: Any):
+        self.seen = seen
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return repr(self.seen)
+
+
+def _started(make: Callable[[], Server], attempts: int = 3) -> Server:
+    """A started server; a start that fails (a port taken between choosing it and binding it,
+    by another test process) is tried again on fresh ports."""
+    for attempt in range(attempts):
+        server = make()
+        try:
+            server.start()
+            server.create_bucket("qlite-tests")
+            return server
+        except Exception:
+            server.stop(grace=0)
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
-    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as server:
-        server.create_bucket("qlite-warmup")
-        yield server
+    server = _started(lambda: SeaweedFS(tmp_path_factory.mktemp("seaweedfs")))
+    yield server
+    server.stop(grace=0)  # its data goes with the session
 
 
 @pytest.fixture(scope="session")
 def moto():
-    with MotoServer() as server:
-        yield server
+    server = _started(MotoServer)
+    yield server
+    server.stop(grace=0)  # its data goes with the session
 
 
 # `make test-endpoint ENDPOINT=...`: the `s3` fixture runs against that one server instead.
@@ -83,26 +153,41 @@ def _clean_env() -> dict:
             if not k.startswith(("AWS_", "QLITE_")) or k == "AWS_CA_BUNDLE"}
 
 
-@pytest.fixture(params=["external"] if EXTERNAL else ["seaweedfs", "moto"])
-def s3(request, tmp_path, monkeypatch) -> Target:
+def _target(request, name: str, tmp_path: Path, monkeypatch, **extra: str) -> Target:
     server = request.getfixturevalue(
-        {"seaweedfs": "seaweed", "moto": "moto", "external": "external"}[request.param])
+        {"seaweedfs": "seaweed", "moto": "moto", "external": "external"}[name])
     # One bucket per server, a fresh prefix per test: SeaweedFS gives every bucket volumes of
     # its own and runs out of them after some 80 buckets.
-    bucket = EXTERNAL_BUCKET if EXTERNAL else "qlite-tests"
+    bucket = EXTERNAL_BUCKET if name == "external" else "qlite-tests"
     server.create_bucket(bucket)
     prefix = f"t{uuid.uuid4().hex[:12]}/q/"
     url = f"s3://{bucket}/{prefix}"
+    # QLITE_REPLICATE: tests/test_replica.py and the chaos suite turn it on.
     env = {**_clean_env(), **server.env(), "QLITE_URL": url, "QLITE_DB": str(tmp_path / "i.db"),
-           "PYTHONPATH": str(TASKS_DIR), "QLITE_POLL_MAX": "0.5", "QLITE_POLL_MIN": "0.1",
-           "QLITE_REPLICATE": "off"}  # tests/test_replica.py and the chaos suite turn it on
+           "PYTHONPATH": str(TASKS_DIR), "QLITE_REPLICATE": "off", **extra}
     # In-process tests read the same settings from the environment.
     for k in [k for k in os.environ if k.startswith(("AWS_", "QLITE_")) and k != "AWS_CA_BUNDLE"]:
         monkeypatch.delenv(k)
     for k, v in env.items():
         if k.startswith(("AWS_", "QLITE_")):
             monkeypatch.setenv(k, v)
-    return Target(request.param, server, bucket, url, env, tmp_path / "i.db", prefix)
+    return Target(name, server, bucket, url, env, tmp_path / "i.db", prefix)
+
+
+POLL = {"QLITE_POLL_MAX": "0.5", "QLITE_POLL_MIN": "0.1"}
+
+
+@pytest.fixture(params=["external"] if EXTERNAL else SERVERS)
+def s3(request, tmp_path, monkeypatch) -> Target:
+    """A queue on the run's server(s): SeaweedFS unless QLITE_TEST_SERVERS says otherwise."""
+    return _target(request, request.param, tmp_path, monkeypatch, **POLL)
+
+
+@pytest.fixture(params=["external"] if EXTERNAL else KNOWN_SERVERS)
+def any_s3(request, tmp_path, monkeypatch) -> Target:
+    """Like ``s3`` but on SeaweedFS and moto server in every run: for what S3 servers may do
+    differently (tests/test_store_conformance.py)."""
+    return _target(request, request.param, tmp_path, monkeypatch, **POLL)
 
 
 @pytest.fixture
@@ -110,18 +195,7 @@ def seaweed_target(request, tmp_path, monkeypatch) -> Target:
     """Like ``s3`` but SeaweedFS only (for what moto cannot show, e.g. refused credentials)."""
     if EXTERNAL:
         pytest.skip("needs the local SeaweedFS; QLITE_TEST_ENDPOINT selects another server")
-    seaweed = request.getfixturevalue("seaweed")
-    bucket = "qlite-tests"
-    seaweed.create_bucket(bucket)
-    prefix = f"t{uuid.uuid4().hex[:12]}/q/"
-    url = f"s3://{bucket}/{prefix}"
-    env = {**_clean_env(), **seaweed.env(), "QLITE_URL": url,
-           "QLITE_DB": str(tmp_path / "i.db"), "PYTHONPATH": str(TASKS_DIR),
-           "QLITE_REPLICATE": "off"}
-    for k, v in env.items():
-        if k.startswith(("AWS_", "QLITE_")):
-            monkeypatch.setenv(k, v)
-    return Target("seaweedfs", seaweed, bucket, url, env, tmp_path / "i.db", prefix)
+    return _target(request, "seaweedfs", tmp_path, monkeypatch)
 
 
 def qlite(*args: str, env: dict, input: str | None = None, timeout: float = 60,
@@ -137,21 +211,61 @@ def start_worker(*args: str, env: dict, log: Path) -> subprocess.Popen:
                             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def drain_with(app, target: Target, jobs, timeout: float = 30.0, settings: dict | None = None,
+def cli(*args: str, env: dict, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a ``qlite`` command in this process, as ``qlite`` would run it (``put`` through
+    its argparse path, the rest through typer) with ``env`` as the whole environment: for
+    the many checks of a command's output and errors. tests/test_cli.py runs each command
+    once more through the real entry point in a subprocess."""
+    from typer.testing import CliRunner
+
+    from qlite.cli import put
+    from qlite.cli.main import app
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    sys.path[:0] = path  # --app MODULE:ATTR imports as the command would
+    root = logging.getLogger()  # `qlite worker` sets up logging before it loads the app
+    handlers, level = list(root.handlers), root.level
+    try:
+        if args[:1] == ("put",):
+            out, err = io.StringIO(), io.StringIO()
+            stdin = sys.stdin
+            sys.stdin = io.StringIO(input or "")
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    try:
+                        code = put.main(list(args[1:]))
+                    except SystemExit as e:  # argparse's usage errors
+                        code = e.code if isinstance(e.code, int) else 1
+            finally:
+                sys.stdin = stdin
+            return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+        result = CliRunner().invoke(app, list(args), input=input, prog_name="qlite")
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a traceback is a bug: show it
+        return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        for p in path:
+            sys.path.remove(p)
+        root.handlers[:], root.level = handlers, level
+
+
+def drain_with(app, target: Target, jobs, timeout: float = 60.0, settings: dict | None = None,
                worker: dict | None = None) -> list[dict]:
     """Run burst workers of ``app`` until every job is terminal; return their statuses."""
-    import time
-
     from qlite.worker.loop import Worker
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def terminal() -> list[dict] | NotYet:
         Worker(app, target.settings(**(settings or {})), **(worker or {})).run(burst=True)
         statuses = [j.status() for j in jobs]
-        if all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses):
-            return statuses
-        assert time.monotonic() < deadline, statuses
-        time.sleep(0.05)
+        done = all(s["state"] in ("succeeded", "failed", "cancelled") for s in statuses)
+        return statuses if done else NotYet(statuses)
+
+    return eventually(terminal, timeout, "every job finished")
 
 
 def bucket_keys(target: Target, prefix: str) -> list[str]:

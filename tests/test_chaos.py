@@ -56,7 +56,7 @@ def chaos(request, tmp_path, monkeypatch):
             monkeypatch.setenv(k, v)
     yield request.param, server, own, bucket, env
     if own:
-        own.stop()
+        own.stop(grace=0)  # a restart in the test stops it gently; its data is not kept
 
 
 def _duplicates_since(ledger, seen: tuple[int, set]) -> tuple[tuple[int, set], int]:

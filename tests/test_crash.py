@@ -2,23 +2,17 @@
 
 import json
 import signal
-import time
 
 import pytest
 
 import qlite
+from conftest import eventually, start_worker
 from conftest import qlite as run_qlite
-from conftest import start_worker
 
 
-def wait_for(path_glob, directory, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = sorted(directory.glob(path_glob))
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"nothing matched {path_glob} in {directory} within {timeout}s")
+def wait_for(path_glob, directory, timeout=60.0):
+    return eventually(lambda: sorted(directory.glob(path_glob)), timeout,
+                      what=f"{path_glob} in {directory}")
 
 
 def test_a_job_whose_worker_was_killed_runs_again_after_restart_and_completes(s3, tmp_path):
@@ -112,10 +106,9 @@ def test_a_crash_is_pinned_on_the_poison_pill_not_on_the_jobs_beside_it(s3, tmp_
     for kill in range(1, 4):
         seen = set(marks.glob("*.started"))
         worker = start_worker(*args, env=s3.env, log=tmp_path / f"w{kill}.log")
-        deadline = time.monotonic() + 60
-        while not set(marks.glob("*.started")) - seen and worker.poll() is None:
-            assert time.monotonic() < deadline, (tmp_path / f"w{kill}.log").read_text()
-            time.sleep(0.02)
+        eventually(lambda seen=seen, worker=worker: set(marks.glob("*.started")) - seen
+                   or worker.poll() is not None, what=f"a job started by worker {kill}",
+                   every=0.02)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     # The restart loop goes on until the work is done.

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_observe import run_jobs
 
-from conftest import ROOT, bucket_keys, qlite
+from conftest import ROOT, bucket_keys, eventually, qlite
 
 OUTPUT = ROOT / "tests" / "output"
 TOKEN = "t0k3n-for-the-dashboard-test"
@@ -164,10 +163,13 @@ def test_dashboard_with_a_token_retries_a_failed_job_from_the_page(s3, dashboard
     # The marker reached the bucket; the worker applies it and runs the job again.
     assert any(k.startswith(f"inbox/default/{bad[0]}.retry.") for k in bucket_keys(s3, "inbox/"))
     client = q.Client()
-    deadline = time.monotonic() + 90
-    while (s := client.status(bad[0]))["attempts"] < 4 or s["state"] != "failed":
-        assert time.monotonic() < deadline, s
+
+    def failed_again() -> bool:
         assert qlite("worker", "--app", "testapp:app", "--burst", env=s3.env).returncode == 0
+        s = client.status(bad[0])
+        return s["attempts"] >= 4 and s["state"] == "failed"
+
+    eventually(failed_again, 90, "the retried job's two more attempts")
     # The page follows: four attempts, each with its traceback.
     expect(page.locator("#detail .attempt")).to_have_count(4)
     expect(page.locator("#detail pre.tb")).to_have_count(4)

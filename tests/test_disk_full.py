@@ -8,15 +8,15 @@ import time
 import pytest
 
 import qlite
-from conftest import start_worker
+from conftest import eventually, start_worker
 
 
-def wait_for_text(path, text, proc, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text():
+def wait_for_text(path, text, proc):
+    def logged():
         assert proc.poll() is None, path.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{text!r} not logged: {path.read_text()[-3000:]}"
-        time.sleep(0.1)
+        return text in path.read_text()
+
+    eventually(logged, what=f"{text!r} in {path}")
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ def doctor(env: dict, *args: str) -> tuple[int, dict, str]:
     return out.returncode, {c["name"]: c for c in json.loads(out.stdout)["checks"]}, out.stderr
 
 
-def test_doctor_finds_nothing_wrong_with_a_sound_server_and_leaves_nothing_behind(s3):
+def test_doctor_finds_nothing_wrong_with_a_sound_server_and_leaves_nothing_behind(any_s3):
+    s3 = any_s3  # doctor's checks are about the server: run on every one
     code, checks, _ = doctor(s3.env)
     assert code == 0, checks
     assert all(checks[name]["status"] == OK for name in S3_CHECKS), checks
@@ -48,7 +49,8 @@ def test_an_unreachable_endpoint_fails_with_a_fix_and_exit_1(s3):
     assert text.returncode == 1 and "fix: " in text.stdout and "Traceback" not in text.stderr
 
 
-def test_a_missing_bucket_fails_with_how_to_create_it(s3):
+def test_a_missing_bucket_fails_with_how_to_create_it(any_s3):
+    s3 = any_s3  # servers answer a missing bucket differently
     env = {**s3.env, "QLITE_URL": "s3://qlite-no-such-bucket/jobs"}
     code, checks, _ = doctor(env)
     assert code == 1

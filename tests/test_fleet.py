@@ -13,8 +13,8 @@ import pytest
 from faultproxy import FaultProxy
 
 import qlite
+from conftest import eventually, start_worker
 from conftest import qlite as run_qlite
-from conftest import start_worker
 from qlite.settings import Settings
 from qlite.store import Store
 from qlite.worker.fleet import describe
@@ -25,17 +25,6 @@ from qlite.worker.fleet import describe
 LEASE = 6
 QUIET_LEASE = 15
 SHARDS = 16
-
-
-def eventually(check, timeout=60.0, every=0.1):
-    """Poll ``check`` until it returns something truthy; fail with its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout}s: {value!r}"
-        time.sleep(every)
 
 
 class Fleet:
@@ -69,11 +58,13 @@ class Fleet:
         return describe(self.store)
 
     def balanced(self, n: int) -> dict | None:
-        """The fleet once it has ``n`` live members, each owning shards, and no shard free."""
+        """The fleet once it has ``n`` live members, each owning shards, none more than its
+        fair share ceil(shards / n), and no shard free: the handovers are done."""
         s = self.state()
         live = [m for m in s["members"] if not m["fenced_by"] and not m["draining"]]
-        if len(live) == n and all(m["shards"] > 0 for m in live) and s["unowned"] == 0 \
-                and sum(m["shards"] for m in live) == SHARDS:
+        share = -(-SHARDS // n)
+        if len(live) == n and all(0 < m["shards"] <= share for m in live) \
+                and s["unowned"] == 0 and sum(m["shards"] for m in live) == SHARDS:
             return s
         return None
 

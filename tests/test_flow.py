@@ -10,7 +10,7 @@ import time
 import pytest
 
 import qlite
-from conftest import bucket_keys, drain_with, start_worker
+from conftest import bucket_keys, drain_with, eventually, start_worker
 from conftest import qlite as run_qlite
 from qlite.index.db import Index
 from qlite.worker.loop import Worker
@@ -151,10 +151,7 @@ def test_a_running_child_process_job_is_killed_on_cancel(s3, tmp_path):
     worker = Worker(app, s3.settings())
     thread = run_in_thread(worker)
     try:
-        deadline = time.monotonic() + 60
-        while not flag.exists():
-            assert time.monotonic() < deadline, "the child never started"
-            time.sleep(0.05)
+        eventually(flag.exists, what="the child's start")
         client.cancel(job.id)
         status = job.wait(timeout=30)
     finally:
@@ -378,12 +375,8 @@ def test_two_worker_processes_run_each_tick_once(s3, tmp_path):
     procs = [start_worker("--app", "periodicapp:app", "--concurrency", "2", env=env,
                           log=tmp_path / f"w{i}.log") for i in range(2)]
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            lines = ledger.read_text().splitlines() if ledger.exists() else []
-            if len(lines) >= 6:
-                break
-            time.sleep(0.2)
+        eventually(lambda: ledger.exists() and len(ledger.read_text().splitlines()) >= 6,
+                   what="six ticks in the ledger")
     finally:
         for p in procs:
             p.terminate()

@@ -3,11 +3,10 @@ the job (qlite logs ID), under concurrency and in child processes."""
 
 import json
 import sqlite3
-import time
 
 import pytest
 
-from conftest import qlite
+from conftest import eventually, qlite
 from qlite import Client
 from qlite.index.db import Index
 from qlite.worker.logs import MAX_LINES
@@ -24,16 +23,16 @@ def put_chatty(env: dict, n: int, task: str = "log.chatty", **kwargs) -> dict[st
 def drain(env: dict, jobs, *args: str) -> str:
     """Run burst workers until every job is terminal (a retry waits for its back-off);
     returns their stdout and stderr."""
-    output = ""
-    deadline = time.monotonic() + 120
-    while True:
+    output = []
+
+    def finished() -> bool:
         out = qlite("worker", "--app", "logapp:app", "--burst", *args, env=env, timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
-        output += out.stdout + out.stderr
-        if all(Client().status(j)["state"] in ("succeeded", "failed") for j in jobs):
-            return output
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+        output.append(out.stdout + out.stderr)
+        return all(Client().status(j)["state"] in ("succeeded", "failed") for j in jobs)
+
+    eventually(finished, 120, "every job finished")
+    return "".join(output)
 
 
 def test_json_log_lines_are_json_and_job_lines_carry_the_job_fields(s3):

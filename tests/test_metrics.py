@@ -2,12 +2,11 @@
 
 import re
 import signal
-import time
 import urllib.request
 
 from test_imports import third_party_modules
 
-from conftest import qlite, start_worker
+from conftest import eventually, qlite, start_worker
 from qlite import Client
 from qlite.testing.devserver import free_port
 
@@ -36,14 +35,13 @@ def test_a_worker_serves_job_queue_and_s3_metrics(s3, tmp_path):
     try:
         for job in [*ok, bad]:
             job.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while True:  # the loop records, then publishes: wait until the counters show it
+        def counted() -> str | None:  # the loop records, then publishes: wait for the counter
             text = scrape(port)
-            if value(text, "qlite_jobs_finished_total", task="test.always_fail",
-                     state="failed") == 1:
-                break
-            assert time.monotonic() < deadline, text
-            time.sleep(0.2)
+            failed = value(text, "qlite_jobs_finished_total", task="test.always_fail",
+                           state="failed")
+            return text if failed == 1 else None
+
+        text = eventually(counted, what="the failed job in the metrics")
         assert value(text, "qlite_jobs_finished_total", task="math.add", state="succeeded") == 5
         assert value(text, "qlite_job_attempts_total", task="test.always_fail",
                      outcome="retry") == 1
@@ -58,11 +56,8 @@ def test_a_worker_serves_job_queue_and_s3_metrics(s3, tmp_path):
 
         # Jobs waiting show in the depth gauge.
         later = client.put("math.add", [1, 1], delay=3600)
-        deadline = time.monotonic() + 30
-        while value(scrape(port), "qlite_queue_depth", queue="default",
-                    state="scheduled") != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        eventually(lambda: value(scrape(port), "qlite_queue_depth", queue="default",
+                                 state="scheduled") == 1, what="the scheduled job's depth")
         assert later.status()["state"] == "pending"
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -75,11 +70,12 @@ def test_the_metrics_server_binds_loopback_by_default(s3, tmp_path):
     worker = start_worker("--app", "testapp:app", "--metrics-port", str(port), env=s3.env,
                           log=tmp_path / "worker.log")
     try:
-        deadline = time.monotonic() + 30
-        while f"metrics at http://127.0.0.1:{port}/metrics" not in (
-                tmp_path / "worker.log").read_text():
-            assert worker.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        def said() -> bool:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            return f"metrics at http://127.0.0.1:{port}/metrics" in (
+                tmp_path / "worker.log").read_text()
+
+        eventually(said, what="the metrics address in the log")
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, qlite
+from conftest import ROOT, NotYet, eventually, qlite
 from qlite.index.db import Index
 from qlite.ops.stats import PRICE_PER_1000, cost, percentile, series, stats
 
@@ -27,15 +27,14 @@ def run_jobs(target, ok: int = 5, failing: int = 2) -> tuple[list[str], list[str
     client = q.Client()
     good = [client.put("math.add", [i, i]).id for i in range(ok)]
     bad = [client.put("test.always_fail").id for _ in range(failing)]
-    deadline = time.monotonic() + 90
-    while True:
+    def finished() -> bool:
         worker = qlite("worker", "--app", "testapp:app", "--burst", env=target.env)
         assert worker.returncode == 0, worker.stderr
         states = [client.status(i)["state"] for i in good + bad]
-        if all(s in ("succeeded", "failed") for s in states):
-            return good, bad
-        assert time.monotonic() < deadline, states
-        time.sleep(0.1)
+        return all(s in ("succeeded", "failed") for s in states) or NotYet(states)
+
+    eventually(finished, 90, "every job finished")
+    return good, bad
 
 
 def test_stats_counts_states_throughput_latency_failures_and_s3_cost(s3):

@@ -7,8 +7,8 @@ import pytest
 from faultproxy import FaultProxy
 
 import qlite
+from conftest import eventually, start_worker
 from conftest import qlite as run_qlite
-from conftest import start_worker
 
 
 @pytest.fixture
@@ -47,8 +47,9 @@ def test_the_worker_rides_out_a_slowdown_and_runs_every_job_once(s3, proxy, tmp_
     try:
         for job in first:
             job.wait(timeout=60)
-        proxy.failing.set()  # S3 overloaded for a while
-        time.sleep(4)
+        seen = proxy.seen_503
+        proxy.failing.set()  # S3 overloaded for a while: the worker's calls fail, twice or more
+        eventually(lambda: proxy.seen_503 >= seen + 8, what="the worker's requests refused")
         proxy.failing.clear()
         second = client.put_many([{"task": "test.ledger", "kwargs": {"path": str(ledger)}}
                                   for _ in range(20)])

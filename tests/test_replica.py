@@ -2,12 +2,11 @@
 
 import shutil
 import sqlite3
-import time
 
 import pytest
 
 import qlite
-from conftest import bucket_keys
+from conftest import bucket_keys, eventually
 from conftest import qlite as run_qlite
 from qlite.index.db import Index, check_file
 from qlite.worker import replica
@@ -53,10 +52,12 @@ def test_replicate_on_without_litestream_is_a_clear_error(s3, monkeypatch):
 
 def test_reindex_rebuilds_finished_jobs_from_results(s3):
     job = qlite.Client().put("test.always_fail")
-    for _ in range(2):
+
+    def failed() -> bool:  # two attempts, the second after a back-off of 0.05 s
         run_qlite("worker", "--app", "testapp:app", "--burst", env=s3.env)
-        time.sleep(0.2)
-    assert job.status()["state"] == "failed"
+        return job.status()["state"] == "failed"
+
+    eventually(failed, what="the job's second failure")
     s3.db.unlink()
     result = run_qlite("reindex", env=s3.env)
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qlite
-from conftest import bucket_keys, drain_with
+from conftest import bucket_keys, drain_with, eventually
 from conftest import qlite as run_qlite
 from qlite import envelope, signing
 from qlite.errors import ConfigError, SignatureError
@@ -275,9 +275,8 @@ def test_qlite_put_and_qlite_retry_sign_with_the_key_in_the_environment(s3):
     # The retry marker is signed; the worker verifies it, then re-puts the envelope signed.
     result = run_qlite("retry", job.id, env=env)
     assert result.returncode == 0, result.stderr
-    deadline = time.monotonic() + 30
-    while (status := drain(s3, [job])[0])["state"] != "succeeded":
-        assert time.monotonic() < deadline, status
+    status = eventually(lambda: (s := drain(s3, [job])[0])["state"] == "succeeded" and s,
+                        what="the retried job's success")
     assert status["result"] == "kid=k1,"  # the envelope put back for the retry is signed
     assert Index(s3.db).quarantined() == []
 
@@ -319,8 +318,10 @@ def test_a_bad_key_setting_is_a_one_line_error_for_put_and_worker(s3):
         assert "\n" not in err and "s3cr3t" not in err, err
 
 
-def test_the_shell_recipe_signs_like_python(s3, tmp_path):
-    """docs/signing.md's openssl + curl recipe, run for real against a presigned PUT."""
+def test_the_shell_recipe_signs_like_python(any_s3, tmp_path):
+    """docs/signing.md's openssl + curl recipe, run for real against a presigned PUT, on
+    every server (user metadata set through a presigned URL)."""
+    s3 = any_s3
     env = envelope.make("math.add", [20, 22])
     path = tmp_path / "job.json"
     path.write_bytes(json.dumps(env).encode())

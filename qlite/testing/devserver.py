@@ -87,12 +87,18 @@ class Server:
                     raise
                 time.sleep(0.3)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if the server has not exited after ``grace`` seconds
+        (SeaweedFS takes seconds to exit cleanly). ``grace=0`` kills at once: for data
+        nobody keeps, as at the end of a test session."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if grace > 0:
+                self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
+                pass
+            if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None

@@ -66,7 +66,13 @@ class Context:
 
 
 def _error(kind: str, message: str, tb: str | None = None) -> dict:
-    return {"type": kind, "message": message, "traceback": tb}
+    return {"type": kind, "message": _escaped(message), "traceback": _escaped(tb)}
+
+
+def _escaped(text: str | None) -> str | None:
+    """``text`` with lone surrogates (a file name os.listdir could not decode) escaped as
+    ``\\udcff``: they cannot be encoded, so neither stored, sent, nor logged safely."""
+    return text if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:

@@ -10,6 +10,7 @@ infinite loop is stopped, and reports a child that died (os._exit, segfault, OOM
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -34,8 +35,12 @@ def _context(spec: str) -> Any:
 
 
 def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
-           log: tuple[str, str] | None = None, signing_key: Any = None) -> None:
+           log: tuple[str, str] | None = None, signing_key: Any = None,
+           environ: dict[str, str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
+    if environ is not None:  # the worker's environment now, not the forkserver's at its start
+        os.environ.clear()
+        os.environ.update(environ)
     from qlite.producer import Client
 
     if log is not None:  # the worker's level and format, on the stderr it shares
@@ -80,8 +85,10 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                        "loads the app by name: run it with qlite worker --app MODULE:ATTR"})
     mp = _context(app.spec)
     recv, send = mp.Pipe(duplex=False)
+    # The forkserver is started once, by the first job, and its children inherit the
+    # environment of that moment: hand each child the worker's environment as it is now.
     proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send, log,
-                                           signing_key),
+                                           signing_key, dict(os.environ)),
                       daemon=True, name=f"qlite-job-{claim.id}")
     proc.start()
     _children.add(proc)

@@ -220,7 +220,7 @@ class Client:
             except AccessDenied:
                 raw = b"{}" if self._listed(key) else None
             if raw is not None:
-                return _pending(job_id, q, raw)
+                return self._with_progress(_pending(job_id, q, raw))
         # A packed job (put_many): its record is in its pack's results, or the pack is pending.
         record = self._packed_result(job_id)
         if record is not None:
@@ -233,13 +233,29 @@ class Client:
             except AccessDenied:
                 present = self._listed(key)
             if present:
-                return {**_pending(job_id, q, b""), "pack": pack_id}
+                return self._with_progress({**_pending(job_id, q, b""), "pack": pack_id})
         # The worker may have finished it between our reads.
         record = self._result(job_id) or self._packed_result(job_id)
         if record is not None:
             return record
         raise JobNotFound(f"no job {job_id} in {self.store.url}: not in results/ nor inbox/ "
                           "(mistyped id, wrong QLITE_URL, or purged)")
+
+    def _with_progress(self, status: dict) -> dict:
+        """An unfinished job's status with its latest ctx.progress, if it reported any: one
+        GET of results/{id}.progress.json (docs/long-jobs.md)."""
+        try:
+            raw = self.store.get_or_none(envelope.progress_key(status["id"]))
+        except AccessDenied:
+            raw = None
+        try:
+            report = json.loads(raw) if raw is not None else None
+        except ValueError:
+            report = None
+        if isinstance(report, dict) and report.get("id") == status["id"]:
+            status["progress"] = {k: report.get(k) for k in (
+                "done", "total", "message", "at", "rate", "eta")}
+        return status
 
     def _listed(self, key: str) -> bool:
         """Whether ``key`` exists, by a LIST: a reader allowed results/ only
@@ -544,4 +560,5 @@ def _pending(job_id: str, queue: str, raw: bytes) -> dict:
     env = env if isinstance(env, dict) else {}
     return {"id": job_id, "state": PENDING, "task": env.get("task"), "queue": queue,
             "attempts": 0, "result": None, "error": None,
-            "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before")}
+            "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before"),
+            "progress": None}

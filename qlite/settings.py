@@ -73,6 +73,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a running job's lease lasts; renewed by heartbeat every third of it. A job "
             "whose worker died runs again once the lease expires (at once if the dead worker "
             "was on this machine)."),
+    Setting("progress_every", "QLITE_PROGRESS_EVERY", "--progress-every", 5.0, "float",
+            "Seconds between writes of a running job's ctx.progress to the bucket "
+            "(results/ID.progress.json): at most one small PUT per job per interval; reports "
+            "in between are coalesced, and the last one is written when the handler returns."),
     Setting("shards", "QLITE_SHARDS", "--shards", 128, "int",
             "Shards the inbox is split into for a fleet of workers on one bucket (each worker "
             "owns a share, leased through coord/ in the bucket). Fixed by the first worker "
@@ -217,6 +221,7 @@ class Settings:
     pool: str = "thread"
     max_attempts: int = 3
     lease: float = 60.0
+    progress_every: float = 5.0
     shards: int = 128
     fleet_lease: float = 30.0
     node: str | None = None

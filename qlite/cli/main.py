@@ -9,6 +9,7 @@ import inspect
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -155,6 +156,8 @@ def worker(
     max_attempts: Annotated[int | None, _setting(
         "max_attempts", "default attempts per job")] = None,
     lease: Annotated[float | None, _setting("lease", "lease seconds of a running job")] = None,
+    progress_every: Annotated[float | None, _setting(
+        "progress_every", "seconds between a job's progress writes to the bucket")] = None,
     grace: Annotated[float | None, _setting(
         "grace", "seconds running jobs get after SIGTERM")] = None,
     shards: Annotated[int | None, _setting(
@@ -189,7 +192,8 @@ def worker(
     settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
                              concurrency=concurrency, pool=pool, replicate=replicate,
                              max_attempts=max_attempts,
-                             lease=lease, shards=shards, fleet_lease=fleet_lease, node=node,
+                             lease=lease, progress_every=progress_every, shards=shards,
+                             fleet_lease=fleet_lease, node=node,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
                              max_payload=max_payload, log_level=log_level,
                              log_format=log_format, metrics_port=metrics_port,
@@ -249,9 +253,45 @@ def _client(url: str | None, endpoint_url: str | None) -> Any:
     return Client(url, endpoint_url=endpoint_url)
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def progress_text(report: dict | None) -> str:
+    """``1200/5000 (24%) 40.0/s ETA 1m35s "importing"``: a ctx.progress report on one line."""
+    if not report:
+        return "-"
+    done, total = report.get("done"), report.get("total")
+    text = f"{done:g}" + (f"/{total:g}" if total is not None else "")
+    if total:
+        text += f" ({100 * done / total:.0f}%)"
+    if report.get("rate") is not None:
+        text += f" {report['rate']:g}/s"
+    if report.get("eta") is not None:
+        text += f" ETA {_duration(report['eta'])}"
+    if report.get("message"):
+        text += f" {json.dumps(report['message'])}"
+    return text + f" at {report.get('at')}"
+
+
+def _since(iso: str | None) -> str:
+    from datetime import datetime
+
+    if not iso:
+        return "-"
+    return _duration(time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
 def _print_status(status: dict) -> None:
     _say(f"{status['id']}  {status['state']}  task={status.get('task')}  "
                f"queue={status.get('queue')}  attempts={status.get('attempts')}")
+    if status.get("progress"):
+        _say(f"progress: {progress_text(status['progress'])}")
     if status.get("result") is not None:
         _say(f"result: {json.dumps(status['result'])}")
     if status.get("error"):
@@ -325,21 +365,29 @@ def ls(
     db: Db = None,
     url: Url = None,
 ) -> None:
-    """List jobs in the worker's index (run on the worker VM).
+    """List jobs in the worker's index (run on the worker VM). Running jobs show how long
+    they have run and their last ctx.progress.
 
-    Example: qlite ls --state failed --limit 20
+    Example: qlite ls --state failed --limit 20; qlite ls --state running
     """
     if state is not None and state not in INDEXED:
         raise QliteError(f"--state: expected one of {', '.join(INDEXED)} (got {state!r})")
     rows = _index(db, url).list(state, queue, limit)
+    for r in rows:
+        r["progress"] = json.loads(r["progress"]) if r.get("progress") else None
     if as_json:
         typer.echo(json.dumps(rows))
         return
     for r in rows:
         error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
-        _say(f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
-                   f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
-                   + (f"  error={error['type']}" if error else ""))
+        line = (f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
+                f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
+                + (f"  error={error['type']}" if error else ""))
+        if r["state"] == "running":  # how long it has run, and how far it got
+            line += f"  running={_since(r['started_at'])}"
+            if r.get("progress"):
+                line += f"  progress={progress_text(r['progress'])}"
+        _say(line)
 
 
 @app.command()
@@ -371,6 +419,8 @@ def show(
     _say(f"{'crashes:':<14}{job['crashes']}" + ("  (suspect: runs alone next)"
                                                  if job["suspect"] else ""))
     _say(f"{'worker lost:':<14}{job['lost']}")
+    _say(f"{'progress:':<14}"
+         f"{progress_text(json.loads(job['progress'])) if job.get('progress') else '-'}")
     _say(f"{'args:':<14}{json.dumps(env['args'])}")
     _say(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
     for a in job["attempt_log"]:

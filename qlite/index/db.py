@@ -111,7 +111,7 @@ class Index:
                            "suspect INTEGER NOT NULL DEFAULT 0",
                            "solo INTEGER NOT NULL DEFAULT 0",
                            "crashes INTEGER NOT NULL DEFAULT 0",
-                           "lost INTEGER NOT NULL DEFAULT 0"):
+                           "lost INTEGER NOT NULL DEFAULT 0", "progress TEXT"):
                 if column.split()[0] not in columns:
                     self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
             attempt_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
@@ -399,6 +399,15 @@ class Index:
                 if outcome in TERMINAL:
                     self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
         return bool(done)
+
+    def set_progress(self, reports: list[tuple[str, int, dict]], owner: str) -> None:
+        """Keep the last ctx.progress of running attempts (job id, attempt, report), fenced
+        like an outcome: a stale attempt's report is dropped."""
+        with self._tx():
+            for job_id, attempt, report in reports:
+                self.conn.execute(QUERIES["set_progress"], {
+                    "id": job_id, "attempt": attempt, "owner": owner,
+                    "progress": json.dumps({k: _text(v) for k, v in report.items()})})
 
     def heartbeat(self, owner: str, lease: float, now: float | None = None) -> None:
         now, _ = self._now(now)

@@ -10,11 +10,13 @@ import json
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qlite.app import App
 from qlite.errors import Fail, Retry, Snooze
+from qlite.worker.progress import Progress
 from qlite.worker.retry import retryable
 
 
@@ -38,6 +40,8 @@ class Outcome:
     error: dict | None = None  # {type, message, traceback}
     delay: float | None = None  # seconds before the next attempt, when the handler named it
     logs: list | None = None  # the handler's own log lines (logs.JobLog.result())
+    progress: dict | None = None  # the last ctx.progress of the attempt, if any
+    checkpointed: bool = False  # the job has a checkpoint in the bucket (ctx.checkpoint)
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Context:
     client: Any = None
     meta: dict = field(default_factory=dict)  # the envelope's meta (periodic: schedule, tick)
     cancel_event: threading.Event | None = None
+    tracker: Progress | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -63,6 +68,23 @@ class Context:
     def put(self, task: Any, args: Any = (), kwargs: dict | None = None, **options: Any) -> Any:
         """Enqueue a follow-up job from inside a handler."""
         return self.client.put(task, args, kwargs, **options)
+
+    def progress(self, done: float, total: float | None = None,
+                 message: str | None = None) -> None:
+        """Report how far the job is: ``done`` of ``total`` units (numbers >= 0). Cheap to
+        call often: writes to the bucket are coalesced (QLITE_PROGRESS_EVERY)."""
+        self.tracker.report(done, total, message)
+
+    def checkpoint(self, state: Any) -> None:
+        """Store ``state`` (small JSON) in the bucket now; when this job runs again (a crash,
+        a deploy, a retry, another worker) ``ctx.resume`` holds it."""
+        self.tracker.checkpoint(state)
+
+    @property
+    def resume(self) -> Any:
+        """The state of this job's last ``ctx.checkpoint`` (None: none yet). Read from the
+        bucket on first use."""
+        return self.tracker.resume()
 
 
 def _error(kind: str, message: str, tb: str | None = None) -> dict:
@@ -99,18 +121,26 @@ def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
 
 
 def run(app: App, claim: Claim, client: Any = None,
-        cancel: threading.Event | None = None) -> Outcome:
+        cancel: threading.Event | None = None, progress_every: float = 5.0,
+        on_progress: Callable[[str, int, dict], None] | None = None) -> Outcome:
     """Run the handler inside the job's log context: its log lines carry the job's fields and
-    come back in ``Outcome.logs``."""
+    come back in ``Outcome.logs``; its last ``ctx.progress`` comes back in
+    ``Outcome.progress``. ``on_progress(job_id, attempt, progress)`` sees every report."""
     from qlite.worker.logs import job_context
 
+    tracker = Progress(getattr(client, "store", None), claim.id, claim.attempt, progress_every,
+                       on_change=None if on_progress is None else
+                       (lambda p: on_progress(claim.id, claim.attempt, p)))
     with job_context(claim) as captured:
-        outcome = _run(app, claim, client, cancel)
+        outcome = _run(app, claim, client, cancel, tracker)
+    tracker.flush()
     lines = captured.result()
-    return replace(outcome, logs=lines) if lines else outcome
+    return replace(outcome, logs=lines or None, progress=tracker.latest,
+                   checkpointed=tracker.checkpointed)
 
 
-def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None) -> Outcome:
+def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None,
+         tracker: Progress) -> Outcome:
     task = app.tasks.get(claim.task)
     if task is None:
         names = ", ".join(sorted(app.tasks)) or "none"
@@ -126,7 +156,7 @@ def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None) ->
         ctx = Context(claim.id, claim.task, claim.queue, claim.attempt, claim.max_attempts,
                       claim.enqueued_at,
                       logging.getLogger(f"qlite.task.{claim.task}"), client,
-                      dict(claim.envelope.get("meta") or {}), cancel)
+                      dict(claim.envelope.get("meta") or {}), cancel, tracker)
         if task.ctx_first:
             args.insert(0, ctx)
         else:

@@ -13,6 +13,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from qlite.app import App, load_app
@@ -34,7 +35,8 @@ def _context(spec: str) -> Any:
 
 
 def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
-           log: tuple[str, str] | None = None, signing_key: Any = None) -> None:
+           log: tuple[str, str] | None = None, signing_key: Any = None,
+           progress_every: float = 5.0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     from qlite.producer import Client
 
@@ -51,7 +53,10 @@ def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: An
     conn.send("started")
     from qlite.worker.execute import run
 
-    conn.send(run(app, claim, Client(url, endpoint_url=endpoint_url, signing_key=signing_key)))
+    client = Client(url, endpoint_url=endpoint_url, signing_key=signing_key)
+    # Each report goes to the worker too, which keeps the index's view (qlite ls, show).
+    conn.send(run(app, claim, client, progress_every=progress_every,
+                  on_progress=lambda *report: conn.send(("progress", *report))))
     conn.close()
 
 
@@ -72,7 +77,9 @@ def _describe(code: int | None) -> str:
 
 def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                  endpoint_url: str | None, cancel: threading.Event | None = None,
-                 log: tuple[str, str] | None = None, signing_key: Any = None) -> Outcome:
+                 log: tuple[str, str] | None = None, signing_key: Any = None,
+                 progress_every: float = 5.0,
+                 on_progress: Callable[[str, int, dict], None] | None = None) -> Outcome:
     if app.spec is None:
         return Outcome("failed", error={
             "type": "NotIsolatable", "traceback": None,
@@ -81,7 +88,7 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
     mp = _context(app.spec)
     recv, send = mp.Pipe(duplex=False)
     proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send, log,
-                                           signing_key),
+                                           signing_key, progress_every),
                       daemon=True, name=f"qlite-job-{claim.id}")
     proc.start()
     _children.add(proc)
@@ -92,17 +99,22 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                           f"the job's process did not load {app.spec} in {STARTUP_LIMIT:.0f}s")
         recv.recv()  # "started": the timeout counts from here
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not recv.poll(0.2 if deadline is None else
-                            max(0.0, min(0.2, deadline - time.monotonic()))):
-            if cancel is not None and cancel.is_set():
-                proc.kill()  # a child cannot see ctx.cancelled: cancelling it means stopping it
-                return _error("Cancelled", f"{claim.task} was cancelled on request while "
-                                           "running; its process was killed")
-            if deadline is not None and time.monotonic() >= deadline:
-                proc.kill()
-                return _error("Timeout", f"{claim.task} ran longer than its {timeout:g}s "
-                                         "timeout and was killed")
-        return recv.recv()
+        while True:
+            while not recv.poll(0.2 if deadline is None else
+                                max(0.0, min(0.2, deadline - time.monotonic()))):
+                if cancel is not None and cancel.is_set():
+                    proc.kill()  # a child cannot see ctx.cancelled: cancelling it stops it
+                    return _error("Cancelled", f"{claim.task} was cancelled on request while "
+                                               "running; its process was killed")
+                if deadline is not None and time.monotonic() >= deadline:
+                    proc.kill()
+                    return _error("Timeout", f"{claim.task} ran longer than its {timeout:g}s "
+                                             "timeout and was killed")
+            message = recv.recv()
+            if not (isinstance(message, tuple) and message[:1] == ("progress",)):
+                return message
+            if on_progress is not None:
+                on_progress(*message[1:])
     except (EOFError, OSError):
         proc.join(5)
         return _error("ProcessCrashed",

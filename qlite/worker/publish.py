@@ -54,12 +54,21 @@ def result_record(job: dict) -> dict:
         "enqueued_at": job["enqueued_at"],
         "started_at": job["started_at"],
         "finished_at": job["finished_at"],
+        # The last ctx.progress (docs/long-jobs.md); None for a job that reported none.
+        "progress": _progress(job.get("progress")),
     }
     env = json.loads(job["envelope"]) if job.get("envelope") else {}
     if (env.get("meta") or {}).get("record_args") is True and not env.get("payload_ref"):
         # Asked for by the producer (qlite.django: Django's TaskResult holds the arguments).
         record["args"], record["kwargs"] = env.get("args", []), env.get("kwargs", {})
     return record
+
+
+def _progress(raw: str | None) -> dict | None:
+    if not raw:
+        return None
+    report = json.loads(raw)
+    return {k: report.get(k) for k in ("done", "total", "message", "at", "rate", "eta")}
 
 
 def _in_pack(job: dict) -> bool:
@@ -86,6 +95,9 @@ class Publisher:
         self.next_at = 0.0  # when to look for terminal jobs again (sooner: see soon())
         self.pack_seen: dict[str, float] = {}  # pack key -> when a member was first seen done
         self.published = 0  # jobs acknowledged by this process, for qlite stats
+        # succeeded jobs that left a checkpoint: it goes in the DeleteObjects of their inbox
+        # object (no request of its own); any other is deleted by qlite purge
+        self.checkpoints: set[str] = set()
 
     def soon(self, packed: bool) -> None:
         """A job just ended: a job of its own is published at once; a packed one joins its
@@ -152,7 +164,9 @@ class Publisher:
             markers.update(self.index.markers_of(missing))
         for job in done:
             self._group_done(job)
-            self.acked[job["id"]] = markers.get(job["id"], [])
+            self.acked[job["id"]] = list(markers.get(job["id"], []))
+            if job["id"] in self.checkpoints and job["state"] == "succeeded":
+                self.acked[job["id"]].append(envelope.checkpoint_key(job["id"]))
         if _in_pack(batch[0]):
             self.pack_seen.pop(batch[0]["pack"], None)
             if not open_[batch[0]["pack"]]:  # every member is in the record
@@ -165,6 +179,7 @@ class Publisher:
         self.store.delete_many([k for keys in self.acked.values() for k in keys])
         crash_point("after_inbox_delete")
         self.index.mark_published(list(self.acked))
+        self.checkpoints.difference_update(self.acked)
         self.published += len(self.acked)
         self.acked.clear()
         self.acked_at = None

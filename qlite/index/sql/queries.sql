@@ -179,6 +179,11 @@ WHERE job_id = :id AND attempt = :attempt;
 -- The handler's own log lines of one attempt (JSON array, bounded by the worker).
 UPDATE attempts SET logs = :logs WHERE job_id = :id AND attempt = :attempt;
 
+-- name: set_progress
+-- Not a transition: the running attempt's latest ctx.progress, fenced by (id, attempt, owner).
+UPDATE jobs SET progress = :progress
+WHERE id = :id AND attempts = :attempt AND owner = :owner AND state = 'running';
+
 -- name: heartbeat
 UPDATE jobs SET lease_until = :lease_until WHERE state = 'running' AND owner = :owner;
 
@@ -249,7 +254,7 @@ SELECT state, count(*) AS n FROM jobs GROUP BY state;
 
 -- name: list
 SELECT id, task, queue, state, attempts, max_attempts, enqueued_at, started_at, finished_at,
-       run_at, error
+       run_at, error, progress
 FROM jobs
 WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
 ORDER BY id DESC LIMIT :limit;

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     suspect      INTEGER NOT NULL DEFAULT 0,   -- 1: run alone in a child process next time
     solo         INTEGER NOT NULL DEFAULT 0,   -- running only: 1 when it runs alone in the worker's own process
     crashes      INTEGER NOT NULL DEFAULT 0,   -- strikes: crashes pinned on this job (failed at 3)
-    lost         INTEGER NOT NULL DEFAULT 0    -- worker deaths it only shared (own cap, not max_attempts)
+    lost         INTEGER NOT NULL DEFAULT 0,   -- worker deaths it only shared (own cap, not max_attempts)
+    progress     TEXT                          -- JSON: the last ctx.progress {done, total, message, at, ...}
 );
 
 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, run_at, id)

@@ -11,6 +11,7 @@ import qlite
 from conftest import bucket_keys, start_worker
 from conftest import qlite as run_qlite
 from qlite.index.db import Index
+from qlite.ops.dashboard import Dashboard
 
 
 def until(condition, what, timeout=30.0):
@@ -60,6 +61,11 @@ def test_progress_is_coalesced_and_readable_from_the_bucket_while_running_and_af
         assert listed[0]["id"] == job.id
         text = run_qlite("ls", "--state", "running", env=s3.env).stdout
         assert "running=" in text and "progress=5/10 (50%)" in text
+        top = run_qlite("top", "--once", env=s3.env)
+        assert top.returncode == 0, top.stderr
+        assert "running" in top.stdout and "5/10 (50%)" in top.stdout
+        [row] = Dashboard(s3.db).jobs({"state": ["running"]})
+        assert row["progress"]["done"] == 5 and row["progress_text"].startswith("5/10 (50%)")
         (marks / f"{job.id}.go").write_text("")
         status = job.wait(timeout=30)
     finally:

@@ -9,7 +9,6 @@ import inspect
 import json
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ import typer
 from qlite.app import load_app
 from qlite.cli import put as putcmd
 from qlite.errors import QliteError, WaitTimeout
+from qlite.ops.running import progress_text, running_for
 from qlite.settings import Settings, setting
 from qlite.states import INDEXED, TERMINAL
 
@@ -253,40 +253,6 @@ def _client(url: str | None, endpoint_url: str | None) -> Any:
     return Client(url, endpoint_url=endpoint_url)
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-
-
-def progress_text(report: dict | None) -> str:
-    """``1200/5000 (24%) 40.0/s ETA 1m35s "importing"``: a ctx.progress report on one line."""
-    if not report:
-        return "-"
-    done, total = report.get("done"), report.get("total")
-    text = f"{done:g}" + (f"/{total:g}" if total is not None else "")
-    if total:
-        text += f" ({100 * done / total:.0f}%)"
-    if report.get("rate") is not None:
-        text += f" {report['rate']:g}/s"
-    if report.get("eta") is not None:
-        text += f" ETA {_duration(report['eta'])}"
-    if report.get("message"):
-        text += f" {json.dumps(report['message'])}"
-    return text + f" at {report.get('at')}"
-
-
-def _since(iso: str | None) -> str:
-    from datetime import datetime
-
-    if not iso:
-        return "-"
-    return _duration(time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
-
-
 def _print_status(status: dict) -> None:
     _say(f"{status['id']}  {status['state']}  task={status.get('task')}  "
                f"queue={status.get('queue')}  attempts={status.get('attempts')}")
@@ -384,7 +350,7 @@ def ls(
                 f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
                 + (f"  error={error['type']}" if error else ""))
         if r["state"] == "running":  # how long it has run, and how far it got
-            line += f"  running={_since(r['started_at'])}"
+            line += f"  running={running_for(r['started_at'])}"
             if r.get("progress"):
                 line += f"  progress={progress_text(r['progress'])}"
         _say(line)

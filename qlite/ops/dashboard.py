@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from qlite.envelope import redacted
 from qlite.errors import ConfigError, QliteError
 from qlite.index.db import Index
+from qlite.ops.running import progress_text, report_of, running_for
 from qlite.ops.stats import STATES, series, stats
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class Dashboard:
             error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
             r["error"] = {"type": error.get("type"), "message": error.get("message")} \
                 if error else None
+            r["progress"] = report_of(r.get("progress"))
+            r["progress_text"] = progress_text(r["progress"], at=False) if r["progress"] else None
+            r["running_for"] = running_for(r["started_at"]) if r["state"] == "running" else None
         return rows
 
     def job(self, job_id: str) -> dict | None:
@@ -113,6 +117,9 @@ class Dashboard:
             "result": json.loads(job["result"]) if job["result"] is not None else None,
             "error": json.loads(job["error"]) if job["error"] else None,
             "attempt_log": job["attempt_log"],
+            "progress": report_of(job.get("progress")),
+            "progress_text": progress_text(report_of(job.get("progress")))
+            if job.get("progress") else None,
         }
 
     def act(self, job_id: str, action: str, token: str | None) -> dict:

@@ -58,6 +58,10 @@ SETTINGS: tuple[Setting, ...] = (
             "var; repeat --queue on the CLI). NAME=WEIGHT on any of them switches to weighted "
             "order: high=3,default=1 puts high first three times as often as default. A "
             "queue no task of the app uses (nor App(queues=...)) is served, with a warning."),
+    Setting("lifo", "QLITE_LIFO", "--lifo", (), "list",
+            "Queues claimed newest first (LIFO, a stack) instead of oldest first, for work "
+            "where the latest request matters most; higher priority still goes first "
+            "(comma-separated in the env var; repeat --lifo on the CLI)."),
     Setting("replicate", "QLITE_REPLICATE", "--replicate", "auto", "str",
             "Replicate the index to index/ in the bucket with Litestream and restore it on a "
             "fresh disk: auto (when the litestream binary is installed), on, or off."),
@@ -177,6 +181,9 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
                     f"{source}: queue name {name!r} is not valid "
                     "(use letters, digits, '_', '-', '.'; at most 64)"
                 )
+            if "=" in q and setting.name == "lifo":
+                raise ConfigError(f"{source}: expected queue names (got {q!r}). Try: "
+                                  "--lifo latest")
             if "=" in q and not re.fullmatch(r"[1-9][0-9]{0,5}", weight):
                 raise ConfigError(f"{source}: queue weight in {q!r} is not a whole number "
                                   "1..999999. Try: --queue high=3 --queue default=1")
@@ -216,6 +223,7 @@ class Settings:
     db: str | None = None
     queues: tuple[str, ...] = ("default",)
     weights: tuple[int, ...] = ()  # empty: strict order of queues; else one weight per queue
+    lifo: tuple[str, ...] = ()  # queues claimed newest first
     replicate: str = "auto"
     concurrency: int = 4
     pool: str = "thread"

@@ -145,6 +145,8 @@ def worker(
         "queues", "queue to serve, repeatable, in priority order; NAME=WEIGHT for weighted")
     ] = None,
     concurrency: Annotated[int | None, _setting("concurrency", "jobs run at once")] = None,
+    lifo: Annotated[list[str] | None, _setting(
+        "lifo", "queue claimed newest first (LIFO), repeatable")] = None,
     burst: Annotated[bool, typer.Option(help="exit 0 once no job is runnable now")] = False,
     replicate: Annotated[str | None, _setting(
         "replicate", "auto, on or off: Litestream replication of the index")] = None,
@@ -188,9 +190,10 @@ def worker(
     """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
 
     Example: qlite worker --app tasks:app --queue high --queue default --concurrency 8
+    (--queue latest --lifo latest: that queue's newest jobs first)
     """
     settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
-                             concurrency=concurrency, pool=pool, replicate=replicate,
+                             lifo=lifo, concurrency=concurrency, pool=pool, replicate=replicate,
                              max_attempts=max_attempts,
                              lease=lease, progress_every=progress_every, shards=shards,
                              fleet_lease=fleet_lease, node=node,

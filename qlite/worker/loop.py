@@ -125,6 +125,7 @@ class Worker:
 
             self.metrics = start(self)
         self.index = open_index(self.settings.db_path(), self.store, self.replica)
+        self.index.set_lifo(self.settings.lifo)
         if self.replica is not None:
             self.replica.check()  # starts litestream if no other worker replicates this index
         self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qlite.crypto import Cipher
+from qlite.crypto import parse as parse_cipher
 from qlite.errors import ConfigError
 from qlite.signing import Keyring
 from qlite.signing import parse as parse_keyring
@@ -25,7 +27,7 @@ class Setting:
     env: str
     option: str
     default: Any
-    kind: str  # "str", "int", "float", "list", "url", "keyring"
+    kind: str  # "str", "int", "float", "list", "url", "keyring", "cipher"
     help: str
 
     def cli_help(self, text: str) -> str:
@@ -117,6 +119,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Serve Prometheus metrics on this port (/metrics). Unset: no metrics server."),
     Setting("metrics_host", "QLITE_METRICS_HOST", "--metrics-host", "127.0.0.1", "str",
             "Address the metrics server binds; 0.0.0.0 exposes it to the network."),
+    Setting("encryption_key", "QLITE_ENCRYPTION_KEY", "--encryption-key", None, "cipher",
+            "Encrypt jobs' arguments (producers) and results (worker) end to end with "
+            "AES-256-GCM: kid:KEY pairs, comma-separated, KEY 32 bytes in URL-safe base64 "
+            "(qlite keygen prints one); the first seals, all open (docs/encryption.md). Prefer "
+            "the environment variable: a command-line value is visible in ps."),
     Setting("signing_key", "QLITE_SIGNING_KEY", "--signing-key", None, "keyring",
             "Sign inbox objects (producers) and quarantine unsigned or badly signed ones "
             "(worker): kid:secret pairs, comma-separated, secrets of 16 bytes or more; the "
@@ -196,6 +203,8 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         return parse_url(raw)
     if setting.kind == "keyring":
         return raw if isinstance(raw, Keyring) else parse_keyring(raw, source)
+    if setting.kind == "cipher":
+        return raw if isinstance(raw, Cipher) else parse_cipher(raw, source)
     if setting.name == "replicate":
         if raw not in ("auto", "on", "off"):
             raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
@@ -243,6 +252,7 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     signing_key: Keyring | None = None  # its repr shows key ids, never a secret
+    encryption_key: Cipher | None = None  # its repr shows key ids, never a key
 
     @classmethod
     def load(cls, env: dict | None = None, **overrides: Any) -> Settings:

@@ -186,6 +186,9 @@ def worker(
     signing_key: Annotated[str | None, _setting(
         "signing_key", "kid:secret[,kid:secret] to verify and sign inbox objects; prefer the "
         "env var, ps shows options")] = None,
+    encryption_key: Annotated[str | None, _setting(
+        "encryption_key", "kid:KEY[,kid:KEY] to open sealed arguments and seal results; prefer "
+        "the env var, ps shows options")] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
 
@@ -201,7 +204,7 @@ def worker(
                              max_payload=max_payload, log_level=log_level,
                              log_format=log_format, metrics_port=metrics_port,
                              metrics_host=metrics_host,
-                             signing_key=signing_key)
+                             signing_key=signing_key, encryption_key=encryption_key)
     settings.require_url()
     from qlite.worker.logs import setup
 
@@ -263,6 +266,8 @@ def _print_status(status: dict) -> None:
         _say(f"progress: {progress_text(status['progress'])}")
     if status.get("result") is not None:
         _say(f"result: {json.dumps(status['result'])}")
+    elif status.get("encrypted"):
+        _say("result: encrypted (set QLITE_ENCRYPTION_KEY to read it)")
     if status.get("error"):
         _say(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
 
@@ -378,6 +383,15 @@ def show(
         raise QliteError(f"no job {job_id} in the index. Try: qlite status {job_id}")
     env = redacted(json.loads(job["envelope"]))  # secrets in arguments are not shown
     job["envelope"] = json.dumps(env)
+    from qlite.crypto import opened_error, opened_result
+
+    cipher = Settings.load().encryption_key  # sealed fields (docs/encryption.md) are opened
+    job["result"] = opened_result(cipher, job_id, job["result"])
+    for a in job["attempt_log"]:
+        a.update(opened_error(cipher, job_id, {"message": a["message"],
+                                               "traceback": a["traceback"]}))
+    if env.get("sealed") is not None:
+        env["args"], env["kwargs"] = ["encrypted"], {}
     if as_json:
         typer.echo(json.dumps(job))
         return
@@ -611,6 +625,20 @@ def presign(
 
 Since = Annotated[str, typer.Option(
     "--since", help="the window of throughput and latency: 1h, 15m, 1d, 3600")]
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new encryption key in the QLITE_ENCRYPTION_KEY format (kid:KEY).
+
+    To rotate, put the new key first and keep the old ones after it until no job sealed with
+    them is left: export QLITE_ENCRYPTION_KEY="$(qlite keygen),$QLITE_ENCRYPTION_KEY"
+
+    Example: export QLITE_ENCRYPTION_KEY="$(qlite keygen)"
+    """
+    from qlite.crypto import keygen as new_key
+
+    typer.echo(new_key())
 
 
 @app.command()

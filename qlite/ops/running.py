@@ -47,4 +47,6 @@ def progress_text(report: dict | None, at: bool = True) -> str:
         text += f" ETA {duration(report['eta'])}"
     if report.get("message"):
         text += f" {json.dumps(report['message'], ensure_ascii=False)}"
+    elif report.get("sealed_message"):
+        text += " (message encrypted)"
     return text + (f" at {report.get('at')}" if at else "")

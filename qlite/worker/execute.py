@@ -120,6 +120,38 @@ def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
     return list(payload["args"]), dict(payload["kwargs"])
 
 
+def _open_args(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
+    from qlite.crypto import open_sealed
+    from qlite.errors import DecryptError
+
+    try:
+        value = open_sealed(getattr(client, "cipher", None), claim.id, "args",
+                            claim.envelope["sealed"])
+    except DecryptError as e:
+        return Outcome("failed", error=_error("DecryptError", str(e)))
+    if not (isinstance(value, dict) and isinstance(value.get("args"), list)
+            and isinstance(value.get("kwargs"), dict)):
+        return Outcome("failed", error=_error("BadPayload", f"job {claim.id}: the sealed "
+                                              "arguments are not {'args': [...], 'kwargs': {}}"))
+    return value["args"], value["kwargs"]
+
+
+def seal_result(outcome: Outcome, job_id: str, cipher: Any) -> Outcome:
+    """The outcome with its result and a handler's error message sealed
+    (QLITE_ENCRYPTION_KEY): the index, its replica and results/ then hold only ciphertext."""
+    if cipher is None:
+        return outcome
+    from qlite.crypto import SEALED, seal, seal_error
+
+    if outcome.error is not None and outcome.error.get("traceback") is not None:
+        # raised by the handler: its message may quote the arguments (qlite's own have none)
+        outcome = replace(outcome, error=seal_error(cipher, job_id, outcome.error))
+    if outcome.result is None:
+        return outcome
+    sealed = seal(cipher, job_id, "result", json.loads(outcome.result))
+    return replace(outcome, result=json.dumps({SEALED: sealed}))
+
+
 def run(app: App, claim: Claim, client: Any = None,
         cancel: threading.Event | None = None, progress_every: float = 5.0,
         on_progress: Callable[[str, int, dict], None] | None = None) -> Outcome:
@@ -130,10 +162,12 @@ def run(app: App, claim: Claim, client: Any = None,
 
     tracker = Progress(getattr(client, "store", None), claim.id, claim.attempt, progress_every,
                        on_change=None if on_progress is None else
-                       (lambda p: on_progress(claim.id, claim.attempt, p)))
+                       (lambda p: on_progress(claim.id, claim.attempt, p)),
+                       cipher=getattr(client, "cipher", None))
     with job_context(claim) as captured:
         outcome = _run(app, claim, client, cancel, tracker)
     tracker.flush()
+    outcome = seal_result(outcome, claim.id, getattr(client, "cipher", None))
     lines = captured.result()
     return replace(outcome, logs=lines or None, progress=tracker.latest,
                    checkpointed=tracker.checkpointed)
@@ -152,6 +186,11 @@ def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None,
         if isinstance(loaded, Outcome):
             return loaded
         args, kwargs = loaded
+    if claim.envelope.get("sealed") is not None:  # QLITE_ENCRYPTION_KEY (docs/encryption.md)
+        opened = _open_args(claim, client)
+        if isinstance(opened, Outcome):
+            return opened
+        args, kwargs = opened
     if task.wants_ctx:
         ctx = Context(claim.id, claim.task, claim.queue, claim.attempt, claim.max_attempts,
                       claim.enqueued_at,

@@ -36,7 +36,7 @@ def _context(spec: str) -> Any:
 
 def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
            log: tuple[str, str] | None = None, signing_key: Any = None,
-           progress_every: float = 5.0) -> None:
+           progress_every: float = 5.0, encryption_key: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     from qlite.producer import Client
 
@@ -53,7 +53,8 @@ def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: An
     conn.send("started")
     from qlite.worker.execute import run
 
-    client = Client(url, endpoint_url=endpoint_url, signing_key=signing_key)
+    client = Client(url, endpoint_url=endpoint_url, signing_key=signing_key,
+                    encryption_key=encryption_key)
     # Each report goes to the worker too, which keeps the index's view (qlite ls, show).
     conn.send(run(app, claim, client, progress_every=progress_every,
                   on_progress=lambda *report: conn.send(("progress", *report))))
@@ -79,7 +80,8 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                  endpoint_url: str | None, cancel: threading.Event | None = None,
                  log: tuple[str, str] | None = None, signing_key: Any = None,
                  progress_every: float = 5.0,
-                 on_progress: Callable[[str, int, dict], None] | None = None) -> Outcome:
+                 on_progress: Callable[[str, int, dict], None] | None = None,
+                 encryption_key: Any = None) -> Outcome:
     if app.spec is None:
         return Outcome("failed", error={
             "type": "NotIsolatable", "traceback": None,
@@ -88,7 +90,7 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
     mp = _context(app.spec)
     recv, send = mp.Pipe(duplex=False)
     proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send, log,
-                                           signing_key, progress_every),
+                                           signing_key, progress_every, encryption_key),
                       daemon=True, name=f"qlite-job-{claim.id}")
     proc.start()
     _children.add(proc)

@@ -57,7 +57,8 @@ class Worker:
         self.handlers = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="qlite-job")
         self.io = ThreadPoolExecutor(8, thread_name_prefix="qlite-io")
         self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
-                             store=self.store, signing_key=settings.signing_key)
+                             store=self.store, signing_key=settings.signing_key,
+                             encryption_key=settings.encryption_key)
         self.running: dict[Future, Claim] = {}
         self.wake = threading.Event()
         self.stopping = False
@@ -290,7 +291,8 @@ class Worker:
                                               cancel, (self.settings.log_level,
                                                        self.settings.log_format),
                                               self.settings.signing_key,
-                                              self.settings.progress_every, self._on_progress)
+                                              self.settings.progress_every, self._on_progress,
+                                              self.settings.encryption_key)
             else:
                 future = self.handlers.submit(run, self.app, claim, self.client, cancel,
                                               self.settings.progress_every, self._on_progress)

@@ -54,7 +54,8 @@ class Progress:
     def __init__(self, store: Any, job_id: str, attempt: int, every: float,
                  on_change: Callable[[dict], None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, cipher: Any = None):
+        self.cipher = cipher  # QLITE_ENCRYPTION_KEY: messages and checkpoints go sealed
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
@@ -77,8 +78,13 @@ class Progress:
         done = _number(done, "done")
         if total is not None:
             total = _number(total, "total")
+        sealed = None
         if message is not None:
             message = str(message)[:MAX_MESSAGE]
+            if self.cipher is not None:  # the index, its replica and the bucket: ciphertext
+                from qlite.crypto import seal
+
+                message, sealed = None, seal(self.cipher, self.job_id, "progress", message)
         now = self.clock()
         with self._lock:
             point = {"done": done, "total": total, "t": now}
@@ -88,6 +94,8 @@ class Progress:
             self.latest = {"done": done, "total": total, "message": message,
                            "at": envelope.now_rfc3339(now), "attempt": self.attempt,
                            "rate": rate, "eta": eta}
+            if sealed is not None:
+                self.latest["sealed_message"] = sealed
             due = self._written_at is None or self.monotonic() - self._written_at >= self.every
             self._dirty = not due
             latest = self.latest
@@ -116,9 +124,14 @@ class Progress:
 
     def checkpoint(self, state: Any) -> None:
         try:
-            raw = json.dumps({"v": 1, "id": self.job_id, "attempt": self.attempt,
-                              "at": envelope.now_rfc3339(self.clock()), "state": state},
-                             ensure_ascii=False, allow_nan=False).encode("utf-8")
+            record = {"v": 1, "id": self.job_id, "attempt": self.attempt,
+                      "at": envelope.now_rfc3339(self.clock()), "state": state}
+            if self.cipher is not None:
+                from qlite.crypto import seal
+
+                record["state"], record["sealed_state"] = None, seal(
+                    self.cipher, self.job_id, "checkpoint", state)
+            raw = json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as e:
             raise TaskError(f"ctx.checkpoint: the state must be JSON ({e}). Try: a dict of "
                             "strings and numbers, e.g. {'row': 5000}") from None
@@ -136,7 +149,7 @@ class Progress:
         with self._lock:
             if self._resumed:
                 return self._resume
-        state = read_checkpoint(self.store, self.job_id)
+        state = read_checkpoint(self.store, self.job_id, self.cipher)
         with self._lock:
             if not self._resumed:
                 self._resume, self._resumed = state, True
@@ -144,7 +157,7 @@ class Progress:
             return self._resume
 
 
-def read_checkpoint(store: Any, job_id: str) -> Any:
+def read_checkpoint(store: Any, job_id: str, cipher: Any = None) -> Any:
     """The state of ``checkpoints/{job_id}.json`` (None: none). One that is not a checkpoint of
     this job is ignored with a warning, so the job starts afresh rather than from junk."""
     key = envelope.checkpoint_key(job_id)
@@ -159,5 +172,9 @@ def read_checkpoint(store: Any, job_id: str) -> Any:
         log.warning("%s is not a checkpoint of this job: starting afresh", key,
                     extra={"job_id": job_id})
         return None
+    if record.get("sealed_state") is not None:  # raises DecryptError: the attempt fails
+        from qlite.crypto import open_sealed
+
+        return open_sealed(cipher, job_id, "checkpoint", record["sealed_state"])
     return record["state"]
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from qlite import envelope
+from qlite.crypto import SEALED
 from qlite.errors import EnvelopeError
 from qlite.index.db import TERMINAL, Index
 from qlite.producer import Client
@@ -32,6 +33,10 @@ BATCH = 500  # jobs per pass, and acknowledged inbox objects per DeleteObjects
 def result_record(job: dict) -> dict:
     """The public status record of a terminal job, as written to results/{id}.json."""
     error = json.loads(job["error"]) if job.get("error") else None
+    result = json.loads(job["result"]) if job.get("result") is not None else None
+    sealed = None
+    if isinstance(result, dict) and list(result) == [SEALED]:  # docs/encryption.md
+        result, sealed = None, result[SEALED]
     record = {
         "v": 1,
         "id": job["id"],
@@ -40,7 +45,7 @@ def result_record(job: dict) -> dict:
         "queue": job["queue"],
         "attempts": job["attempts"],
         "max_attempts": job["max_attempts"],
-        "result": json.loads(job["result"]) if job.get("result") is not None else None,
+        "result": result,
         "error": error if job["state"] != "succeeded" else None,
         "errors": [
             {"attempt": a["attempt"], "type": a["error_type"], "message": a["message"],
@@ -57,6 +62,8 @@ def result_record(job: dict) -> dict:
         # The last ctx.progress (docs/long-jobs.md); None for a job that reported none.
         "progress": _progress(job.get("progress")),
     }
+    if sealed is not None:
+        record["sealed_result"] = sealed
     env = json.loads(job["envelope"]) if job.get("envelope") else {}
     if (env.get("meta") or {}).get("record_args") is True and not env.get("payload_ref"):
         # Asked for by the producer (qlite.django: Django's TaskResult holds the arguments).
@@ -68,7 +75,8 @@ def _progress(raw: str | None) -> dict | None:
     if not raw:
         return None
     report = json.loads(raw)
-    return {k: report.get(k) for k in ("done", "total", "message", "at", "rate", "eta")}
+    return {k: report.get(k) for k in ("done", "total", "message", "at", "rate", "eta",
+                                       "sealed_message") if k in report}
 
 
 def _in_pack(job: dict) -> bool:

@@ -10,6 +10,7 @@ from conftest import drain_with
 from conftest import qlite as run_qlite
 from qlite import crypto, envelope
 from qlite.errors import ConfigError, DecryptError
+from qlite.ops.dashboard import Dashboard
 
 SECRET = "s3cr3t-marker-7f1c"
 K1, K2 = crypto.keygen(), crypto.keygen()
@@ -61,6 +62,8 @@ def test_arguments_and_results_are_ciphertext_in_the_bucket_and_the_index(s3):
     assert json.loads(opened.stdout)["result"] == {"echo": SECRET}
     assert SECRET in run_qlite("show", job.id, env={**plain, "QLITE_ENCRYPTION_KEY": K1}).stdout
     assert SECRET not in run_qlite("show", job.id, env=plain).stdout
+    assert Dashboard(s3.db, cipher=crypto.parse(K1)).job(job.id)["result"] == {"echo": SECRET}
+    assert SECRET not in json.dumps(Dashboard(s3.db).job(job.id))
 
 
 def test_errors_progress_messages_and_checkpoints_are_sealed_and_read_back(s3):

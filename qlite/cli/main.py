@@ -731,7 +731,8 @@ def dashboard(
     index = _index(db, url)  # fails early, with a hint, when there is no index here
     index.close()
     client = _client(url, endpoint_url) if settings.dashboard_token and settings.url else None
-    board = Dashboard(settings.db_path(), token=settings.dashboard_token, client=client)
+    board = Dashboard(settings.db_path(), token=settings.dashboard_token, client=client,
+                      cipher=settings.encryption_key)
     try:
         server = make_server(board, host, port)
     except OSError as e:

@@ -164,3 +164,37 @@ def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_runs_once(s3, tmp
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
     assert (status["state"], status["attempts"], status["errors"]) == ("succeeded", 1, [])
+
+
+def test_a_job_taken_over_by_another_worker_of_the_fleet_resumes_from_its_checkpoint(
+        seaweed_target, tmp_path):
+    from test_fleet import LEASE, Fleet
+
+    fleet = Fleet(seaweed_target, tmp_path)
+    try:
+        for vm in ("a", "b"):
+            fleet.start(vm)
+        until(lambda: fleet.balanced(2), "two workers share the shards", timeout=90)
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        csv, out = tmp_path / "rows.csv", tmp_path / "imported.txt"
+        write_csv(csv, 20_000)
+        job = qlite.Client().put("test.import_csv", kwargs={
+            "csv_path": str(csv), "out_path": str(out), "marker_dir": str(marks),
+            "pause_at": 10_000})
+        paused = until(lambda: (marks / f"{job.id}.paused").exists()
+                       and (marks / f"{job.id}.paused").read_text(), "the import paused")
+        [victim] = [vm for vm, p in fleet.procs.items() if str(p.pid) == paused]
+        fleet.procs[victim].send_signal(signal.SIGKILL)
+        fleet.procs[victim].wait(10)
+        # The other worker takes the shard over (its index never saw the job: attempt 1 there)
+        # and the handler finds the checkpoint in the bucket.
+        status = until(lambda: job.status()["state"] == "succeeded" and job.status(),
+                       "the survivor finished the import", timeout=4 * LEASE + 60)
+    finally:
+        for proc in fleet.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert status["result"] == {"resumed_from": 10_000, "rows": 10_000, "total": 20_000}
+    assert len(set(out.read_text().split())) == 20_000

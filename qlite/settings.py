@@ -60,7 +60,7 @@ SETTINGS: tuple[Setting, ...] = (
             "var; repeat --queue on the CLI). NAME=WEIGHT on any of them switches to weighted "
             "order: high=3,default=1 puts high first three times as often as default. A "
             "queue no task of the app uses (nor App(queues=...)) is served, with a warning."),
-    Setting("lifo", "QLITE_LIFO", "--lifo", (), "list",
+    Setting("lifo", "QLITE_LIFO", "--lifo", None, "list",
             "Queues claimed newest first (LIFO, a stack) instead of oldest first, for work "
             "where the latest request matters most; higher priority still goes first "
             "(comma-separated in the env var; repeat --lifo on the CLI)."),
@@ -286,6 +286,7 @@ class Settings:
         values["weights"] = tuple(int(q.partition("=")[2] or 1)
                                   for q in values["queues"]) if weighted else ()
         values["queues"] = tuple(q.partition("=")[0] for q in values["queues"])
+        values["lifo"] = values["lifo"] or ()  # none: every queue is FIFO
         if values["poll_min"] > values["poll_max"]:
             values["poll_min"] = values["poll_max"]
         return cls(**values)

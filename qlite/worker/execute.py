@@ -1,7 +1,8 @@
 """Run one claimed job's handler and describe what happened, as an Outcome.
 
-Runs on a handler thread; touches neither SQLite nor S3. The worker's loop turns the Outcome
-into one index transition.
+Runs on a handler thread (or in a job's child process); never touches SQLite. S3 only for a
+claim-checked payload and what the handler asks for (ctx.progress, ctx.checkpoint,
+ctx.resume: progress.py). The worker's loop turns the Outcome into one index transition.
 """
 
 from __future__ import annotations

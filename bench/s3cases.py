@@ -71,24 +71,33 @@ def ceiling(seconds: float, threads: int) -> float:
 # -- 1. enqueue latency -------------------------------------------------------------------------
 
 def enqueue_latency(n: int) -> dict:
-    """Client.put and raw put_object of the same bytes, interleaved, after a warm-up."""
+    """Client.put, an encrypted Client.put (QLITE_ENCRYPTION_KEY) and raw put_object of the
+    same bytes, interleaved, after a warm-up."""
+    from qlite.crypto import keygen
+
     name = f"lat-{uuid.uuid4().hex[:8]}"
     client, raw = qlite.Client(url(name)), raw_client()
+    sealed = qlite.Client(url(name + "-enc"), encryption_key=keygen())
     body = sample_body()
     for i in range(20):
         client.put("bench.noop", [i])
+        sealed.put("bench.noop", [i])
         raw_put(raw, name + "-raw", body)
-    q_ms, raw_ms = [], []
+    q_ms, raw_ms, enc_ms = [], [], []
     for i in range(n):
         t0 = time.perf_counter()
         client.put("bench.noop", [i])
         t1 = time.perf_counter()
         raw_put(raw, name + "-raw", body)
         t2 = time.perf_counter()
+        sealed.put("bench.noop", [i])
+        t3 = time.perf_counter()
         q_ms.append((t1 - t0) * 1e3)
         raw_ms.append((t2 - t1) * 1e3)
+        enc_ms.append((t3 - t2) * 1e3)
     return {"qlite_p50": percentile(q_ms, 50), "qlite_p99": percentile(q_ms, 99),
             "raw_p50": percentile(raw_ms, 50), "raw_p99": percentile(raw_ms, 99),
+            "encrypted_p50": percentile(enc_ms, 50),
             "qlite_jobs_s": n / (sum(q_ms) / 1e3), "producer_requests":
             {k: v / (n + 20) for k, v in client.store.requests.items()}}
 

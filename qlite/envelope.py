@@ -330,6 +330,17 @@ def value_key(job_id: str) -> str:
     return f"results/{job_id}.value.json"
 
 
+def progress_key(job_id: str) -> str:
+    """A running job's latest ctx.progress (coalesced; beside its record, so a reader allowed
+    results/ can poll it)."""
+    return f"results/{job_id}.progress.json"
+
+
+def checkpoint_key(job_id: str) -> str:
+    """A job's last ctx.checkpoint state, read back as ctx.resume when it runs again."""
+    return f"checkpoints/{job_id}.json"
+
+
 def payload_key(job_id: str) -> str:
     """Arguments too large to inline in the envelope (claim check)."""
     return f"payloads/{job_id}.json"

@@ -11,6 +11,7 @@
     ├── JobFailed                 result() of a job that failed or was cancelled
     ├── JobStateError             cancel of a finished job, retry of one that did not fail
     ├── SignatureError            an inbox object is unsigned or its signature does not verify
+    ├── DecryptError              a sealed field cannot be opened (no key, wrong key, tampered)
     └── StorageError              the object store failed; wraps the cause
         ├── EndpointUnreachable   could not connect to the S3 endpoint
         ├── BucketNotFound        the bucket does not exist
@@ -86,6 +87,10 @@ class AlreadyExists(StorageError):
 
 class SignatureError(QliteError):
     """The object is unsigned, or its signature does not verify with the signing keys."""
+
+
+class DecryptError(QliteError):
+    """A sealed field cannot be decrypted: no key, an unknown key id, or tampered with."""
 
 
 class WaitTimeout(QliteError):

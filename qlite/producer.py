@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from qlite import envelope, signing
+from qlite import crypto, envelope, signing
 from qlite.errors import (
     AccessDenied,
     AlreadyExists,
@@ -35,11 +35,13 @@ class Client:
 
     def __init__(self, url: str | None = None, *, endpoint_url: str | None = None,
                  max_payload: int | None = None, store: Store | None = None,
-                 signing_key: str | signing.Keyring | None = None):
+                 signing_key: str | signing.Keyring | None = None,
+                 encryption_key: str | crypto.Cipher | None = None):
         self.settings = Settings.load(url=url, endpoint_url=endpoint_url, max_payload=max_payload,
-                                      signing_key=signing_key)
+                                      signing_key=signing_key, encryption_key=encryption_key)
         self.store = store or Store(self.settings.require_url(), self.settings.endpoint_url)
         self.keyring = self.settings.signing_key  # QLITE_SIGNING_KEY: sign what we write
+        self.cipher = self.settings.encryption_key  # QLITE_ENCRYPTION_KEY: seal and open
 
     def put(self, task: Any, args: Any = (), kwargs: dict | None = None, *,
             queue: str = "default", key: str | None = None, delay: float | timedelta | None = None,
@@ -222,7 +224,7 @@ class Client:
             except AccessDenied:
                 raw = b"{}" if self._listed(key) else None
             if raw is not None:
-                return _pending(job_id, q, raw)
+                return self._with_progress(_pending(job_id, q, raw))
         # A packed job (put_many): its record is in its pack's results, or the pack is pending.
         record = self._packed_result(job_id)
         if record is not None:
@@ -235,13 +237,37 @@ class Client:
             except AccessDenied:
                 present = self._listed(key)
             if present:
-                return {**_pending(job_id, q, b""), "pack": pack_id}
+                return self._with_progress({**_pending(job_id, q, b""), "pack": pack_id})
         # The worker may have finished it between our reads.
         record = self._result(job_id) or self._packed_result(job_id)
         if record is not None:
             return record
         raise JobNotFound(f"no job {job_id} in {self.store.url}: not in results/ nor inbox/ "
                           "(mistyped id, wrong QLITE_URL, or purged)")
+
+    def _with_progress(self, status: dict) -> dict:
+        """An unfinished job's status with its latest ctx.progress, if it reported any: one
+        GET of results/{id}.progress.json (docs/long-jobs.md)."""
+        try:
+            raw = self.store.get_or_none(envelope.progress_key(status["id"]))
+        except AccessDenied:
+            raw = None
+        try:
+            report = json.loads(raw) if raw is not None else None
+        except ValueError:
+            report = None
+        if isinstance(report, dict) and report.get("id") == status["id"]:
+            status["progress"] = self._open_progress(status["id"], report)
+        return status
+
+    def _open_progress(self, job_id: str, report: dict) -> dict:
+        """The public fields of a progress report, its message opened if sealed (without the
+        key it reads "encrypted")."""
+        progress = {k: report.get(k) for k in ("done", "total", "message", "at", "rate", "eta")}
+        if report.get("sealed_message") is not None:
+            progress["message"] = "encrypted" if self.cipher is None else crypto.open_sealed(
+                self.cipher, job_id, "progress", report["sealed_message"])
+        return progress
 
     def _listed(self, key: str) -> bool:
         """Whether ``key`` exists, by a LIST: a reader allowed results/ only
@@ -298,7 +324,12 @@ class Client:
 
     def _encode(self, env: dict) -> tuple[dict, bytes, bytes | None]:
         """The envelope's bytes; arguments over the inline limit go to their own object
-        (claim check), up to envelope.LARGE_LIMIT: (envelope, bytes, payload bytes or None)."""
+        (claim check), up to envelope.LARGE_LIMIT: (envelope, bytes, payload bytes or None).
+        With QLITE_ENCRYPTION_KEY the arguments travel sealed, in ``sealed`` (inline only)."""
+        if self.cipher is not None and "sealed" not in env:
+            env = {**env, "args": [], "kwargs": {}, "sealed": crypto.seal(
+                self.cipher, env["id"], "args", {"args": env["args"], "kwargs": env["kwargs"]})}
+            return env, envelope.encode(env, self.settings.max_payload), None
         try:
             return env, envelope.encode(env, self.settings.max_payload), None
         except PayloadTooLarge:
@@ -388,8 +419,24 @@ class Client:
         return self._resolve(record)
 
     def _resolve(self, record: dict) -> dict:
-        """``record`` with a claim-checked result read in. Only the value key its id implies
-        is read: a crafted ``result_ref`` must not make status print another object."""
+        """``record`` with a claim-checked result read in, and a sealed one opened (with
+        QLITE_ENCRYPTION_KEY; without, ``result`` stays None and ``encrypted`` says why).
+        Only the value key its id implies is read: a crafted ``result_ref`` must not make
+        status print another object."""
+        record["error"] = crypto.opened_error(self.cipher, record["id"], record.get("error"))
+        if isinstance(record.get("errors"), list):
+            record["errors"] = [crypto.opened_error(self.cipher, record["id"], e)
+                                for e in record["errors"]]
+        if isinstance(record.get("progress"), dict):
+            record["progress"] = self._open_progress(record["id"], record["progress"])
+        sealed = record.get("sealed_result")
+        if sealed is not None:
+            if self.cipher is None:
+                record["encrypted"] = True
+            else:
+                record["result"] = crypto.open_sealed(self.cipher, record["id"], "result",
+                                                      sealed)
+                del record["sealed_result"]
         ref = record.get("result_ref")
         if ref:
             expected = envelope.value_key(record["id"])
@@ -546,4 +593,5 @@ def _pending(job_id: str, queue: str, raw: bytes) -> dict:
     env = env if isinstance(env, dict) else {}
     return {"id": job_id, "state": PENDING, "task": env.get("task"), "queue": queue,
             "attempts": 0, "result": None, "error": None,
-            "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before")}
+            "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before"),
+            "progress": None}

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qlite.crypto import Cipher
+from qlite.crypto import parse as parse_cipher
 from qlite.errors import ConfigError
 from qlite.signing import Keyring
 from qlite.signing import parse as parse_keyring
@@ -26,7 +28,7 @@ class Setting:
     env: str
     option: str
     default: Any
-    kind: str  # "str", "int", "float", "list", "url", "keyring"
+    kind: str  # "str", "int", "float", "list", "url", "keyring", "cipher"
     help: str
 
     def cli_help(self, text: str) -> str:
@@ -59,6 +61,10 @@ SETTINGS: tuple[Setting, ...] = (
             "var; repeat --queue on the CLI). NAME=WEIGHT on any of them switches to weighted "
             "order: high=3,default=1 puts high first three times as often as default. A "
             "queue no task of the app uses (nor App(queues=...)) is served, with a warning."),
+    Setting("lifo", "QLITE_LIFO", "--lifo", None, "list",
+            "Queues claimed newest first (LIFO, a stack) instead of oldest first, for work "
+            "where the latest request matters most; higher priority still goes first "
+            "(comma-separated in the env var; repeat --lifo on the CLI)."),
     Setting("replicate", "QLITE_REPLICATE", "--replicate", "auto", "str",
             "Replicate the index to index/ in the bucket with Litestream and restore it on a "
             "fresh disk: auto (when the litestream binary is installed), on, or off."),
@@ -74,6 +80,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a running job's lease lasts; renewed by heartbeat every third of it. A job "
             "whose worker died runs again once the lease expires (at once if the dead worker "
             "was on this machine)."),
+    Setting("progress_every", "QLITE_PROGRESS_EVERY", "--progress-every", 5.0, "float",
+            "Seconds between writes of a running job's ctx.progress to the bucket "
+            "(results/ID.progress.json): at most one small PUT per job per interval; reports "
+            "in between are coalesced, and the last one is written when the handler returns."),
     Setting("shards", "QLITE_SHARDS", "--shards", 128, "int",
             "Shards the inbox is split into for a fleet of workers on one bucket (each worker "
             "owns a share, leased through coord/ in the bucket). Fixed by the first worker "
@@ -110,6 +120,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Serve Prometheus metrics on this port (/metrics). Unset: no metrics server."),
     Setting("metrics_host", "QLITE_METRICS_HOST", "--metrics-host", "127.0.0.1", "str",
             "Address the metrics server binds; 0.0.0.0 exposes it to the network."),
+    Setting("encryption_key", "QLITE_ENCRYPTION_KEY", "--encryption-key", None, "cipher",
+            "Encrypt jobs' arguments (producers) and results (worker) end to end with "
+            "AES-256-GCM: kid:KEY pairs, comma-separated, KEY 32 bytes in URL-safe base64 "
+            "(qlite keygen prints one); the first seals, all open (docs/encryption.md). Prefer "
+            "the environment variable: a command-line value is visible in ps."),
     Setting("signing_key", "QLITE_SIGNING_KEY", "--signing-key", None, "keyring",
             "Sign inbox objects (producers) and quarantine unsigned or badly signed ones "
             "(worker): kid:secret pairs, comma-separated, secrets of 16 bytes or more; the "
@@ -174,6 +189,9 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
                     f"{source}: queue name {name!r} is not valid "
                     "(use letters, digits, '_', '-', '.'; at most 64)"
                 )
+            if "=" in q and setting.name == "lifo":
+                raise ConfigError(f"{source}: expected queue names (got {q!r}). Try: "
+                                  "--lifo latest")
             if "=" in q and not re.fullmatch(r"[1-9][0-9]{0,5}", weight):
                 raise ConfigError(f"{source}: queue weight in {q!r} is not a whole number "
                                   "1..999999. Try: --queue high=3 --queue default=1")
@@ -186,6 +204,8 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         return parse_url(raw)
     if setting.kind == "keyring":
         return raw if isinstance(raw, Keyring) else parse_keyring(raw, source)
+    if setting.kind == "cipher":
+        return raw if isinstance(raw, Cipher) else parse_cipher(raw, source)
     if setting.name == "replicate":
         if raw not in ("auto", "on", "off"):
             raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
@@ -213,11 +233,13 @@ class Settings:
     db: str | None = None
     queues: tuple[str, ...] = ("default",)
     weights: tuple[int, ...] = ()  # empty: strict order of queues; else one weight per queue
+    lifo: tuple[str, ...] = ()  # queues claimed newest first
     replicate: str = "auto"
     concurrency: int = 4
     pool: str = "thread"
     max_attempts: int = 3
     lease: float = 60.0
+    progress_every: float = 5.0
     shards: int = 128
     fleet_lease: float = 30.0
     node: str | None = None
@@ -231,6 +253,7 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     signing_key: Keyring | None = None  # its repr shows key ids, never a secret
+    encryption_key: Cipher | None = None  # its repr shows key ids, never a key
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -265,6 +288,7 @@ class Settings:
         values["weights"] = tuple(int(q.partition("=")[2] or 1)
                                   for q in values["queues"]) if weighted else ()
         values["queues"] = tuple(q.partition("=")[0] for q in values["queues"])
+        values["lifo"] = values["lifo"] or ()  # none: every queue is FIFO
         if values["poll_min"] > values["poll_max"]:
             values["poll_min"] = values["poll_max"]
         return cls(**values)

@@ -12,7 +12,8 @@ import pytest
 import qlite
 from conftest import bucket_keys, drain_with, eventually, start_worker
 from conftest import qlite as run_qlite
-from qlite.index.db import Index
+from qlite import envelope
+from qlite.index.db import QUERIES, Index
 from qlite.worker.loop import Worker
 
 app = qlite.App(queues=["high", "low"])
@@ -262,6 +263,40 @@ def test_strict_queue_order_then_priority_then_fifo(s3):
             client.put("f.tag", ["high-p0-b"], queue="high")]
     drain(s3, jobs, settings={"queues": ("high", "low"), "concurrency": 1})
     assert [v for v, _ in ran] == ["high-p5", "high-p0-a", "high-p0-b", "low-1"]
+
+
+def test_a_lifo_queue_runs_its_newest_jobs_first_after_priority(s3):
+    ran.clear()
+    client = qlite.Client()
+    jobs = [client.put("f.tag", ["fifo-1"], queue="low"),
+            client.put("f.tag", ["old"], queue="latest"),
+            client.put("f.tag", ["p5"], queue="latest", priority=5),
+            client.put("f.tag", ["new"], queue="latest"),
+            client.put("f.tag", ["fifo-2"], queue="low")]
+    drain(s3, jobs, settings={"queues": ("latest", "low"), "lifo": ("latest",),
+                              "concurrency": 1})
+    assert [v for v, _ in ran] == ["p5", "new", "old", "fifo-1", "fifo-2"]
+
+
+def test_the_lifo_claim_reads_its_own_index_and_fifo_jobs_stay_out_of_it(tmp_path):
+    index = Index(tmp_path / "i.db")
+    index.set_lifo(["latest"])
+    now = time.time()
+    index.insert_jobs([{"id": envelope.new_id(), "task": "t", "queue": q, "priority": 0,
+                        "max_attempts": 1, "run_at": now, "envelope": "{}", "inbox_key": "k",
+                        "key": None, "enqueued_at": "x"} for q in ("latest", "default")])
+    lifo = index.conn.execute("SELECT count(*) FROM jobs INDEXED BY jobs_lifo WHERE lifo = 1 "
+                              "AND state IN ('queued', 'scheduled')").fetchone()[0]
+    assert lifo == 1
+    for query, used in (("claim", "jobs_runnable"), ("claim_lifo", "jobs_lifo")):
+        plan = " ".join(row[-1] for row in index.conn.execute(
+            "EXPLAIN QUERY PLAN " + QUERIES[query],
+            {"queue": "latest", "now": now, "now_iso": "x", "lease_until": now, "owner": "o",
+             "blocked": "[]", "shards": None, "nshards": 1, "n": 1}))
+        assert used in plan and "TEMP B-TREE" not in plan, plan  # the order comes sorted
+    index.set_lifo([])  # no longer LIFO: its waiting job goes back to the FIFO claim
+    assert index.claim(("latest",), 1, "o", 60.0)[0]["queue"] == "latest"
+    index.close()
 
 
 def test_weighted_queues_share_the_worker_by_their_weights(s3):

@@ -166,3 +166,20 @@ def test_a_half_done_pack_survives_the_loss_of_the_index(s3):
     index = Index(s3.db, readonly=True)
     assert index.get(jobs[1].id)["state"] == "scheduled"
     assert index.get(jobs[0].id)["state"] == "succeeded"
+
+
+def test_a_pack_whose_members_all_have_their_records_is_deleted_not_left_behind(s3):
+    # An index rebuilt from results/ publishes a pack's members from their records before it
+    # takes the pack in again (the chaos suite's lost disk): the pack object must still go.
+    jobs = qlite.Client().put_many([("p.echo", [i]) for i in range(5)])
+    (key,) = bucket_keys(s3, "inbox/")
+    client = s3.server.client()
+    raw = client.get_object(Bucket=s3.bucket, Key=s3.prefix + key)["Body"].read()
+    drain_with(app, s3, jobs)
+    assert bucket_keys(s3, "inbox/") == []
+    before = len(seen)
+    client.put_object(Bucket=s3.bucket, Key=s3.prefix + key, Body=raw)  # left behind
+    Worker(app, s3.settings()).run(burst=True)
+    assert bucket_keys(s3, "inbox/") == []
+    assert len(seen) == before  # nothing ran again
+    assert [j.status()["result"] for j in jobs] == [0, 2, 4, 6, 8]

@@ -54,7 +54,7 @@ def test_an_object_comes_back_byte_for_byte(store):
 def test_an_empty_object_is_an_object(store):
     store.put("x/empty", b"")
     assert store.get("x/empty") == b"" and store.exists("x/empty")
-    assert list(store.list("x/")) == [("x/empty", 0)]
+    assert list(store.iter_keys("x/")) == [("x/empty", 0)]
 
 
 # -- conditional writes ----------------------------------------------------------------------
@@ -93,14 +93,14 @@ def test_a_missing_key_is_object_not_found_everywhere(store):
     with pytest.raises(ObjectNotFound):
         store.copy("nothing/here", "nothing/there")
     store.delete_many(["nothing/here", "nothing/there"])  # deleting what is gone is fine
-    assert list(store.list("nothing/")) == []
+    assert list(store.iter_keys("nothing/")) == []
 
 
 def test_deleted_objects_are_gone(store):
     store.put("d/a", b"1")
     store.put("d/b", b"2")
     store.delete_many(["d/a", "d/b"])
-    assert list(store.list("d/")) == [] and store.get_or_none("d/a") is None
+    assert list(store.iter_keys("d/")) == [] and store.get_or_none("d/a") is None
 
 
 # -- listing ---------------------------------------------------------------------------------
@@ -113,9 +113,9 @@ def test_listing_pages_in_key_order_from_any_start(any_s3):
         store.put(key, b"x" * i)
     store.put("inbox/other/9.json", b"")  # under another prefix: not listed
     expected = sorted((k, i) for i, k in enumerate(keys))
-    assert list(store.list("inbox/default/")) == expected
+    assert list(store.iter_keys("inbox/default/")) == expected
     assert store.requests["list"] == 3  # 2 + 2 + 1 keys: three pages
-    assert list(store.list("inbox/default/", start_after=expected[1][0])) == expected[2:]
+    assert list(store.iter_keys("inbox/default/", start_after=expected[1][0])) == expected[2:]
     page, truncated = store.list_page("inbox/default/", max_keys=4)
     assert (page, truncated) == (expected[:4], True)
     page, truncated = store.list_page("inbox/default/", start_after=page[-1][0])
@@ -156,7 +156,7 @@ def test_a_copy_keeps_the_metadata_or_replaces_it_when_told(store):
 def test_a_missing_bucket_is_named_with_how_to_create_it(any_s3):
     store = Store(parse_url("s3://qlite-no-such-bucket/q"), any_s3.server.endpoint)
     for call in (lambda: store.put("k", b"x"), lambda: store.get("k"),
-                 lambda: list(store.list("")), store.check):
+                 lambda: list(store.iter_keys("")), store.check):
         with pytest.raises(BucketNotFound) as e:
             call()
         assert "bucket 'qlite-no-such-bucket' does not exist" in str(e.value)

@@ -17,6 +17,7 @@ import typer
 from qlite.app import load_app
 from qlite.cli import put as putcmd
 from qlite.errors import QliteError, WaitTimeout
+from qlite.ops.running import progress_text, running_for
 from qlite.settings import Settings, setting
 from qlite.states import INDEXED, TERMINAL
 
@@ -145,6 +146,8 @@ def worker(
         "queues", "queue to serve, repeatable, in priority order; NAME=WEIGHT for weighted")
     ] = None,
     concurrency: Annotated[int | None, _setting("concurrency", "jobs run at once")] = None,
+    lifo: Annotated[list[str] | None, _setting(
+        "lifo", "queue claimed newest first (LIFO), repeatable")] = None,
     burst: Annotated[bool, typer.Option(help="exit 0 once no job is runnable now")] = False,
     replicate: Annotated[str | None, _setting(
         "replicate", "auto, on or off: Litestream replication of the index")] = None,
@@ -156,6 +159,8 @@ def worker(
     max_attempts: Annotated[int | None, _setting(
         "max_attempts", "default attempts per job")] = None,
     lease: Annotated[float | None, _setting("lease", "lease seconds of a running job")] = None,
+    progress_every: Annotated[float | None, _setting(
+        "progress_every", "seconds between a job's progress writes to the bucket")] = None,
     grace: Annotated[float | None, _setting(
         "grace", "seconds running jobs get after SIGTERM")] = None,
     shards: Annotated[int | None, _setting(
@@ -182,20 +187,25 @@ def worker(
     signing_key: Annotated[str | None, _setting(
         "signing_key", "kid:secret[,kid:secret] to verify and sign inbox objects; prefer the "
         "env var, ps shows options")] = None,
+    encryption_key: Annotated[str | None, _setting(
+        "encryption_key", "kid:KEY[,kid:KEY] to open sealed arguments and seal results; prefer "
+        "the env var, ps shows options")] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (then finish running jobs within the grace period).
 
     Example: qlite worker --app tasks:app --queue high --queue default --concurrency 8
+    (--queue latest --lifo latest: that queue's newest jobs first)
     """
     settings = Settings.load(url=url, endpoint_url=endpoint_url, db=db, queues=queue,
-                             concurrency=concurrency, pool=pool, replicate=replicate,
+                             lifo=lifo, concurrency=concurrency, pool=pool, replicate=replicate,
                              max_attempts=max_attempts,
-                             lease=lease, shards=shards, fleet_lease=fleet_lease, node=node,
+                             lease=lease, progress_every=progress_every, shards=shards,
+                             fleet_lease=fleet_lease, node=node,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
                              max_payload=max_payload, log_level=log_level,
                              log_format=log_format, metrics_port=metrics_port,
                              metrics_host=metrics_host,
-                             signing_key=signing_key)
+                             signing_key=signing_key, encryption_key=encryption_key)
     settings.require_url()
     from qlite.worker.logs import setup
 
@@ -253,8 +263,12 @@ def _client(url: str | None, endpoint_url: str | None) -> Any:
 def _print_status(status: dict) -> None:
     _say(f"{status['id']}  {status['state']}  task={status.get('task')}  "
                f"queue={status.get('queue')}  attempts={status.get('attempts')}")
+    if status.get("progress"):
+        _say(f"progress: {progress_text(status['progress'])}")
     if status.get("result") is not None:
         _say(f"result: {json.dumps(status['result'])}")
+    elif status.get("encrypted"):
+        _say("result: encrypted (set QLITE_ENCRYPTION_KEY to read it)")
     if status.get("error"):
         _say(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
 
@@ -326,21 +340,29 @@ def ls(
     db: Db = None,
     url: Url = None,
 ) -> None:
-    """List jobs in the worker's index (run on the worker VM).
+    """List jobs in the worker's index (run on the worker VM). Running jobs show how long
+    they have run and their last ctx.progress.
 
-    Example: qlite ls --state failed --limit 20
+    Example: qlite ls --state failed --limit 20; qlite ls --state running
     """
     if state is not None and state not in INDEXED:
         raise QliteError(f"--state: expected one of {', '.join(INDEXED)} (got {state!r})")
     rows = _index(db, url).jobs(state, queue, limit)
+    for r in rows:
+        r["progress"] = json.loads(r["progress"]) if r.get("progress") else None
     if as_json:
         typer.echo(json.dumps(rows))
         return
     for r in rows:
         error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
-        _say(f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
-                   f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
-                   + (f"  error={error['type']}" if error else ""))
+        line = (f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
+                f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
+                + (f"  error={error['type']}" if error else ""))
+        if r["state"] == "running":  # how long it has run, and how far it got
+            line += f"  running={running_for(r['started_at'])}"
+            if r.get("progress"):
+                line += f"  progress={progress_text(r['progress'])}"
+        _say(line)
 
 
 @app.command()
@@ -362,6 +384,15 @@ def show(
         raise QliteError(f"no job {job_id} in the index. Try: qlite status {job_id}")
     env = redacted(json.loads(job["envelope"]))  # secrets in arguments are not shown
     job["envelope"] = json.dumps(env)
+    from qlite.crypto import opened_error, opened_result
+
+    cipher = Settings.load().encryption_key  # sealed fields (docs/encryption.md) are opened
+    job["result"] = opened_result(cipher, job_id, job["result"])
+    for a in job["attempt_log"]:
+        a.update(opened_error(cipher, job_id, {"message": a["message"],
+                                               "traceback": a["traceback"]}))
+    if env.get("sealed") is not None:
+        env["args"], env["kwargs"] = ["encrypted"], {}
     if as_json:
         typer.echo(json.dumps(job))
         return
@@ -372,6 +403,8 @@ def show(
     _say(f"{'crashes:':<14}{job['crashes']}" + ("  (suspect: runs alone next)"
                                                  if job["suspect"] else ""))
     _say(f"{'worker lost:':<14}{job['lost']}")
+    _say(f"{'progress:':<14}"
+         f"{progress_text(json.loads(job['progress'])) if job.get('progress') else '-'}")
     _say(f"{'args:':<14}{json.dumps(env['args'])}")
     _say(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
     for a in job["attempt_log"]:
@@ -596,6 +629,20 @@ Since = Annotated[str, typer.Option(
 
 
 @app.command()
+def keygen() -> None:
+    """Print a new encryption key in the QLITE_ENCRYPTION_KEY format (kid:KEY).
+
+    To rotate, put the new key first and keep the old ones after it until no job sealed with
+    them is left: export QLITE_ENCRYPTION_KEY="$(qlite keygen),$QLITE_ENCRYPTION_KEY"
+
+    Example: export QLITE_ENCRYPTION_KEY="$(qlite keygen)"
+    """
+    from qlite.crypto import keygen as new_key
+
+    typer.echo(new_key())
+
+
+@app.command()
 @_errors
 def doctor(
     as_json: AsJson = False,
@@ -685,7 +732,8 @@ def dashboard(
     index = _index(db, url)  # fails early, with a hint, when there is no index here
     index.close()
     client = _client(url, endpoint_url) if settings.dashboard_token and settings.url else None
-    board = Dashboard(settings.db_path(), token=settings.dashboard_token, client=client)
+    board = Dashboard(settings.db_path(), token=settings.dashboard_token, client=client,
+                      cipher=settings.encryption_key)
     try:
         server = make_server(board, host, port)
     except OSError as e:

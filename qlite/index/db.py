@@ -79,6 +79,7 @@ class Index:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
         self._batch = False  # inside batch(): calls use savepoints, batch() commits
+        self.lifo: frozenset[str] = frozenset()  # queues claimed newest first (set_lifo)
         try:
             if readonly:
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
@@ -111,7 +112,8 @@ class Index:
                            "suspect INTEGER NOT NULL DEFAULT 0",
                            "solo INTEGER NOT NULL DEFAULT 0",
                            "crashes INTEGER NOT NULL DEFAULT 0",
-                           "lost INTEGER NOT NULL DEFAULT 0"):
+                           "lost INTEGER NOT NULL DEFAULT 0", "progress TEXT",
+                           "lifo INTEGER NOT NULL DEFAULT 0"):
                 if column.split()[0] not in columns:
                     self.conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
             attempt_columns = {row[1] for row in self.conn.execute("PRAGMA table_info(attempts)")}
@@ -123,6 +125,8 @@ class Index:
                               "WHERE pack IS NOT NULL")
             for name in ("jobs_state", "jobs_finished", "attempts_finished", "attempts_first"):
                 self.conn.execute(f"DROP INDEX IF EXISTS {name}")  # see schema.sql
+            self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_lifo ON jobs (queue, priority "
+                              "DESC, id DESC) WHERE lifo = 1 AND state IN ('queued', 'scheduled')")
             self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_suspect ON jobs (priority DESC, "
                               "run_at, id) WHERE suspect = 1 AND state IN ('queued', 'scheduled')")
             self.conn.execute(
@@ -193,6 +197,7 @@ class Index:
         in ((key, queue, size)) in one transaction."""
         now, now_iso = self._now(now)
         n = 0
+        lifo = json.dumps(sorted(self.lifo))
         with self._tx():
             for key, queue, size in packs:
                 self.conn.execute(QUERIES["insert_pack"], {"key": key, "queue": queue,
@@ -200,7 +205,7 @@ class Index:
             for job in jobs:
                 n += self.conn.execute(QUERIES["insert_job"], {
                     "expires_at": None, "grp": None, "pack": None, **job, "now": now,
-                    "now_iso": now_iso,
+                    "now_iso": now_iso, "lifo_queues": lifo,
                 }).rowcount
             # A cancel request may have arrived before its job: it applies as the job lands.
             self.conn.execute(QUERIES["apply_cancels"], {"now_iso": now_iso}).fetchall()
@@ -214,6 +219,9 @@ class Index:
         0 means its batched record is complete and the pack object may go."""
         return {r["pack"]: r["n"] for r in self._rows("pack_open", keys=json.dumps(keys))}
 
+    def packs_settled(self, keys: list[str]) -> list[str]:
+        return [r["pack"] for r in self._rows("packs_settled", keys=json.dumps(keys))]
+
     def pack_members(self, key: str) -> list[dict]:
         """The terminal members still in pack ``key``, with their attempts."""
         return self._with_attempts(self._rows("pack_members", key=key))
@@ -224,20 +232,30 @@ class Index:
 
     # -- claim and complete -----------------------------------------------------------------
 
+    def set_lifo(self, queues: Iterable[str]) -> None:
+        """Claim ``queues`` newest first (LIFO) from now on, the others oldest first; the
+        jobs already waiting follow at once (one statement)."""
+        self.lifo = frozenset(queues)
+        self._write("set_lifo", lifo_queues=json.dumps(sorted(self.lifo)))
+
+    def _claim_query(self, queue: str) -> str:
+        return "claim_lifo" if queue in self.lifo else "claim"
+
     def claim(self, queues: tuple[str, ...], n: int, owner: str, lease: float,
               now: float | None = None, limits: Limits | None = None,
               shards: tuple[set[int], int] | None = None) -> list[dict]:
-        """Claim up to ``n`` runnable jobs in queue order, priority, then FIFO, within the
-        tasks' concurrency and rate ``limits``. ``limits.held_until`` then says when a job held
-        back by a rate limit may go (None: when a running job ends). ``shards`` (owned, of
-        how many) limits a fleet worker to the shards it owns."""
+        """Claim up to ``n`` runnable jobs in queue order, priority, then FIFO (LIFO for the
+        queues of ``set_lifo``), within the tasks' concurrency and rate ``limits``.
+        ``limits.held_until`` then says when a job held back by a rate limit may go (None:
+        when a running job ends). ``shards`` (owned, of how many) limits a fleet worker to
+        the shards it owns."""
         params = self._claim_params(queues, owner, lease, now, shards)
         if not limits:
             rows: list[dict] = []
             with self._tx():
                 for queue in queues:
-                    rows += self._rows("claim", n=n - len(rows), blocked="[]", queue=queue,
-                                       **params)
+                    rows += self._rows(self._claim_query(queue), n=n - len(rows),
+                                       blocked="[]", queue=queue, **params)
                     if len(rows) >= n:
                         break
                 self._attempts_started(rows, owner, params["now_iso"])
@@ -296,8 +314,8 @@ class Index:
                         limits.held_until = min(limits.held_until or free_at, free_at)
                 got = []
                 for queue in queues:
-                    got = self._rows("claim", n=1, blocked=json.dumps(blocked), queue=queue,
-                                     **params)
+                    got = self._rows(self._claim_query(queue), n=1,
+                                     blocked=json.dumps(blocked), queue=queue, **params)
                     if got:
                         break
                 if not got:
@@ -399,6 +417,15 @@ class Index:
                 if outcome in TERMINAL:
                     self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
         return bool(done)
+
+    def set_progress(self, reports: list[tuple[str, int, dict]], owner: str) -> None:
+        """Keep the last ctx.progress of running attempts (job id, attempt, report), fenced
+        like an outcome: a stale attempt's report is dropped."""
+        with self._tx():
+            for job_id, attempt, report in reports:
+                self.conn.execute(QUERIES["set_progress"], {
+                    "id": job_id, "attempt": attempt, "owner": owner,
+                    "progress": json.dumps({k: _text(v) for k, v in report.items()})})
 
     def heartbeat(self, owner: str, lease: float, now: float | None = None) -> None:
         now, _ = self._now(now)

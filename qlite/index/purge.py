@@ -1,7 +1,8 @@
 """Purge: forget finished jobs, in the index and in the bucket.
 
-Objects go first (each job's record, large result and payload), then the index rows: a crash
-between the two leaves rows whose objects are gone, and the next purge deletes them again
+Objects go first (each job's record, large result, payload, progress and checkpoint), then the
+index rows: a crash between the two leaves rows whose objects are gone, and the next purge
+deletes them again
 (deleting a missing key is not an error). A pack's batched record goes with the last of its
 members. Cancel/retry markers whose job never arrived go once they are older than the age too.
 """
@@ -11,7 +12,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from qlite.envelope import pack_result_key, parse_pack_key, payload_key, result_key, value_key
+from qlite.envelope import (
+    checkpoint_key,
+    pack_result_key,
+    parse_pack_key,
+    payload_key,
+    progress_key,
+    result_key,
+    value_key,
+)
 from qlite.errors import ConfigError
 from qlite.index.db import Index
 from qlite.states import TERMINAL
@@ -49,7 +58,8 @@ def purge(index: Index, store: Store, older_than: float, *,
     while jobs := index.purgeable(list(chosen), before, queue):
         ids = [j["id"] for j in jobs]
         store.delete_many([k for i in ids for k in (result_key(i), value_key(i),
-                                                    payload_key(i))])
+                                                    payload_key(i), progress_key(i),
+                                                    checkpoint_key(i))])
         total += index.purge(ids)
         gone = index.forget_packs(sorted({j["pack"] for j in jobs if j["pack"]}))
         store.delete_many([pack_result_key(k.rsplit("/", 1)[-1].removesuffix(".pack.jsonl"))

@@ -21,7 +21,8 @@ def reindex(store: Store, index: Index) -> tuple[int, int]:
     restored from a replica older than their end); returns (records read, rows written).
     One LIST per 1,000 results, and a GET only for those jobs."""
     keys = [key for key, _ in store.iter_keys("results/")
-            if key.endswith(".json") and not key.endswith(".value.json")]
+            if key.endswith(".json")
+            and not key.endswith((".value.json", ".progress.json"))]
     pack_keys = [k for k in keys if k.startswith("results/packs/")]
     keys = [k for k in keys if not k.startswith("results/packs/")]
     ids = [key.removeprefix("results/").removesuffix(".json") for key in keys]

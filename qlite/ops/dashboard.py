@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from qlite.crypto import opened_error, opened_result
 from qlite.envelope import redacted
 from qlite.errors import ConfigError, QliteError
 from qlite.index.db import Index
+from qlite.ops.running import progress_text, report_of, running_for
 from qlite.ops.stats import STATES, series, stats
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ class Dashboard:
     """What the handler needs: the index path, the token (None: read-only) and, for retry
     and cancel, a qlite.Client."""
 
-    def __init__(self, db: str | Path, *, token: str | None = None, client: Any = None):
+    def __init__(self, db: str | Path, *, token: str | None = None, client: Any = None,
+                 cipher: Any = None):
         if token is not None and len(token) < MIN_TOKEN:
             raise ConfigError(
                 f"QLITE_DASHBOARD_TOKEN / --token: at least {MIN_TOKEN} characters (got "
@@ -53,6 +56,7 @@ class Dashboard:
                               "QLITE_URL is not set. Try: export QLITE_URL=s3://bucket/prefix "
                               "(or pass --url)")
         self.db = Path(db)
+        self.cipher = cipher  # QLITE_ENCRYPTION_KEY: sealed fields are opened for the page
         self.token = token
         self.client = client
         self.nonce = secrets.token_urlsafe(16)
@@ -94,6 +98,9 @@ class Dashboard:
             error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
             r["error"] = {"type": error.get("type"), "message": error.get("message")} \
                 if error else None
+            r["progress"] = report_of(r.get("progress"))
+            r["progress_text"] = progress_text(r["progress"], at=False) if r["progress"] else None
+            r["running_for"] = running_for(r["started_at"]) if r["state"] == "running" else None
         return rows
 
     def job(self, job_id: str) -> dict | None:
@@ -105,6 +112,15 @@ class Dashboard:
         if job is None:
             return None
         env = redacted(json.loads(job.pop("envelope")))  # secrets in arguments are not shown
+        # Sealed fields (docs/encryption.md): opened with the key, "encrypted" without.
+        job["result"] = opened_result(self.cipher, job_id, job["result"])
+        job["error"] = json.dumps(opened_error(self.cipher, job_id, json.loads(job["error"]))) \
+            if job["error"] else None
+        for a in job["attempt_log"]:
+            a.update(opened_error(self.cipher, job_id, {"message": a["message"],
+                                                        "traceback": a["traceback"]}))
+        if env.get("sealed") is not None:
+            env["args"], env["kwargs"] = ["encrypted"], {}
         return {
             **{k: job[k] for k in ("id", "task", "queue", "state", "priority", "attempts",
                                    "max_attempts", "key", "enqueued_at", "started_at",
@@ -113,6 +129,9 @@ class Dashboard:
             "result": json.loads(job["result"]) if job["result"] is not None else None,
             "error": json.loads(job["error"]) if job["error"] else None,
             "attempt_log": job["attempt_log"],
+            "progress": report_of(job.get("progress")),
+            "progress_text": progress_text(report_of(job.get("progress")))
+            if job.get("progress") else None,
         }
 
     def act(self, job_id: str, action: str, token: str | None) -> dict:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from qlite.index.db import Index
+from qlite.ops.running import progress_text, report_of, running_for
 from qlite.ops.stats import STATES, format_seconds, stats
 
 STYLE = {"queued": "yellow", "scheduled": "yellow", "running": "blue", "succeeded": "green",
@@ -15,7 +16,8 @@ STYLE = {"queued": "yellow", "scheduled": "yellow", "running": "blue", "succeede
 
 
 def frame(index: Index, since: float = 3600.0, now: float | None = None) -> Any:
-    """One screen: totals, queues, tasks, the latest failures and the S3 cost."""
+    """One screen: totals, queues, tasks, running jobs with their progress, the latest
+    failures and the S3 cost."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -57,6 +59,13 @@ def frame(index: Index, since: float = 3600.0, now: float | None = None) -> Any:
                       fmt(t["wait"]["p50"]), fmt(t["wait"]["p95"]),
                       fmt(t["run"]["p50"]), fmt(t["run"]["p95"]))
 
+    running = Table(title="running", title_justify="left")
+    for name in ("job", "task", "running for", "progress"):
+        running.add_column(name, overflow="fold" if name == "progress" else "ellipsis")
+    for job in index.jobs("running", None, 10):
+        running.add_row(job["id"], job["task"], running_for(job["started_at"], now),
+                        progress_text(report_of(job["progress"]), at=False))
+
     failures = Table(title="latest failures", title_justify="left")
     for name in ("job", "task", "finished", "error"):
         failures.add_column(name, overflow="fold" if name == "error" else "ellipsis")
@@ -71,6 +80,8 @@ def frame(index: Index, since: float = 3600.0, now: float | None = None) -> Any:
             f"(${c['dollars_per_million_jobs_with_enqueue']:.2f} with the producers' PUTs)"
             if c["jobs"] else "S3: no jobs published yet")
     parts: list[Any] = [head, queues, tasks]
+    if running.row_count:
+        parts.append(running)
     if failures.row_count:
         parts.append(failures)
     parts.append(Text(cost, style="dim"))

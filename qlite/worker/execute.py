@@ -1,7 +1,8 @@
 """Run one claimed job's handler and describe what happened, as an Outcome.
 
-Runs on a handler thread; touches neither SQLite nor S3. The worker's loop turns the Outcome
-into one index transition.
+Runs on a handler thread (or in a job's child process); never touches SQLite. S3 only for a
+claim-checked payload and what the handler asks for (ctx.progress, ctx.checkpoint,
+ctx.resume: progress.py). The worker's loop turns the Outcome into one index transition.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import json
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qlite.app import App
 from qlite.errors import Fail, Retry, Snooze
+from qlite.worker.progress import Progress
 from qlite.worker.retry import retryable
 
 
@@ -38,6 +41,8 @@ class Outcome:
     error: dict | None = None  # {type, message, traceback}
     delay: float | None = None  # seconds before the next attempt, when the handler named it
     logs: list | None = None  # the handler's own log lines (logs.JobLog.result())
+    progress: dict | None = None  # the last ctx.progress of the attempt, if any
+    checkpointed: bool = False  # the job has a checkpoint in the bucket (ctx.checkpoint)
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Context:
     client: Any = None
     meta: dict = field(default_factory=dict)  # the envelope's meta (periodic: schedule, tick)
     cancel_event: threading.Event | None = None
+    tracker: Progress | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -63,6 +69,29 @@ class Context:
     def put(self, task: Any, args: Any = (), kwargs: dict | None = None, **options: Any) -> Any:
         """Enqueue a follow-up job from inside a handler."""
         return self.client.put(task, args, kwargs, **options)
+
+    def progress(self, done: float, total: float | None = None,
+                 message: str | None = None) -> None:
+        """Report how far the job is: ``done`` of ``total`` units (numbers >= 0). Cheap to
+        call often: writes to the bucket are coalesced (QLITE_PROGRESS_EVERY)."""
+        self._tracker().report(done, total, message)
+
+    def checkpoint(self, state: Any) -> None:
+        """Store ``state`` (small JSON) in the bucket now; when this job runs again (a crash,
+        a deploy, a retry, another worker) ``ctx.resume`` holds it."""
+        self._tracker().checkpoint(state)
+
+    @property
+    def resume(self) -> Any:
+        """The state of this job's last ``ctx.checkpoint`` (None: none yet). Read from the
+        bucket on first use."""
+        return self._tracker().resume()
+
+    def _tracker(self) -> Progress:
+        if self.tracker is None:  # a Context made by hand (tests of a handler)
+            raise RuntimeError("this ctx has no progress tracker: run the task through a "
+                               "worker (or qlite.testing) to use progress and checkpoints")
+        return self.tracker
 
 
 def _error(kind: str, message: str, tb: str | None = None) -> dict:
@@ -104,19 +133,61 @@ def _payload(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
     return list(payload["args"]), dict(payload["kwargs"])
 
 
+def _open_args(claim: Claim, client: Any) -> tuple[list, dict] | Outcome:
+    from qlite.crypto import open_sealed
+    from qlite.errors import DecryptError
+
+    try:
+        value = open_sealed(getattr(client, "cipher", None), claim.id, "args",
+                            claim.envelope["sealed"])
+    except DecryptError as e:
+        return Outcome("failed", error=_error("DecryptError", str(e)))
+    if not (isinstance(value, dict) and isinstance(value.get("args"), list)
+            and isinstance(value.get("kwargs"), dict)):
+        return Outcome("failed", error=_error("BadPayload", f"job {claim.id}: the sealed "
+                                              "arguments are not {'args': [...], 'kwargs': {}}"))
+    return value["args"], value["kwargs"]
+
+
+def seal_result(outcome: Outcome, job_id: str, cipher: Any) -> Outcome:
+    """The outcome with its result and a handler's error message sealed
+    (QLITE_ENCRYPTION_KEY): the index, its replica and results/ then hold only ciphertext."""
+    if cipher is None:
+        return outcome
+    from qlite.crypto import SEALED, seal, seal_error
+
+    if outcome.error is not None and outcome.error.get("traceback") is not None:
+        # raised by the handler: its message may quote the arguments (qlite's own have none)
+        outcome = replace(outcome, error=seal_error(cipher, job_id, outcome.error))
+    if outcome.result is None:
+        return outcome
+    sealed = seal(cipher, job_id, "result", json.loads(outcome.result))
+    return replace(outcome, result=json.dumps({SEALED: sealed}))
+
+
 def run(app: App, claim: Claim, client: Any = None,
-        cancel: threading.Event | None = None) -> Outcome:
+        cancel: threading.Event | None = None, progress_every: float = 5.0,
+        on_progress: Callable[[str, int, dict], None] | None = None) -> Outcome:
     """Run the handler inside the job's log context: its log lines carry the job's fields and
-    come back in ``Outcome.logs``."""
+    come back in ``Outcome.logs``; its last ``ctx.progress`` comes back in
+    ``Outcome.progress``. ``on_progress(job_id, attempt, progress)`` sees every report."""
     from qlite.worker.logs import job_context
 
+    tracker = Progress(getattr(client, "store", None), claim.id, claim.attempt, progress_every,
+                       on_change=None if on_progress is None else
+                       (lambda p: on_progress(claim.id, claim.attempt, p)),
+                       cipher=getattr(client, "cipher", None))
     with job_context(claim) as captured:
-        outcome = _run(app, claim, client, cancel)
+        outcome = _run(app, claim, client, cancel, tracker)
+    tracker.flush()
+    outcome = seal_result(outcome, claim.id, getattr(client, "cipher", None))
     lines = captured.result()
-    return replace(outcome, logs=lines) if lines else outcome
+    return replace(outcome, logs=lines or None, progress=tracker.latest,
+                   checkpointed=tracker.checkpointed)
 
 
-def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None) -> Outcome:
+def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None,
+         tracker: Progress) -> Outcome:
     task = app.tasks.get(claim.task)
     if task is None:
         names = ", ".join(sorted(app.tasks)) or "none"
@@ -128,11 +199,16 @@ def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None) ->
         if isinstance(loaded, Outcome):
             return loaded
         args, kwargs = loaded
+    if claim.envelope.get("sealed") is not None:  # QLITE_ENCRYPTION_KEY (docs/encryption.md)
+        opened = _open_args(claim, client)
+        if isinstance(opened, Outcome):
+            return opened
+        args, kwargs = opened
     if task.wants_ctx:
         ctx = Context(claim.id, claim.task, claim.queue, claim.attempt, claim.max_attempts,
                       claim.enqueued_at,
                       logging.getLogger(f"qlite.task.{claim.task}"), client,
-                      dict(claim.envelope.get("meta") or {}), cancel)
+                      dict(claim.envelope.get("meta") or {}), cancel, tracker)
         if task.ctx_first:
             args.insert(0, ctx)
         else:

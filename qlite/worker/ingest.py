@@ -147,6 +147,9 @@ class Ingest:
                 result.deleted.append(key)
         # A pack taken in stays in the inbox until all its members are published.
         known_packs = self.index.known_packs([key for key, _, _ in packs]) if packs else set()
+        for key in self.index.packs_settled(sorted(known_packs)) if known_packs else ():
+            log.info("pack %s already done: deleted", key)
+            result.deleted.append(key)
         fetch.extend((queue, ("pack", pack_id), key, size) for key, pack_id, size in packs
                      if key not in known_packs)
         # Every object at a malformed key is read and quarantined anew (never deleted unseen).
@@ -160,6 +163,13 @@ class Ingest:
             if outcome[0] == "job":
                 rows.append(outcome[1])
             elif outcome[0] == "pack":
+                if self._pack_done(outcome[2]):
+                    # Every member already has its record (an index rebuilt from results/
+                    # published them before the pack was taken in again): only the object
+                    # is left to acknowledge.
+                    log.info("pack %s already done: deleted", outcome[1][0])
+                    result.deleted.append(outcome[1][0])
+                    continue
                 taken_packs.append(outcome[1])
                 rows.extend(outcome[2])
             else:
@@ -231,6 +241,10 @@ class Ingest:
             n = self.index.restore(records, self.clock())
             log.info("%d job(s) of shards taken over were already finished elsewhere: "
                      "restored from their records, not run again", n)
+
+    def _pack_done(self, rows: list[dict]) -> bool:
+        known = self.index.known([r["id"] for r in rows])
+        return len(known) == len(rows) and all(k["published"] for k in known.values())
 
     def _take_in_safely(self, item: tuple[str, str | None, str, int]) -> tuple | None:
         """_take_in, with a failure of one object (a GET refused, a copy failing) logged and

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from qlite.app import App, load_app
@@ -36,7 +37,8 @@ def _context(spec: str) -> Any:
 
 def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: Any,
            log: tuple[str, str] | None = None, signing_key: Any = None,
-           environ: dict[str, str] | None = None) -> None:
+           environ: dict[str, str] | None = None, progress_every: float = 5.0,
+           encryption_key: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     if environ is not None:  # the worker's environment now, not the forkserver's at its start
         os.environ.clear()
@@ -56,7 +58,11 @@ def _child(spec: str, claim: Claim, url: str, endpoint_url: str | None, conn: An
     conn.send("started")
     from qlite.worker.execute import run
 
-    conn.send(run(app, claim, Client(url, endpoint_url=endpoint_url, signing_key=signing_key)))
+    client = Client(url, endpoint_url=endpoint_url, signing_key=signing_key,
+                    encryption_key=encryption_key)
+    # Each report goes to the worker too, which keeps the index's view (qlite ls, show).
+    conn.send(run(app, claim, client, progress_every=progress_every,
+                  on_progress=lambda *report: conn.send(("progress", *report))))
     conn.close()
 
 
@@ -77,7 +83,10 @@ def _describe(code: int | None) -> str:
 
 def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                  endpoint_url: str | None, cancel: threading.Event | None = None,
-                 log: tuple[str, str] | None = None, signing_key: Any = None) -> Outcome:
+                 log: tuple[str, str] | None = None, signing_key: Any = None,
+                 progress_every: float = 5.0,
+                 on_progress: Callable[[str, int, dict], None] | None = None,
+                 encryption_key: Any = None) -> Outcome:
     if app.spec is None:
         return Outcome("failed", error={
             "type": "NotIsolatable", "traceback": None,
@@ -88,7 +97,8 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
     # The forkserver is started once, by the first job, and its children inherit the
     # environment of that moment: hand each child the worker's environment as it is now.
     proc = mp.Process(target=_child, args=(app.spec, claim, url, endpoint_url, send, log,
-                                           signing_key, dict(os.environ)),
+                                           signing_key, dict(os.environ), progress_every,
+                                           encryption_key),
                       daemon=True, name=f"qlite-job-{claim.id}")
     proc.start()
     _children.add(proc)
@@ -99,17 +109,22 @@ def run_in_child(app: App, claim: Claim, timeout: float | None, url: str,
                           f"the job's process did not load {app.spec} in {STARTUP_LIMIT:.0f}s")
         recv.recv()  # "started": the timeout counts from here
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not recv.poll(0.2 if deadline is None else
-                            max(0.0, min(0.2, deadline - time.monotonic()))):
-            if cancel is not None and cancel.is_set():
-                proc.kill()  # a child cannot see ctx.cancelled: cancelling it means stopping it
-                return _error("Cancelled", f"{claim.task} was cancelled on request while "
-                                           "running; its process was killed")
-            if deadline is not None and time.monotonic() >= deadline:
-                proc.kill()
-                return _error("Timeout", f"{claim.task} ran longer than its {timeout:g}s "
-                                         "timeout and was killed")
-        return recv.recv()
+        while True:
+            while not recv.poll(0.2 if deadline is None else
+                                max(0.0, min(0.2, deadline - time.monotonic()))):
+                if cancel is not None and cancel.is_set():
+                    proc.kill()  # a child cannot see ctx.cancelled: cancelling it stops it
+                    return _error("Cancelled", f"{claim.task} was cancelled on request while "
+                                               "running; its process was killed")
+                if deadline is not None and time.monotonic() >= deadline:
+                    proc.kill()
+                    return _error("Timeout", f"{claim.task} ran longer than its {timeout:g}s "
+                                             "timeout and was killed")
+            message = recv.recv()
+            if not (isinstance(message, tuple) and message[:1] == ("progress",)):
+                return message
+            if on_progress is not None:
+                on_progress(*message[1:])
     except (EOFError, OSError):
         proc.join(5)
         return _error("ProcessCrashed",

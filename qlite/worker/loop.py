@@ -57,7 +57,8 @@ class Worker:
         self.handlers = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="qlite-job")
         self.io = ThreadPoolExecutor(8, thread_name_prefix="qlite-io")
         self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
-                             store=self.store, signing_key=settings.signing_key)
+                             store=self.store, signing_key=settings.signing_key,
+                             encryption_key=settings.encryption_key)
         self.running: dict[Future, Claim] = {}
         self.wake = threading.Event()
         self.stopping = False
@@ -83,6 +84,11 @@ class Worker:
         # shard being handed over -> its jobs waiting for a retry (for coord/handoff/)
         self.handing: dict[int, dict[str, dict]] = {}
         self.drained: set[int] = set()  # shards handed over, waiting for the table
+        # job id -> (id, attempt, report): ctx.progress reports not yet in the index; written
+        # by handler threads, taken by the loop at most once a second (qlite ls, show)
+        self.reports: dict[str, tuple[str, int, dict]] = {}
+        self.reports_lock = threading.Lock()
+        self.next_report = 0.0
         install_capture()  # a handler's own log lines are kept with its job
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
@@ -120,6 +126,7 @@ class Worker:
 
             self.metrics = start(self)
         self.index = open_index(self.settings.db_path(), self.store, self.replica)
+        self.index.set_lifo(self.settings.lifo)
         if self.replica is not None:
             self.replica.check()  # starts litestream if no other worker replicates this index
         self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
@@ -152,6 +159,7 @@ class Worker:
         full = False
         # Claim right after collecting, so a freed slot is refilled before the S3 work.
         for part in (self._fleet_step, self._collect_and_claim, self._publish, self._maintain,
+                     self._note_progress,
                      self._check_cancels, lambda: self._poll(burst), self._schedule,
                      self._claim):
             try:
@@ -282,9 +290,12 @@ class Worker:
                                               str(self.store.url), self.settings.endpoint_url,
                                               cancel, (self.settings.log_level,
                                                        self.settings.log_format),
-                                              self.settings.signing_key)
+                                              self.settings.signing_key,
+                                              self.settings.progress_every, self._on_progress,
+                                              self.settings.encryption_key)
             else:
-                future = self.handlers.submit(run, self.app, claim, self.client, cancel)
+                future = self.handlers.submit(run, self.app, claim, self.client, cancel,
+                                              self.settings.progress_every, self._on_progress)
             self.running[future] = claim
             if self.metrics is not None:
                 self.metrics.job_started(claim.id)
@@ -344,8 +355,27 @@ class Worker:
             self.cancels.pop(claim.id, None)
             del self.running[future]
 
+    def _on_progress(self, job_id: str, attempt: int, report: dict) -> None:
+        with self.reports_lock:
+            self.reports[job_id] = (job_id, attempt, report)
+
+    def _note_progress(self) -> None:
+        """Put the latest ctx.progress of running jobs into the index (qlite ls, show)."""
+        now = self.clock()
+        if now < self.next_report:
+            return
+        self.next_report = now + 1.0
+        with self.reports_lock:
+            reports, self.reports = list(self.reports.values()), {}
+        if reports:
+            self.index.set_progress(reports, self.owner)
+
     def _record(self, claim: Claim, outcome: Outcome) -> None:
         now = self.clock()
+        if outcome.progress is not None:  # the last report, kept in the job's record
+            self.index.set_progress([(claim.id, claim.attempt, outcome.progress)], self.owner)
+        if outcome.checkpointed and outcome.state == "succeeded":
+            self.publisher.checkpoints.add(claim.id)  # deleted with its inbox object
         fields = job_fields(claim)
         task = self.app.tasks.get(claim.task)
         cancel = self.cancels.get(claim.id)
@@ -515,9 +545,9 @@ class Worker:
         now = self.clock()
         if now < self.next_beat:
             return
-        self.next_beat = now + self.settings.lease / 3
-        if self.running:
+        if self.running:  # a failed beat is tried again next step, not a third lease later
             self.index.heartbeat(self.owner, self.settings.lease, now)
+        self.next_beat = now + self.settings.lease / 3
         self._reap()
         if self.replica is not None:
             self.replica.check()

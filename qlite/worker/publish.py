@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from qlite import envelope
+from qlite.crypto import SEALED
 from qlite.errors import EnvelopeError
 from qlite.index.db import TERMINAL, Index
 from qlite.producer import Client
@@ -32,6 +33,10 @@ BATCH = 500  # jobs per pass, and acknowledged inbox objects per DeleteObjects
 def result_record(job: dict) -> dict:
     """The public status record of a terminal job, as written to results/{id}.json."""
     error = json.loads(job["error"]) if job.get("error") else None
+    result: Any = json.loads(job["result"]) if job.get("result") is not None else None
+    sealed: Any = None
+    if isinstance(result, dict) and list(result) == [SEALED]:  # docs/encryption.md
+        result, sealed = None, result[SEALED]
     record = {
         "v": 1,
         "id": job["id"],
@@ -40,7 +45,7 @@ def result_record(job: dict) -> dict:
         "queue": job["queue"],
         "attempts": job["attempts"],
         "max_attempts": job["max_attempts"],
-        "result": json.loads(job["result"]) if job.get("result") is not None else None,
+        "result": result,
         "error": error if job["state"] != "succeeded" else None,
         "errors": [
             {"attempt": a["attempt"], "type": a["error_type"], "message": a["message"],
@@ -54,12 +59,24 @@ def result_record(job: dict) -> dict:
         "enqueued_at": job["enqueued_at"],
         "started_at": job["started_at"],
         "finished_at": job["finished_at"],
+        # The last ctx.progress (docs/long-jobs.md); None for a job that reported none.
+        "progress": _progress(job.get("progress")),
     }
+    if sealed is not None:
+        record["sealed_result"] = sealed
     env = json.loads(job["envelope"]) if job.get("envelope") else {}
     if (env.get("meta") or {}).get("record_args") is True and not env.get("payload_ref"):
         # Asked for by the producer (qlite.django: Django's TaskResult holds the arguments).
         record["args"], record["kwargs"] = env.get("args", []), env.get("kwargs", {})
     return record
+
+
+def _progress(raw: str | None) -> dict | None:
+    if not raw:
+        return None
+    report = json.loads(raw)
+    return {k: report.get(k) for k in ("done", "total", "message", "at", "rate", "eta",
+                                       "sealed_message") if k in report}
 
 
 def _in_pack(job: dict) -> bool:
@@ -86,6 +103,9 @@ class Publisher:
         self.next_at = 0.0  # when to look for terminal jobs again (sooner: see soon())
         self.pack_seen: dict[str, float] = {}  # pack key -> when a member was first seen done
         self.published = 0  # jobs acknowledged by this process, for qlite stats
+        # succeeded jobs that left a checkpoint: it goes in the DeleteObjects of their inbox
+        # object (no request of its own); any other is deleted by qlite purge
+        self.checkpoints: set[str] = set()
 
     def soon(self, packed: bool) -> None:
         """A job just ended: a job of its own is published at once; a packed one joins its
@@ -153,7 +173,9 @@ class Publisher:
             markers.update(self.index.markers_of(missing))
         for job in done:
             self._group_done(job)
-            self.acked[job["id"]] = markers.get(job["id"], [])
+            self.acked[job["id"]] = list(markers.get(job["id"], []))
+            if job["id"] in self.checkpoints and job["state"] == "succeeded":
+                self.acked[job["id"]].append(envelope.checkpoint_key(job["id"]))
         if _in_pack(batch[0]):
             self.pack_seen.pop(batch[0]["pack"], None)
             if not open_[batch[0]["pack"]]:  # every member is in the record
@@ -166,6 +188,7 @@ class Publisher:
         self.store.delete_many([k for keys in self.acked.values() for k in keys])
         crash_point("after_inbox_delete")
         self.index.mark_published(list(self.acked))
+        self.checkpoints.difference_update(self.acked)
         self.published += len(self.acked)
         self.acked.clear()
         self.acked_at = None

@@ -81,3 +81,43 @@ def fails_once(ctx, path):
     if ctx.attempt == 1:
         raise RuntimeError("first attempt fails")
     return ctx.attempt
+
+
+@app.task(name="test.progress")
+def progress(ctx, steps, marker_dir):
+    """Reports steps 1..steps/2 at once, marks that, waits for a go file, then reports the
+    rest: a job whose progress the tests read while it runs."""
+    d = Path(marker_dir)
+    for i in range(1, steps // 2 + 1):
+        ctx.progress(i, steps, "first half")
+    (d / f"{ctx.job_id}.half").write_text("")
+    while not (d / f"{ctx.job_id}.go").exists():
+        time.sleep(0.02)
+    for i in range(steps // 2 + 1, steps + 1):
+        ctx.progress(i, steps, "done" if i == steps else "second half")
+    return {"steps": steps}
+
+
+@app.task(name="test.import_csv", max_attempts=5)
+def import_csv(ctx, csv_path, out_path, marker_dir, every=5000, pause_at=None):
+    """A CSV import that checkpoints the next row every ``every`` rows and resumes from
+    ctx.resume. On its first attempt it marks and then hangs right after checkpointing
+    ``pause_at`` (for a kill -9); with ``fail_at`` semantics in pause_at < 0 it raises there."""
+    start = (ctx.resume or {}).get("row", 0)
+    done = start
+    with open(csv_path) as src, open(out_path, "a") as out:
+        rows = src.readlines()[1:]  # the header
+        total = len(rows)
+        for n in range(start, total):
+            out.write(rows[n].split(",")[0] + "\n")
+            done = n + 1
+            if done % every == 0:
+                out.flush()
+                ctx.checkpoint({"row": done})
+                ctx.progress(done, total, "importing")
+                if ctx.attempt == 1 and pause_at is not None and done == abs(pause_at):
+                    (Path(marker_dir) / f"{ctx.job_id}.paused").write_text(str(os.getpid()))
+                    if pause_at < 0:
+                        raise RuntimeError(f"failing on purpose at row {done}")
+                    time.sleep(600)
+    return {"resumed_from": start, "rows": done - start, "total": total}

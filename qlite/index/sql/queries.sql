@@ -5,10 +5,11 @@ SELECT id, inbox_key, published, state FROM jobs WHERE id IN (SELECT value FROM 
 
 -- name: insert_job
 INSERT OR IGNORE INTO jobs (id, task, queue, state, priority, max_attempts, run_at, envelope,
-                            inbox_key, key, enqueued_at, ingested_at, expires_at, grp, pack)
+                            inbox_key, key, enqueued_at, ingested_at, expires_at, grp, pack,
+                            lifo)
 VALUES (:id, :task, :queue, CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
         :priority, :max_attempts, :run_at, :envelope, :inbox_key, :key, :enqueued_at, :now_iso,
-        :expires_at, :grp, :pack);
+        :expires_at, :grp, :pack, :queue IN (SELECT value FROM json_each(:lifo_queues)));
 
 -- name: insert_pack
 INSERT OR IGNORE INTO packs (key, queue, size, at) VALUES (:key, :queue, :size, :now_iso);
@@ -26,6 +27,15 @@ SELECT k.value AS pack,
           AND jobs.state NOT IN ('succeeded', 'failed', 'cancelled'))
        + NOT EXISTS (SELECT 1 FROM packs WHERE packs.key = k.value) AS n
 FROM json_each(:keys) AS k;
+
+-- name: packs_settled
+-- Packs taken in whose members (still in them) are all finished and published: nothing is
+-- left to do but delete the object (it was put back, or its delete was lost).
+SELECT k.value AS pack FROM json_each(:keys) AS k
+WHERE EXISTS (SELECT 1 FROM packs WHERE packs.key = k.value)
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.pack = k.value AND jobs.inbox_key = k.value
+                    AND (jobs.published = 0
+                         OR jobs.state NOT IN ('succeeded', 'failed', 'cancelled')));
 
 -- name: pack_members
 -- The terminal members of a pack: its batched results record holds them all.
@@ -58,6 +68,28 @@ WHERE id IN (
       AND (:shards IS NULL
            OR qlite_shard(jobs.id, :nshards) IN (SELECT value FROM json_each(:shards)))
     ORDER BY jobs.priority DESC, jobs.run_at, jobs.id
+    LIMIT :n)
+-- A start lost to a worker death not pinned on the job does not use up its attempts (reap).
+RETURNING id, task, queue, attempts, max_attempts + lost AS max_attempts, envelope,
+          enqueued_at, coalesce(pack = inbox_key, 0) AS packed, suspect;
+
+-- name: claim_lifo
+-- claim for a LIFO queue (QLITE_LIFO): priority first, then the newest job (ids sort by
+-- enqueue time). Its rows are in the jobs_lifo index only, so FIFO queues pay nothing for it.
+UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = :now_iso,
+                lease_until = :lease_until, owner = :owner
+WHERE id IN (
+    SELECT jobs.id FROM jobs INDEXED BY jobs_lifo
+    WHERE jobs.lifo = 1 AND jobs.queue = :queue AND jobs.state IN ('queued', 'scheduled') AND jobs.run_at <= :now
+      AND (jobs.expires_at IS NULL OR jobs.expires_at > :now OR jobs.attempts > 0)
+      AND jobs.task NOT IN (SELECT value FROM json_each(:blocked))
+      AND jobs.suspect = 0  -- suspects run alone (claim_suspect)
+      AND NOT EXISTS (SELECT 1 FROM requests AS r
+                      WHERE r.job_id = jobs.id AND r.kind = 'cancel' AND r.done = 0)
+      -- in a fleet, only jobs of the shards this worker owns now (worker/fleet.py)
+      AND (:shards IS NULL
+           OR qlite_shard(jobs.id, :nshards) IN (SELECT value FROM json_each(:shards)))
+    ORDER BY jobs.priority DESC, jobs.id DESC
     LIMIT :n)
 -- A start lost to a worker death not pinned on the job does not use up its attempts (reap).
 RETURNING id, task, queue, attempts, max_attempts + lost AS max_attempts, envelope,
@@ -179,6 +211,17 @@ WHERE job_id = :id AND attempt = :attempt;
 -- The handler's own log lines of one attempt (JSON array, bounded by the worker).
 UPDATE attempts SET logs = :logs WHERE job_id = :id AND attempt = :attempt;
 
+-- name: set_progress
+-- Not a transition: the running attempt's latest ctx.progress, fenced by (id, attempt, owner).
+UPDATE jobs SET progress = :progress
+WHERE id = :id AND attempts = :attempt AND owner = :owner AND state = 'running';
+
+-- name: set_lifo
+-- The waiting jobs of the queues now declared LIFO join the jobs_lifo index; the others leave.
+UPDATE jobs SET lifo = queue IN (SELECT value FROM json_each(:lifo_queues))
+WHERE state IN ('queued', 'scheduled')
+  AND lifo != (queue IN (SELECT value FROM json_each(:lifo_queues)));
+
 -- name: heartbeat
 UPDATE jobs SET lease_until = :lease_until WHERE state = 'running' AND owner = :owner;
 
@@ -249,7 +292,7 @@ SELECT state, count(*) AS n FROM jobs GROUP BY state;
 
 -- name: list
 SELECT id, task, queue, state, attempts, max_attempts, enqueued_at, started_at, finished_at,
-       run_at, error
+       run_at, error, progress
 FROM jobs
 WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
 ORDER BY id DESC LIMIT :limit;

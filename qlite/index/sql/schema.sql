@@ -30,11 +30,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     suspect      INTEGER NOT NULL DEFAULT 0,   -- 1: run alone in a child process next time
     solo         INTEGER NOT NULL DEFAULT 0,   -- running only: 1 when it runs alone in the worker's own process
     crashes      INTEGER NOT NULL DEFAULT 0,   -- strikes: crashes pinned on this job (failed at 3)
-    lost         INTEGER NOT NULL DEFAULT 0    -- worker deaths it only shared (own cap, not max_attempts)
+    lost         INTEGER NOT NULL DEFAULT 0,   -- worker deaths it only shared (own cap, not max_attempts)
+    progress     TEXT,                         -- JSON: the last ctx.progress {done, total, message, at, ...}
+    lifo         INTEGER NOT NULL DEFAULT 0    -- 1: its queue is LIFO (QLITE_LIFO), claimed newest first
 );
 
 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, run_at, id)
     WHERE state IN ('queued', 'scheduled');
+-- LIFO queues only (lifo = 1): FIFO jobs are not written to it.
+CREATE INDEX IF NOT EXISTS jobs_lifo ON jobs (queue, priority DESC, id DESC)
+    WHERE lifo = 1 AND state IN ('queued', 'scheduled');
 CREATE INDEX IF NOT EXISTS jobs_next ON jobs (queue, run_at)
     WHERE state IN ('queued', 'scheduled');
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (owner, lease_until) WHERE state = 'running';

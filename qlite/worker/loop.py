@@ -22,7 +22,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from qlite import envelope
 from qlite.app import App
 from qlite.index.db import MAX_CRASHES, Index, Limits
 from qlite.producer import Client
@@ -30,7 +29,7 @@ from qlite.settings import Settings
 from qlite.store import Store
 from qlite.worker.execute import Claim, Outcome, run
 from qlite.worker.faults import crash_point
-from qlite.worker.fleet import Fleet, handoff_key
+from qlite.worker.fleet import Fleet
 from qlite.worker.ingest import Ingest
 from qlite.worker.isolate import kill_children, run_in_child
 from qlite.worker.liveness import disk_full, owner_id, reap
@@ -40,6 +39,7 @@ from qlite.worker.periodic import Periodic
 from qlite.worker.publish import Publisher
 from qlite.worker.replica import Replica, node_name
 from qlite.worker.restore import open_index
+from qlite.worker.shards import Shards
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,7 @@ class Worker:
         self.held_until: float | None = None
         self.flushed: dict[str, int] = {}  # counters already added to the index
         self.metrics: Any = None  # metrics.Metrics when --metrics-port is set
-        self.fleet: Fleet | None = None  # the shards of the inbox this worker owns
-        self.active: set[int] = set()  # owned shards whose jobs may start here now
-        # shard being handed over -> its jobs waiting for a retry (for coord/handoff/)
-        self.handing: dict[int, dict[str, dict]] = {}
-        self.drained: set[int] = set()  # shards handed over, waiting for the table
+        self.shards: Shards | None = None  # the shards of the inbox this worker owns
         # job id -> (id, attempt, report): ctx.progress reports not yet in the index; written
         # by handler threads, taken by the loop at most once a second (qlite ls, show)
         self.reports: dict[str, tuple[str, int, dict]] = {}
@@ -245,7 +241,7 @@ class Worker:
         now = self.clock()
         self._expire(now)
         limits = Limits(self.concurrency_limits, self.rate_limits)
-        shards = (self.active, self.fleet.shards) if self.fleet is not None else None
+        shards = self.shards.claimable() if self.shards is not None else None
         queues = self._queue_order()
         if self.suspects or (self.running and self.index.suspect_waiting(queues, now, shards)):
             # A suspect runs alone: the jobs running drain, then it starts, then the others.
@@ -416,91 +412,20 @@ class Worker:
     # -- the fleet ---------------------------------------------------------------------------
 
     def _join_fleet(self) -> None:
-        self.fleet = Fleet(self.store, node=node_name(self.settings), owner=self.owner,
-                           shards=self.settings.shards, lease=self.settings.fleet_lease)
-        self.fleet.jobs = lambda: self.publisher.published
-        self.fleet.start()
-        self.ingest.shards = self.fleet.shards
-        self._fleet_step()
-        self.ingest.accept = self._accepts
+        fleet = Fleet(self.store, node=node_name(self.settings), owner=self.owner,
+                      shards=self.settings.shards, lease=self.settings.fleet_lease)
+        self.shards = Shards(fleet, self.index, self.store, self.ingest)
+        self.shards.start(lambda: self.publisher.published)
 
     def _trusted(self) -> bool:
-        return self.fleet is None or self.fleet.trusted()
-
-    def _accepts(self, job_id: str) -> bool:
-        assert self.fleet is not None
-        return envelope.shard_of(job_id, self.fleet.shards) in self.active
+        return self.shards is None or self.shards.trusted()
 
     def _owns_schedule(self, name: str) -> bool:
-        return self.fleet is None or self._accepts(envelope.key_id(f"schedule:{name}"))
+        return self.shards is None or self.shards.owns_schedule(name)
 
     def _fleet_step(self) -> None:
-        """Apply what the fleet thread decided: drop the rows of shards taken from us or
-        taken back after another index ran them, start on new shards, and hand over drained
-        ones. The fleet thread speaks S3; SQLite is this thread's."""
-        fleet = self.fleet
-        if fleet is None:
-            return
-        changes = fleet.take_changes()
-        stale = {s for s, is_stale in changes.acquired.items() if is_stale} | changes.lost
-        if stale:
-            dropped = self.index.drop_shards(stale, fleet.shards)
-            if dropped:
-                log.info("dropped %d stale row(s) of %d shard(s) another worker holds or held",
-                         dropped, len(stale))
-        if changes.release:
-            self._hand_over(changes.release)
-        if changes.handoff:
-            self._take_handoff(changes.handoff)
-        if changes.acquired:
-            stale_taken = {s for s, is_stale in changes.acquired.items() if is_stale}
-            if stale_taken:
-                self.ingest.took_over(stale_taken)
-            for queue in self.settings.queues:
-                self.ingest.expect(queue)
+        if self.shards is not None and self.shards.step():
             self.next_poll = 0.0  # take in the new shards' jobs now
-        self.active = set(fleet.owned) - fleet.releasing
-        self.drained &= fleet.releasing
-        for shard in list(fleet.releasing - self.drained):
-            if shard in fleet.owned and not self.index.shards_busy({shard}, fleet.shards):
-                fleet.released(shard, handoff=self._hand_over({shard}, final=True))
-                self.drained.add(shard)
-
-    def _hand_over(self, shards: set[int], final: bool = False) -> bool:
-        """Shards to hand over: keep their jobs waiting for a retry (attempts spent, retry
-        time) aside and forget every job not started (the next owner takes them in from the
-        inbox again). Once drained (``final``), leave the retries in coord/handoff/ for the
-        next owner; returns whether a handoff object was written."""
-        fleet = self.fleet
-        assert fleet is not None
-        for r in self.index.waiting_retries(shards, fleet.shards):
-            shard = envelope.shard_of(r["id"], fleet.shards)
-            self.handing.setdefault(shard, {})[r["id"]] = {
-                "attempts": r["attempts"], "run_at": r["run_at"], "error": r["error"]}
-        self.index.drop_waiting(shards, fleet.shards)
-        if not final:
-            return False
-        (shard,) = shards
-        jobs = self.handing.pop(shard, {})
-        if jobs:
-            body = json.dumps({"v": 1, "shard": shard, "jobs": jobs}).encode()
-            self.store.put(handoff_key(shard), body)
-        return bool(jobs)
-
-    def _take_handoff(self, shards: set[int]) -> None:
-        for shard in shards:
-            found = self.store.get_or_none(handoff_key(shard))
-            if found is None:
-                continue
-            try:
-                jobs = json.loads(found)["jobs"]
-            except (ValueError, KeyError, TypeError):
-                log.warning("handoff of shard %d is malformed: its retries start afresh", shard)
-                continue
-            self.ingest.carried.update({i: {"id": i, **j} for i, j in jobs.items()})
-            self.store.delete_many([handoff_key(shard)])
-            log.info("took over %d job(s) waiting for a retry in shard %d, with their "
-                     "attempts", len(jobs), shard)
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues in claim order: as given, or a weighted random order (a queue of weight
@@ -577,8 +502,8 @@ class Worker:
             self._step_quietly(self._maintain)
         self._step_quietly(lambda: self._publish(flush=True))
         self._step_quietly(self._flush_counters)
-        if self.fleet is not None:
-            self.fleet.leave()  # the others take our shards at once
+        if self.shards is not None:
+            self.shards.leave()  # the others take our shards at once
         left = len(self.running)
         self.io.shutdown(wait=True)
         self.index.close()

@@ -219,6 +219,17 @@ def test_qlite_fleet_lists_the_members_and_their_shards(fleet):
     assert sum(m["shards"] for m in state["members"]) == SHARDS
     text = run_qlite("fleet", env=fleet.target.env).stdout
     assert "2 member(s), 16 shards" in text
+    # qlite stats and the dashboard show the same, next to the index's figures.
+    stats = run_qlite("stats", "--json", env=fleet.env("a"))
+    assert stats.returncode == 0, stats.stderr
+    assert len(json.loads(stats.stdout)["fleet"]["members"]) == 2
+    assert "fleet: 2 member(s)" in run_qlite("stats", env=fleet.env("a")).stdout
+    from qlite.ops.dashboard import Dashboard
+
+    settings = Settings.load(env=fleet.env("a"))
+    board = Dashboard(settings.db_path(), url=settings.url, endpoint_url=settings.endpoint_url)
+    assert sorted(m["mid"] for m in board.fleet()["members"]) == sorted(
+        m["mid"] for m in state["members"])
     fleet.stop_all()
     assert "no worker has joined" in run_qlite("fleet", env=fleet.target.env).stdout
 

@@ -674,18 +674,24 @@ def stats(
 ) -> None:
     """Jobs per state and queue, throughput, p50/p95 wait and run time (overall and per task),
     the oldest waiting job, failure rate, S3 requests per job and dollars per million jobs at
-    AWS list prices. Reads the worker's index (run on the worker VM).
+    AWS list prices. Reads the worker's index (run on the worker VM); with QLITE_URL set, also
+    the fleet of workers on the bucket (qlite fleet).
 
     Example: qlite stats --since 15m --json
     """
     from qlite.ops.stats import lines, stats
+    from qlite.store import Store
+    from qlite.worker.fleet import describe_or_why, fleet_line
 
     s = stats(_index(db, url), parse_age(since, "--since") or 1.0)
+    settings = Settings.load(url=url)
+    fleet = describe_or_why(Store(settings.url, settings.endpoint_url) if settings.url else None)
     if as_json:
-        typer.echo(json.dumps(s))
+        typer.echo(json.dumps({**s, "fleet": fleet}))
         return
     for line in lines(s):
         typer.echo(line)
+    typer.echo(fleet_line(fleet))
 
 
 @app.command()
@@ -733,7 +739,8 @@ def dashboard(
     index.close()
     client = _client(url, endpoint_url) if settings.dashboard_token and settings.url else None
     board = Dashboard(settings.db_path(), token=settings.dashboard_token, client=client,
-                      cipher=settings.encryption_key)
+                      cipher=settings.encryption_key, url=settings.url,
+                      endpoint_url=settings.endpoint_url)
     try:
         server = make_server(board, host, port)
     except OSError as e:

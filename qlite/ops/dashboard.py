@@ -45,7 +45,7 @@ class Dashboard:
     and cancel, a qlite.Client."""
 
     def __init__(self, db: str | Path, *, token: str | None = None, client: Any = None,
-                 cipher: Any = None):
+                 cipher: Any = None, url: Any = None, endpoint_url: str | None = None):
         if token is not None and len(token) < MIN_TOKEN:
             raise ConfigError(
                 f"QLITE_DASHBOARD_TOKEN / --token: at least {MIN_TOKEN} characters (got "
@@ -56,6 +56,7 @@ class Dashboard:
                               "QLITE_URL is not set. Try: export QLITE_URL=s3://bucket/prefix "
                               "(or pass --url)")
         self.db = Path(db)
+        self.url, self.endpoint_url = url, endpoint_url  # for the fleet panel (None: none)
         self.cipher = cipher  # QLITE_ENCRYPTION_KEY: sealed fields are opened for the page
         self.token = token
         self.client = client
@@ -69,6 +70,12 @@ class Dashboard:
         return Index(self.db, readonly=True)
 
     # -- the API ---------------------------------------------------------------------------
+
+    def fleet(self) -> dict:
+        from qlite.store import Store
+        from qlite.worker.fleet import describe_or_why
+
+        return describe_or_why(Store(self.url, self.endpoint_url) if self.url else None)
 
     def overview(self, query: dict) -> dict:
         index = self.index()
@@ -192,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
             elif url.path == "/api/overview":
                 self._json(HTTPStatus.OK, d.overview(query))
+            elif url.path == "/api/fleet":
+                self._json(HTTPStatus.OK, d.fleet())
             elif url.path == "/api/series":
                 self._json(HTTPStatus.OK, d.series(query))
             elif url.path == "/api/jobs":

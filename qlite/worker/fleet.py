@@ -544,6 +544,30 @@ def _ranges(shards: Any) -> str:
     return ",".join(out) or "-"
 
 
+def describe_or_why(store: Store | None) -> dict:
+    """describe(), or ``{"error": why}`` when the bucket cannot be read (qlite stats and the
+    dashboard read the index first; the fleet is extra)."""
+    if store is None:
+        return {"error": "QLITE_URL is not set: the fleet is read from the bucket"}
+    try:
+        return describe(store)
+    except (StorageError, ConfigError, ValueError, KeyError) as e:
+        return {"error": f"the fleet could not be read: {e}"}
+
+
+def fleet_line(fleet: dict) -> str:
+    """One line for qlite stats."""
+    if "error" in fleet:
+        return f"fleet: {fleet['error']}"
+    members = fleet.get("members") or []
+    if not members:
+        return "fleet: no worker has joined"
+    parts = [f"{m['mid'][:8]} {m['shards']} shards {m['jobs_per_min'] or 0}/min"
+             + (" fenced" if m["fenced_by"] else "") for m in members]
+    return (f"fleet: {len(members)} member(s), {fleet['unowned']} shard(s) unowned: "
+            + "; ".join(parts))
+
+
 def describe(store: Store) -> dict:
     """The fleet as the bucket shows it (qlite fleet): members, their shards, last renewal."""
     listing = store.list_etags("coord/")

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test check lint clean bench chaos test-endpoint browser
+.PHONY: help install run test check lint clean bench bench-fleet chaos test-endpoint browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ chaos: $(STAMP) ## the long chaos tier: 5,000 jobs, 25 SIGKILLs, both servers
 bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery (~10 min; bench/results.*)
 	bash bench/ensure.sh $(PY)
 	$(PY) -m bench
+
+bench-fleet: $(STAMP) ## the fleet case alone: 1, 2, 4 workers on one bucket, idle cost (~5 min)
+	$(PY) -m bench fleet
 
 clean: ## remove the venv and local data
 	rm -rf $(VENV) .qlite-dev .pytest_cache

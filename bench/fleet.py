@@ -3,8 +3,10 @@
 
 - Throughput of I/O-bound jobs (``bench.sleep``, 50 ms each) drained by 1, 2 and 4 workers,
   and the speedups over 1 worker (targets: >= 1.8x at 2, >= 3.2x at 4).
-- S3 requests per job at 4 workers, packed and put one object each: the producer's requests
-  plus every request the workers made between the put and their exit (coordination included).
+- S3 requests per job at 4 workers (default lease and polls, concurrency 4), no-op jobs as in
+  case 6 of `make bench`: 10,000 in packs of 1,000 and 1,000 put one object each; the
+  producer's requests plus every request the workers made between the put and their exit
+  (coordination included).
 - Idle cost of a fleet of 2 workers with the default settings (lease, polls): LISTs and PUTs
   per minute per worker once the fleet is balanced.
 
@@ -35,7 +37,8 @@ from .stats import knob
 SIZES = {
     "jobs": knob("BENCH_FLEET_JOBS", 2400),          # packed jobs drained per fleet size
     "pack": knob("BENCH_FLEET_PACK", 10),            # jobs per pack (put_many call)
-    "single_jobs": knob("BENCH_FLEET_SINGLE_N", 800),  # jobs put one object each, 4 workers
+    "cost_packed": knob("BENCH_FLEET_COST_PACKED", 10_000),  # no-op jobs, packs of 1,000
+    "cost_single": knob("BENCH_FLEET_COST_SINGLE", 1_000),   # no-op jobs, one object each
     "sleep_ms": knob("BENCH_FLEET_SLEEP_MS", 50),    # what each job does: sleep this long
     "concurrency": knob("BENCH_FLEET_C", 2),         # handler slots per worker
     "lease": knob("BENCH_FLEET_LEASE", 15),          # QLITE_FLEET_LEASE of the busy fleets
@@ -123,31 +126,40 @@ class Fleet:
 
 
 def busy_env(lease: float) -> dict:
+    """The throughput runs: a shorter lease (balanced sooner) and polls capped at 0.5 s (the
+    first LIST after the put comes at once)."""
     return {**os.environ, "QLITE_FLEET_LEASE": str(lease), "QLITE_POLL_MAX": "0.5",
             "QLITE_REPLICATE": "off"}
 
 
-def drain(n: int, tmp: Path, say: Callable[[str], None], pack: bool = True) -> dict:
-    """Start a fleet of ``n``, wait until it is balanced, put the jobs, time until every job
-    has succeeded in some worker's index, then stop the fleet (SIGTERM: results published,
-    shards released) and count the requests from the put to the exit."""
-    jobs = SIZES["jobs"] if pack else SIZES["single_jobs"]
-    kind = "packed" if pack else "single"
-    name = f"fleet-{n}w-{kind}-{uuid.uuid4().hex[:8]}"
+def default_env() -> dict:
+    """The cost runs: the default lease and polls, as a fleet runs in production."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("QLITE_POLL", "QLITE_FLEET_LEASE", "QLITE_SHARDS"))}
+    return {**env, "QLITE_REPLICATE": "off"}
+
+
+def drain(n: int, tmp: Path, say: Callable[[str], None], *, job: tuple, jobs: int,
+          pack: int | None, concurrency: int, env: dict, label: str) -> dict:
+    """Start a fleet of ``n``, wait until it is balanced, put the jobs (in packs of ``pack``,
+    one put_many call each, or one object each when None), time until every job has
+    succeeded in some worker's index, then stop the fleet (SIGTERM: results published, shards
+    released) and count the requests from the put to the exit."""
+    kind = f"packs of {pack}" if pack else "single puts"
+    name = f"fleet-{label}-{uuid.uuid4().hex[:8]}"
     store = store_of(name)
     started = time.monotonic()
-    fleet = Fleet(name, n, tmp, SIZES["concurrency"], busy_env(SIZES["lease"]))
+    fleet = Fleet(name, n, tmp, concurrency, env)
     try:
         wait_for(lambda: balanced(store, n), 240, f"a balanced fleet of {n}")
         say(f"fleet of {n} balanced after {time.monotonic() - started:.0f} s; putting "
-            f"{jobs:,} {kind} jobs")
+            f"{jobs:,} jobs ({kind})")
         before = fleet.requests()
         client = qlite.Client(s3cases.url(name))
-        job = ("bench.sleep", [SIZES["sleep_ms"] / 1000])
         t0 = time.perf_counter()
         if pack:
-            for _ in range(jobs // SIZES["pack"]):
-                client.put_many([job] * SIZES["pack"])
+            for _ in range(jobs // pack):
+                client.put_many([job] * pack)
         else:
             client.put_many([job] * jobs, pack=False)
         put_s = time.perf_counter() - t0
@@ -161,10 +173,12 @@ def drain(n: int, tmp: Path, say: Callable[[str], None], pack: bool = True) -> d
     if sum(per_worker) != jobs:
         raise RuntimeError(f"fleet bench: {sum(per_worker)} of {jobs} jobs succeeded "
                            f"({per_worker})")
-    worker_requests = add(*(diff(f["requests"], b) for f, b in zip(finals, before, strict=True)))
+    worker_requests = add(*(diff(f["requests"], b)
+                            for f, b in zip(finals, before, strict=True)))
     ops = add(worker_requests, dict(client.store.requests))
-    return {"workers": n, "kind": kind, "jobs": jobs, "elapsed": elapsed,
-            "jobs_s": jobs / elapsed, "put_seconds": put_s, "jobs_per_worker": per_worker,
+    return {"workers": n, "kind": kind, "task": job[0], "jobs": jobs,
+            "concurrency": concurrency, "elapsed": elapsed, "jobs_s": jobs / elapsed,
+            "put_seconds": put_s, "jobs_per_worker": per_worker,
             "requests_per_job": {k: v / jobs for k, v in sorted(ops.items())},
             "worker_requests": worker_requests,
             "producer_requests": dict(client.store.requests)}
@@ -222,18 +236,26 @@ class IdleFleet:
 
 def run(tmp: Path, say: Callable[[str], None]) -> dict:
     """The whole case, against the SeaweedFS whose env is in os.environ."""
-    say(f"fleet: S3 ceiling ({4} s, 8 threads)")
+    say("fleet: S3 ceiling (4 s, 8 threads)")
     ceiling = s3cases.ceiling(4, 8)
     say("fleet: idle fleet of 2 started (default lease and polls)")
     idle = IdleFleet(tmp)
+    sleep = ("bench.sleep", [SIZES["sleep_ms"] / 1000])
+    noop = ("bench.noop", [0])
     try:
         drains = []
         for n in SIZES_WORKERS:
-            say(f"fleet: {n} worker(s), {SIZES['jobs']:,} packed jobs of "
-                f"{SIZES['sleep_ms']} ms, concurrency {SIZES['concurrency']} each")
-            drains.append(drain(n, tmp, say))
-        say(f"fleet: 4 workers, {SIZES['single_jobs']:,} jobs put one object each")
-        single = drain(4, tmp, say, pack=False)
+            say(f"fleet: {n} worker(s), {SIZES['jobs']:,} jobs of {SIZES['sleep_ms']} ms in "
+                f"packs of {SIZES['pack']}, concurrency {SIZES['concurrency']} each")
+            drains.append(drain(n, tmp, say, job=sleep, jobs=SIZES["jobs"], pack=SIZES["pack"],
+                                concurrency=SIZES["concurrency"],
+                                env=busy_env(SIZES["lease"]), label=f"{n}w"))
+        costs = {}
+        for kind, jobs, pack in (("packed", SIZES["cost_packed"], 1000),
+                                 ("single", SIZES["cost_single"], None)):
+            say(f"fleet: cost at 4 workers (defaults, c=4): {jobs:,} no-op jobs, {kind}")
+            costs[kind] = drain(4, tmp, say, job=noop, jobs=jobs, pack=pack, concurrency=4,
+                                env=default_env(), label=f"cost-{kind}")
         say(f"fleet: idle window: at least {SIZES['idle_seconds']} s from its opening")
         idle_result = idle.close_window(SIZES["idle_seconds"])
     finally:
@@ -242,17 +264,20 @@ def run(tmp: Path, say: Callable[[str], None]) -> dict:
     for d in drains:
         d["speedup"] = d["jobs_s"] / base
         d["ideal_jobs_s"] = d["workers"] * SIZES["concurrency"] * 1000 / SIZES["sleep_ms"]
-    packed4 = drains[-1]
-    return {"sizes": SIZES, "ceiling_rps": ceiling, "drains": drains, "single": single,
+    per_job = {k: sum(c["requests_per_job"].values()) for k, c in costs.items()}
+    return {"sizes": SIZES, "ceiling_rps": ceiling, "drains": drains, "costs": costs,
             "idle": idle_result,
             "targets": [
                 {"target": ">= 1.8x at 2 workers", "figure": f"{drains[1]['speedup']:.2f}x",
                  "met": drains[1]["speedup"] >= 1.8},
                 {"target": ">= 3.2x at 4 workers", "figure": f"{drains[2]['speedup']:.2f}x",
-                 "met": drains[2]["speedup"] >= 3.2}],
-            "dollars_per_million": {
-                "packed": dollars_per_million(packed4["requests_per_job"]),
-                "single": dollars_per_million(single["requests_per_job"])}}
+                 "met": drains[2]["speedup"] >= 3.2},
+                {"target": "<= 3.1 S3 requests per single-put job at 4 workers",
+                 "figure": f"{per_job['single']:.4f}", "met": per_job["single"] <= 3.1},
+                {"target": "<= 0.05 S3 requests per packed job at 4 workers",
+                 "figure": f"{per_job['packed']:.4f}", "met": per_job["packed"] <= 0.05}],
+            "dollars_per_million": {k: dollars_per_million(c["requests_per_job"])
+                                    for k, c in costs.items()}}
 
 
 def _ops(ops: dict, digits: int = 4) -> str:
@@ -267,15 +292,14 @@ def table(r: dict) -> str:
     for d in r["drains"]:
         lines.append(f"  {d['workers']} worker(s): {d['jobs_s']:7.1f} jobs/s  "
                      f"speedup {d['speedup']:.2f}x  (ideal {d['ideal_jobs_s']:.0f}; "
-                     f"{d['elapsed']:.1f} s; jobs per worker {d['jobs_per_worker']})")
-    sgl, p4 = r["single"], r["drains"][-1]
-    lines.append(f"  S3 requests/job at 4 workers, packed:  "
-                 f"{sum(p4['requests_per_job'].values()):.4f}  ({_ops(p4['requests_per_job'])})"
-                 f"  ${r['dollars_per_million']['packed']:.2f}/M jobs")
-    lines.append(f"  S3 requests/job at 4 workers, single:  "
-                 f"{sum(sgl['requests_per_job'].values()):.4f}  ({_ops(sgl['requests_per_job'])})"
-                 f"  ${r['dollars_per_million']['single']:.2f}/M jobs; "
-                 f"{sgl['jobs_s']:.1f} jobs/s ({sgl['jobs']:,} jobs)")
+                     f"{d['elapsed']:.1f} s; jobs per worker {d['jobs_per_worker']}; "
+                     f"{sum(d['requests_per_job'].values()):.3f} S3 requests/job)")
+    for kind, c in r["costs"].items():
+        lines.append(f"  S3 requests/job at 4 workers, {c['jobs']:,} no-op jobs, {c['kind']}: "
+                     f"{sum(c['requests_per_job'].values()):.4f}  "
+                     f"({_ops(c['requests_per_job'])})  "
+                     f"${r['dollars_per_million'][kind]:.2f}/M jobs; {c['jobs_s']:.1f} jobs/s; "
+                     f"per worker {c['jobs_per_worker']}")
     idle = r["idle"]
     lines.append(f"  idle fleet of 2, per worker per minute: "
                  f"{_ops(idle['per_worker_per_minute'], 2)} over {idle['minutes']:.1f} min: "

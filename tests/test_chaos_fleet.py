@@ -26,6 +26,8 @@ import pytest
 
 import qlite
 from conftest import TASKS_DIR, _clean_env, start_worker
+from qlite.envelope import shard_of
+from qlite.index.db import Index
 from qlite.settings import Settings
 from qlite.store import Store
 from qlite.worker.fleet import describe
@@ -61,7 +63,7 @@ def eventually(check, timeout: float, every: float = 0.2, what: str = ""):
 
 
 @pytest.fixture(params=SERVERS)
-def bucket_env(request, tmp_path):
+def bucket_env(request, tmp_path, monkeypatch):
     server = request.getfixturevalue({"seaweedfs": "seaweed", "moto": "moto"}[request.param])
     bucket = f"qlite-chaos-fleet-{uuid.uuid4().hex[:8]}"
     server.create_bucket(bucket)
@@ -71,7 +73,25 @@ def bucket_env(request, tmp_path):
            "QLITE_CONCURRENCY": str(CONCURRENCY), "QLITE_GRACE": "20",
            # Four Litestream processes would crowd two cores; replication has its own chaos.
            "QLITE_REPLICATE": "off"}
+    for k in [k for k in os.environ if k.startswith(("AWS_", "QLITE_")) and k != "AWS_CA_BUNDLE"]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():  # the producer and describe() in this process read them too
+        if k.startswith(("AWS_", "QLITE_")):
+            monkeypatch.setenv(k, v)
     return request.param, server, bucket, env
+
+
+@pytest.fixture
+def chaos(bucket_env, tmp_path):
+    name, server, bucket, env = bucket_env
+    c = Chaos(server, bucket, env, tmp_path)
+    c.name = name
+    yield c
+    for proc in c.procs.values():  # a failed test leaves no worker behind
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
 
 
 class Chaos:
@@ -119,15 +139,41 @@ class Chaos:
                                                                    Prefix="f/inbox/")
         return sum(len(p.get("Contents", [])) for p in pages)
 
+    def report(self) -> str:
+        """What is left, for a failure's message: the fleet, the inbox by shard and owner,
+        and each VM's index by state."""
+        state = describe(self.store)
+        owners = {}
+        found = self.store.get_etag("coord/shards.json")
+        table = json.loads(found[0])["owners"] if found else {}
+        for s, o in table.items():
+            owners[int(s)] = (o.get("mid") or "-")[:6]
+        left = collections.Counter()
+        client = self.server.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                   Prefix="f/inbox/")
+        for key in (o["Key"] for p in pages for o in p.get("Contents", [])):
+            shard = shard_of(key.rsplit("/", 1)[1].split(".")[0], SHARDS)
+            left[(shard, owners.get(shard))] += 1
+        indexes = {}
+        for vm in VMS:
+            index = Index(self.dir / vm / "i.db", readonly=True)
+            indexes[vm] = index.counts()
+            index.close()
+        members = [(m["mid"][:6], m["owner"], m["shards"], m["fenced_by"]) for m in
+                   state["members"]]
+        return (f"members {members}; unowned {state['unowned_ranges']}; inbox left by "
+                f"(shard, owner) {dict(left)}; records {len(self.records())}; "
+                f"indexes {indexes}")
+
     def live(self) -> list[dict]:
         return [m for m in describe(self.store)["members"]
                 if not m["fenced_by"] and not m["draining"]]
 
 
-def test_a_fleet_loses_nothing_through_kills_restarts_and_a_pause(bucket_env, tmp_path):
-    name, server, bucket, env = bucket_env
+def test_a_fleet_loses_nothing_through_kills_restarts_and_a_pause(chaos):
+    name, env = chaos.name, chaos.env
     rng = random.Random(SEED)
-    chaos = Chaos(server, bucket, env, tmp_path)
     for vm in VMS:
         chaos.start(vm)
     eventually(lambda: len(chaos.live()) == len(VMS), 90, what="four members")
@@ -172,8 +218,11 @@ def test_a_fleet_loses_nothing_through_kills_restarts_and_a_pause(bucket_env, tm
             figures["pauses"] += 1
     last_fault = time.monotonic()
 
-    eventually(lambda: len(chaos.records()) >= JOBS and chaos.inbox() == 0, 600, every=1.0,
-               what="every job terminal, inbox empty")
+    try:
+        eventually(lambda: len(chaos.records()) >= JOBS and chaos.inbox() == 0, 300,
+                   every=1.0, what="every job terminal, inbox empty")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{chaos.report()}") from None
     figures["drain_seconds"] = round(time.monotonic() - last_fault, 1)
     figures["seconds"] = round(time.monotonic() - started, 1)
     for proc in chaos.procs.values():

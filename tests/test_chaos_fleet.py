@@ -207,9 +207,10 @@ def test_a_fleet_loses_nothing_through_kills_restarts_and_a_pause(chaos):
             chaos.start(vm)  # the VM comes back: a new member on the same index
         else:
             proc.send_signal(signal.SIGSTOP)
-            try:  # the others wait out its lease on their own clocks, then fence it
-                eventually(lambda pid=str(proc.pid): any(
-                    m["fenced_by"] and m["owner"].split(":")[1] == pid
+            try:  # the others wait out its lease on their own clocks, then fence it (and
+                # delete its member object once they hold all its shards)
+                eventually(lambda pid=str(proc.pid): not any(
+                    m["owner"].split(":")[1] == pid and not m["fenced_by"]
                     for m in describe(chaos.store)["members"]), 6 * LEASE,
                     what=f"the fence of {vm}")
             finally:

@@ -166,6 +166,22 @@ def test_a_killed_worker_s_shards_are_taken_over_and_only_its_jobs_in_flight_run
     assert "fenced; taking its shards" in fleet.log("a") + fleet.log("c")
 
 
+def test_a_worker_killed_before_it_owned_a_shard_is_removed_from_the_fleet(fleet):
+    fleet.start("a")
+    eventually(lambda: fleet.balanced(1), timeout=60)
+    late = fleet.start("b")  # a holds every shard: b gets some only after a handoff
+    eventually(lambda: "joined the fleet" in fleet.log("b"), timeout=60)
+    late.send_signal(signal.SIGKILL)
+    late.wait(10)
+    assert "took" not in fleet.log("b")
+    # Nobody takes shards from it, yet its member object goes: qlite fleet lists the living.
+    state = eventually(lambda: (s := fleet.state()) and len(s["members"]) == 1 and s,
+                       timeout=4 * LEASE + 30)
+    assert state["members"][0]["shards"] == SHARDS
+    assert "owned no shard" in fleet.log("a")
+    fleet.stop_all()
+
+
 def test_a_paused_worker_is_fenced_and_its_late_results_are_not_written(fleet):
     fleet.start("a")
     paused = fleet.start("b")

@@ -219,6 +219,7 @@ class Fleet:
             return
         self._acquire(live)
         self._balance(live)
+        self._bury(now)
 
     def _renew(self) -> None:
         sent = self.clock()
@@ -389,6 +390,17 @@ class Fleet:
             if seen is not None and seen.body.get("fenced_by") == self.mid:
                 self.store.delete(f"{MEMBERS}{mid}.json")
                 del self.members[mid]
+
+    def _bury(self, now: float) -> None:
+        """Fence and delete the objects of dead members that own no shard (killed before they
+        took any): no takeover ever fences those, so qlite fleet would list them for ever."""
+        owning = {o.get("mid") for o in self.table["owners"].values()}
+        for mid in [m for m, seen in self.members.items() if m not in owning
+                    and not seen.body.get("fenced_by") and not self._alive(m, now)]:
+            self._fence(mid)
+            if mid in self.members and self.members[mid].body.get("fenced_by") == self.mid:
+                self._forget({mid})
+                log.info("deleted the object of dead member %s, which owned no shard", mid)
 
     def _fence(self, mid: str) -> None:
         """Mark a dead member's object fenced (If-Match the ETag we saw stay unchanged), so it

@@ -39,7 +39,7 @@ check: lint test ## ruff, then the suite: what .ci/run runs
 chaos: $(STAMP) ## the long chaos tiers, both servers: 5,000 jobs, 25 SIGKILLs; a fleet of 4: 3,000 jobs, 12 SIGKILLs, a pause
 	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 QLITE_CHAOS_FLEET_JOBS=3000 QLITE_CHAOS_FLEET_KILLS=12 QLITE_CHAOS_SERVERS=seaweedfs,moto $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py tests/test_chaos_fleet.py
 
-bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery (~10 min; bench/results.*)
+bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery, then the fleet case (~16 min; bench/results.*)
 	bash bench/ensure.sh $(PY)
 	$(PY) -m bench
 

@@ -282,3 +282,28 @@ def test_periodic_ticks_fire_once_across_the_fleet_while_a_worker_is_killed(
     # A tick whose job was running at the kill may run again (at least once); none other.
     assert len(twice) <= 1, twice
     assert os.path.getsize(ledger) > 0
+
+
+def test_the_shards_of_a_member_fenced_by_a_worker_that_died_since_are_taken(seaweed_target):
+    """The fencer may die before it takes every shard of the member it fenced: the others
+    take the rest. In process, with Fleet objects and no renewal thread (no waiting)."""
+    from qlite.worker.fleet import MEMBERS, Fleet
+
+    store = Store(seaweed_target.settings().require_url(),
+                  seaweed_target.env["AWS_ENDPOINT_URL_S3"])
+    old = Fleet(store, node="n1", owner="elsewhere:1:1", shards=4, lease=30)
+    old._config()
+    old._join()
+    old.tick()
+    assert old.owned == frozenset(range(4))
+    # A worker since dead fenced it (the object's ETag the fencer saw) and took nothing.
+    body, etag = store.get_etag(f"{MEMBERS}{old.mid}.json")
+    fenced = {**json.loads(body), "fenced_by": "a-fencer-now-dead"}
+    assert store.put_cas(f"{MEMBERS}{old.mid}.json", json.dumps(fenced).encode(), etag)
+
+    new = Fleet(store, node="n2", owner="elsewhere:2:2", shards=4, lease=30)
+    new._config()
+    new._join()
+    new.tick()
+    assert new.owned == frozenset(range(4))
+    assert [m["mid"] for m in describe(store)["members"]] == [new.mid]  # the dead one is gone

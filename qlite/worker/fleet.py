@@ -352,8 +352,10 @@ class Fleet:
         dead = {m for m in dead if not self._alive(m, now)}
         for mid in dead:
             self._fence(mid)
+        # Fenced by anyone is dead for good (it joins again under a new id); the fencer may
+        # itself have died before taking every shard, so others must be able to take the rest.
         dead = {m for m in dead if self.members.get(m) is None
-                or self.members[m].body.get("fenced_by") == self.mid}
+                or self.members[m].body.get("fenced_by")}
         take = [s for s in free if str(s) not in owners or not owners[str(s)].get("mid")
                 or owners[str(s)]["mid"] in dead][:want]
         if not take:
@@ -387,7 +389,7 @@ class Fleet:
         still = {o.get("mid") for o in self.table["owners"].values()}
         for mid in dead - still:
             seen = self.members.get(mid)
-            if seen is not None and seen.body.get("fenced_by") == self.mid:
+            if seen is not None and seen.body.get("fenced_by"):
                 self.store.delete(f"{MEMBERS}{mid}.json")
                 del self.members[mid]
 
@@ -395,10 +397,9 @@ class Fleet:
         """Fence and delete the objects of dead members that own no shard (killed before they
         took any): no takeover ever fences those, so qlite fleet would list them for ever."""
         owning = {o.get("mid") for o in self.table["owners"].values()}
-        for mid in [m for m, seen in self.members.items() if m not in owning
-                    and not seen.body.get("fenced_by") and not self._alive(m, now)]:
+        for mid in [m for m in self.members if m not in owning and not self._alive(m, now)]:
             self._fence(mid)
-            if mid in self.members and self.members[mid].body.get("fenced_by") == self.mid:
+            if mid in self.members and self.members[mid].body.get("fenced_by"):
                 self._forget({mid})
                 log.info("deleted the object of dead member %s, which owned no shard", mid)
 

@@ -1,5 +1,8 @@
 """`make bench`: start SeaweedFS and redis-server, run every case BENCH_RUNS times, print one
-table of medians, write bench/results.json and bench/results.png. Sizes: see SIZES below."""
+table of medians, write bench/results.json and bench/results.png. Sizes: see SIZES below.
+
+`python -m bench fleet` (`make bench-fleet`): the fleet case alone (bench/fleet.py), on a
+SeaweedFS of its own; its figures replace the "fleet" entry of bench/results.json."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import report, s3cases
+from . import fleet, report, s3cases
 from .servers import Redis, start_seaweedfs
 from .stats import knob, run_child
 
@@ -42,13 +45,14 @@ def say(message: str) -> None:
     print(f"[bench {time.monotonic() - T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def clean_environment(seaweed, redis: Redis, tmp: Path) -> None:
+def clean_environment(seaweed, redis: Redis | None, tmp: Path) -> None:
     """Point qlite and boto3 at our SeaweedFS only; the peers at our redis-server."""
     for k in [k for k in os.environ if k.startswith(("AWS_", "QLITE_"))]:
         if k != "AWS_CA_BUNDLE":
             del os.environ[k]
     os.environ.update(seaweed.env())
-    os.environ["BENCH_REDIS_URL"] = redis.url
+    if redis is not None:
+        os.environ["BENCH_REDIS_URL"] = redis.url
     os.environ["BENCH_HUEY_DB"] = str(tmp / "huey.db")
     os.environ["QLITE_LOG_LEVEL"] = "WARNING"
 
@@ -125,14 +129,42 @@ def main() -> int:
             time.sleep(left)
         idle_result = s3cases.idle_finish(idle)
 
+        fleet_result = fleet.run(tmp, say)
+
     results = report.build(SIZES, machine(), rounds, mem_inbox, mem_index, idle_result)
+    results["fleet"] = {"machine": machine(), **fleet_result}
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report.table(results))
+    print(fleet.table(fleet_result))
     report.chart(results, HERE / "results.png")
     say(f"wrote {HERE / 'results.json'} and {HERE / 'results.png'}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
+def fleet_main() -> int:
+    """The fleet case alone: SeaweedFS only (no peers, no redis-server)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="qlite-bench-fleet-"))
+    with contextlib.ExitStack() as stack:
+        say(f"starting SeaweedFS (data in {tmp})")
+        seaweed = start_seaweedfs(tmp / "seaweedfs")
+        stack.callback(seaweed.stop)
+        clean_environment(seaweed, None, tmp)
+        result = fleet.run(tmp, say)
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["fleet"] = {"machine": machine(), **result}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(fleet.table(result))
+    say(f"wrote the fleet entry of {path}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["fleet"]:
+        sys.exit(fleet_main())
+    if sys.argv[1:]:
+        sys.exit(f"usage: python -m bench [fleet] (got {' '.join(sys.argv[1:])!r})")
     sys.exit(main())

@@ -165,15 +165,24 @@ def drain(n: int, concurrency: int, tmp: Path, pack: bool = True) -> dict:
 class ServeWorker:
     """A ``serve`` worker child: started, told to stop with SIGTERM, its JSON collected."""
 
-    def __init__(self, name: str, tmp: Path, concurrency: int = 4, env: dict | None = None):
+    def __init__(self, name: str, tmp: Path, concurrency: int = 4, env: dict | None = None,
+                 db: Path | None = None):
+        self.db = db or tmp / f"{name}.db"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", CHILD, "serve", "--url", url(name),
-             "--db", str(tmp / f"{name}.db"), "--concurrency", str(concurrency)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             "--db", str(self.db), "--concurrency", str(concurrency)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
             self.kill()
             raise RuntimeError(f"worker child did not start: {line}{self.proc.stderr.read()}")
+
+    def requests(self) -> dict:
+        """The worker's S3 requests so far, by operation (asked over its stdin)."""
+        self.proc.stdin.write("requests\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
 
     def stop(self, timeout: float = 60) -> dict:
         self.proc.send_signal(signal.SIGTERM)

@@ -1,4 +1,6 @@
-"""The qlite app the benchmark's workers run: one no-op task."""
+"""The qlite app the benchmark's workers run: a no-op task and an I/O-bound one."""
+
+import time
 
 import qlite
 
@@ -8,3 +10,9 @@ app = qlite.App()
 @app.task(name="bench.noop")
 def noop(*args, **kwargs):
     return None
+
+
+@app.task(name="bench.sleep")
+def sleep(seconds):
+    """I/O-bound work (the fleet case): waits without using the CPU."""
+    time.sleep(seconds)

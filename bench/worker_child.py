@@ -3,7 +3,9 @@ producer nor inherits its memory. Prints one JSON object on stdout when done.
 
   drain --url URL --db PATH --concurrency C   run(burst=True); time it
   serve --url URL --db PATH --concurrency C   run until SIGTERM; prints "ready" first, and
-                                              records when each inbox LIST happened
+                                              records when each inbox LIST happened; each
+                                              "requests" line on stdin is answered with a
+                                              JSON line of its S3 requests so far
   fill  --db PATH --n N --queue Q             insert N pending rows straight into the index
 """
 
@@ -74,7 +76,13 @@ def serve(args: argparse.Namespace) -> dict:
                 seen = lists
             samples.append((now, rss_mb()))
 
+    def answer() -> None:  # the bench asks for the counters at the edges of its windows
+        for line in sys.stdin:
+            if line.strip() == "requests":
+                print(json.dumps(dict(worker.store.requests)), flush=True)
+
     threading.Thread(target=sample, daemon=True).start()
+    threading.Thread(target=answer, daemon=True).start()
     print("ready", flush=True)
     worker.run(burst=False)
     done.set()

@@ -158,6 +158,22 @@ def test_a_killed_worker_s_shards_are_taken_over_and_only_its_jobs_in_flight_run
     assert "fenced; taking its shards" in fleet.log("a") + fleet.log("c")
 
 
+def test_a_worker_killed_before_it_owned_a_shard_is_removed_from_the_fleet(fleet):
+    fleet.start("a")
+    eventually(lambda: fleet.balanced(1), timeout=60)
+    late = fleet.start("b")  # a holds every shard: b gets some only after a handoff
+    eventually(lambda: "joined the fleet" in fleet.log("b"), timeout=60)
+    late.send_signal(signal.SIGKILL)
+    late.wait(10)
+    assert "took" not in fleet.log("b")
+    # Nobody takes shards from it, yet its member object goes: qlite fleet lists the living.
+    state = eventually(lambda: (s := fleet.state()) and len(s["members"]) == 1 and s,
+                       timeout=4 * LEASE + 30)
+    assert state["members"][0]["shards"] == SHARDS
+    assert "owned no shard" in fleet.log("a")
+    fleet.stop_all()
+
+
 def test_a_paused_worker_is_fenced_and_its_late_results_are_not_written(fleet):
     fleet.start("a")
     paused = fleet.start("b")
@@ -349,3 +365,28 @@ def test_a_job_waiting_for_a_retry_keeps_its_attempts_when_its_shard_is_handed_o
     assert moved, "no job moved to the second worker"
     assert all(r[1] == 2 for r in runs if r[2] == b)  # it ran attempt 2, not a new attempt 1
     assert "waiting for a retry in shard" in fleet.log("b")
+
+
+def test_the_shards_of_a_member_fenced_by_a_worker_that_died_since_are_taken(seaweed_target):
+    """The fencer may die before it takes every shard of the member it fenced: the others
+    take the rest. In process, with Fleet objects and no renewal thread (no waiting)."""
+    from qlite.worker.fleet import MEMBERS, Fleet
+
+    store = Store(seaweed_target.settings().require_url(),
+                  seaweed_target.env["AWS_ENDPOINT_URL_S3"])
+    old = Fleet(store, node="n1", owner="elsewhere:1:1", shards=4, lease=30)
+    old._config()
+    old._join()
+    old.tick()
+    assert old.owned == frozenset(range(4))
+    # A worker since dead fenced it (the object's ETag the fencer saw) and took nothing.
+    body, etag = store.get_etag(f"{MEMBERS}{old.mid}.json")
+    fenced = {**json.loads(body), "fenced_by": "a-fencer-now-dead"}
+    assert store.put_cas(f"{MEMBERS}{old.mid}.json", json.dumps(fenced).encode(), etag)
+
+    new = Fleet(store, node="n2", owner="elsewhere:2:2", shards=4, lease=30)
+    new._config()
+    new._join()
+    new.tick()
+    assert new.owned == frozenset(range(4))
+    assert [m["mid"] for m in describe(store)["members"]] == [new.mid]  # the dead one is gone

@@ -243,6 +243,7 @@ class Fleet:
             return
         self._acquire(live)
         self._balance(live)
+        self._bury(now)
 
     def _renew(self) -> None:
         sent = self.clock()
@@ -375,8 +376,10 @@ class Fleet:
         dead = {m for m in dead if not self._alive(m, now)}
         for mid in dead:
             self._fence(mid)
+        # Fenced by anyone is dead for good (it joins again under a new id); the fencer may
+        # itself have died before taking every shard, so others must be able to take the rest.
         dead = {m for m in dead if self.members.get(m) is None
-                or self.members[m].body.get("fenced_by") == self.mid}
+                or self.members[m].body.get("fenced_by")}
         take = [s for s in free if str(s) not in owners or not owners[str(s)].get("mid")
                 or owners[str(s)]["mid"] in dead][:want]
         if not take:
@@ -415,9 +418,19 @@ class Fleet:
         still = {o.get("mid") for o in self.table["owners"].values()}
         for mid in dead - still:
             seen = self.members.get(mid)
-            if seen is not None and seen.body.get("fenced_by") == self.mid:
+            if seen is not None and seen.body.get("fenced_by"):
                 self.store.delete(f"{MEMBERS}{mid}.json")
                 del self.members[mid]
+
+    def _bury(self, now: float) -> None:
+        """Fence and delete the objects of dead members that own no shard (killed before they
+        took any): no takeover ever fences those, so qlite fleet would list them for ever."""
+        owning = {o.get("mid") for o in self.table["owners"].values()}
+        for mid in [m for m in self.members if m not in owning and not self._alive(m, now)]:
+            self._fence(mid)
+            if mid in self.members and self.members[mid].body.get("fenced_by"):
+                self._forget({mid})
+                log.info("deleted the object of dead member %s, which owned no shard", mid)
 
     def _fence(self, mid: str) -> None:
         """Mark a dead member's object fenced (If-Match the ETag we saw stay unchanged), so it

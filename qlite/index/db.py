@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
-from qlite.envelope import now_rfc3339, pack_key, shard_of
+from qlite.envelope import now_rfc3339, pack_key, parse_pack_key, shard_of
 from qlite.errors import IndexUnavailable
 from qlite.states import TERMINAL  # noqa: F401 - also imported from here by the worker
 
@@ -75,6 +75,12 @@ def check_file(path: str | Path) -> str | None:
     return f"tables missing: {', '.join(missing)}" if missing else None
 
 
+def _pack_shard(key: str, shards: int) -> int:
+    """The fleet shard of a pack's inbox key (-1: not a pack key)."""
+    parsed = parse_pack_key(key)
+    return shard_of(parsed[1], shards) if parsed else -1
+
+
 class Index:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
@@ -89,6 +95,7 @@ class Index:
                 self.db = sqlite_utils.Database(self.path)
             self.conn = self.db.conn
             self.conn.create_function("qlite_shard", 2, shard_of, deterministic=True)
+            self.conn.create_function("qlite_pack_shard", 2, _pack_shard, deterministic=True)
             self.conn.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
                 self.db.enable_wal()
@@ -360,9 +367,7 @@ class Index:
     def _drop(self, query: str, shards: set[int], nshards: int) -> int:
         with self._tx():
             rows = self._rows(query, shards=json.dumps(sorted(shards)), nshards=nshards)
-            packs = sorted({r["pack"] for r in rows if r["pack"]})
-            if packs:
-                self._rows("drop_packs", keys=json.dumps(packs))
+            self._rows("drop_packs", shards=json.dumps(sorted(shards)), nshards=nshards)
         return len(rows)
 
     def shards_busy(self, shards: set[int], nshards: int) -> int:

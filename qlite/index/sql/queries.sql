@@ -25,14 +25,18 @@ SELECT k.value AS pack,
        (SELECT count(*) FROM jobs
         WHERE jobs.pack = k.value AND jobs.inbox_key = k.value
           AND jobs.state NOT IN ('succeeded', 'failed', 'cancelled'))
-       + NOT EXISTS (SELECT 1 FROM packs WHERE packs.key = k.value) AS n
+       + NOT EXISTS (SELECT 1 FROM packs WHERE packs.key = k.value)
+       -- members this index does not hold (never a fleet's partial record as complete)
+       + max(0, coalesce((SELECT size FROM packs WHERE packs.key = k.value), 0)
+                - (SELECT count(*) FROM jobs WHERE jobs.pack = k.value)) AS n
 FROM json_each(:keys) AS k;
 
 -- name: packs_settled
 -- Packs taken in whose members (still in them) are all finished and published: nothing is
 -- left to do but delete the object (it was put back, or its delete was lost).
 SELECT k.value AS pack FROM json_each(:keys) AS k
-WHERE EXISTS (SELECT 1 FROM packs WHERE packs.key = k.value)
+WHERE (SELECT count(*) FROM jobs WHERE jobs.pack = k.value)
+      >= (SELECT size FROM packs WHERE packs.key = k.value)
   AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.pack = k.value AND jobs.inbox_key = k.value
                     AND (jobs.published = 0
                          OR jobs.state NOT IN ('succeeded', 'failed', 'cancelled')));
@@ -485,9 +489,11 @@ WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards))
 RETURNING id, pack;
 
 -- name: drop_packs
--- The packs some of whose members were dropped: not taken in here any more, so they stay
--- open (pack_open) and their objects are never deleted from here.
-DELETE FROM packs WHERE key IN (SELECT value FROM json_each(:keys));
+-- The packs of shards this index no longer holds: not taken in here any more, so they stay
+-- open (pack_open) and their objects are never deleted from here; taken again, they are
+-- read again (with their records, when another index ran some of their jobs).
+DELETE FROM packs
+WHERE qlite_pack_shard(key, :nshards) IN (SELECT value FROM json_each(:shards));
 
 -- name: shards_busy
 -- Rows that keep a shard from being handed over: running, or finished and not yet published.

@@ -128,7 +128,7 @@ class Worker:
         self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
                              self.clock)
         self.publisher = Publisher(self.store, self.index, self.io, self.client, self.clock,
-                                   self.settings.max_payload)
+                                   self.settings.max_payload, trusted=self._trusted)
         self.periodic = Periodic(self.app, self.index, self.client, self.clock)
         self._join_fleet()
         keyring = self.settings.signing_key

@@ -18,7 +18,7 @@ from typing import Any
 
 from qlite import envelope
 from qlite.crypto import SEALED
-from qlite.errors import EnvelopeError
+from qlite.errors import EnvelopeError, StorageError
 from qlite.index.db import TERMINAL, Index
 from qlite.producer import Client
 from qlite.store import Store
@@ -90,13 +90,15 @@ class Publisher:
     delete (``acked``), and since when each unfinished pack has been waiting."""
 
     def __init__(self, store: Store, index: Index, io: ThreadPoolExecutor, client: Client,
-                 clock: Callable[[], float], max_payload: int):
+                 clock: Callable[[], float], max_payload: int,
+                 trusted: Callable[[], bool] = lambda: True):
         self.store = store
         self.index = index
         self.io = io
         self.client = client
         self.clock = clock
         self.max_payload = max_payload
+        self.trusted = trusted  # in a fleet: this worker still owns its shards
         # job id -> its inbox key and request markers: results/ written, delete due
         self.acked: dict[str, list[str]] = {}
         self.acked_at: float | None = None
@@ -205,8 +207,29 @@ class Publisher:
     def _write_result(self, job: dict) -> None:
         """PUT the terminal record, then enqueue the job's follow-ups."""
         record = self._record_of(job)
-        self.store.put(envelope.result_key(job["id"]), json.dumps(record).encode())
+        self._put_record(envelope.result_key(job["id"]), record)
         self._follow_ups(job, record)
+
+    def _put_record(self, key: str, record: dict) -> None:
+        """Write a job's first terminal record (If-None-Match). One already there is kept,
+        unless it is of fewer attempts and this worker still owns the job (a record that
+        ``qlite retry`` failed to delete): a worker that lost the job meanwhile (a paused
+        zombie of a fleet) never writes over the new owner's record."""
+        body = json.dumps(record).encode()
+        for _ in range(3):
+            if self.store.put_cas(key, body, None) is not None:
+                return
+            found = self.store.get_etag(key)
+            if found is None:
+                continue  # deleted meanwhile: create it
+            try:
+                attempts = int(json.loads(found[0]).get("attempts") or 0)
+            except (ValueError, TypeError, AttributeError):
+                attempts = 0  # not a record: replace it
+            if attempts >= record["attempts"] or not self.trusted():
+                return
+            if self.store.put_cas(key, body, found[1]) is not None:
+                return
 
     def _write_pack(self, key: str, members: list[dict], complete: bool) -> list[dict]:
         """PUT the batched record of every terminal member of pack ``key`` (``members``), then
@@ -216,12 +239,40 @@ class Publisher:
         assert parsed is not None, key  # the index holds only valid pack keys
         pack_id = parsed[1]
         records = {m["id"]: {**self._record_of(m), "pack": pack_id} for m in members}
-        body = {"v": 1, "pack": pack_id, "complete": complete, "jobs": records}
-        self.store.put(envelope.pack_result_key(pack_id), json.dumps(body).encode())
+        self._merge_pack_record(pack_id, records, complete)
         new = [m for m in members if not m["published"]]
         for m in new:
             self._follow_ups(m, records[m["id"]])
         return new
+
+    def _merge_pack_record(self, pack_id: str, records: dict[str, dict],
+                           complete: bool) -> None:
+        """Write the pack's batched record as a compare-and-swap on the one there: the
+        members it holds that we do not (another worker of the fleet ran them), or of more
+        attempts, are kept. So a late write (a worker that lost the pack meanwhile) cannot
+        take members out of the record."""
+        key = envelope.pack_result_key(pack_id)
+        for _ in range(5):
+            found = self.store.get_etag(key)
+            jobs = dict(records)
+            done = complete
+            if found is not None:
+                try:
+                    there = json.loads(found[0])
+                    for job_id, r in (there.get("jobs") or {}).items():
+                        mine = jobs.get(job_id)
+                        if mine is None or int(r.get("attempts") or 0) > int(
+                                mine.get("attempts") or 0):
+                            jobs[job_id] = r
+                    done = done or bool(there.get("complete"))
+                except (ValueError, TypeError, AttributeError):
+                    pass  # not a record: replaced
+            body = {"v": 1, "pack": pack_id, "complete": done, "jobs": jobs}
+            if self.store.put_cas(key, json.dumps(body).encode(),
+                                  found[1] if found is not None else None) is not None:
+                return
+        raise StorageError(f"s3: put {key}: the record kept changing under 5 writes "
+                           "(retried next pass)")
 
     def _follow_ups(self, job: dict, record: dict) -> None:
         """Enqueue the job's follow-ups (webhook, on_success, on_failure) with keys derived

@@ -75,10 +75,28 @@ def _duplicates_since(ledger, seen: tuple[int, set]) -> tuple[tuple[int, set], i
     return (len(complete), ids), again
 
 
+def answered(read, timeout: float = 60.0):
+    """``read()``, asked again while the server is not answering yet: a SeaweedFS just
+    restarted by the test accepts connections a moment before it serves its buckets."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except (ClientError, BotoCoreError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def count(server, bucket: str, prefix: str) -> int:
-    client = server.client()
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sum(len(p.get("Contents", [])) for p in pages)
+    def read() -> int:
+        client = server.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sum(len(p.get("Contents", [])) for p in pages)
+
+    return answered(read)
 
 
 def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_index(
@@ -104,6 +122,9 @@ def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_
     seen: tuple[int, set] = (0, set())  # ledger lines read, job ids run
 
     def results() -> int:
+        return answered(read_results)
+
+    def read_results() -> int:
         """Jobs with a terminal record: one object each, or in their pack's record."""
         client = server.client()
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket,

@@ -168,7 +168,7 @@ class Chaos:
 
     def live(self) -> list[dict]:
         return [m for m in describe(self.store)["members"]
-                if not m["fenced_by"] and not m["draining"]]
+                if not m["fenced_by"]]
 
 
 def test_a_fleet_loses_nothing_through_kills_restarts_and_a_pause(chaos):

@@ -61,7 +61,7 @@ class Fleet:
         """The fleet once it has ``n`` live members, each owning shards, none more than its
         fair share ceil(shards / n), and no shard free: the handovers are done."""
         s = self.state()
-        live = [m for m in s["members"] if not m["fenced_by"] and not m["draining"]]
+        live = [m for m in s["members"] if not m["fenced_by"]]
         share = -(-SHARDS // n)
         if len(live) == n and all(0 < m["shards"] <= share for m in live) \
                 and s["unowned"] == 0 and sum(m["shards"] for m in live) == SHARDS:

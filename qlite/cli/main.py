@@ -245,7 +245,7 @@ def fleet(
     typer.echo(f"{len(out['members'])} member(s), {out['shards']} shards, lease "
                f"{out['lease']:.0f}s, table generation {out['table_gen']}")
     for m in out["members"]:
-        state = "fenced" if m["fenced_by"] else "draining" if m["draining"] else "live"
+        state = "fenced" if m["fenced_by"] else "live"
         renewed = f"{m['renewed_ago']:.0f}s ago" if m["renewed_ago"] is not None else "-"
         typer.echo(f"  {m['mid']}  {state:8}  {m['shards']:4} shard(s) {m['shard_ranges']}  "
                    f"renewed {renewed}  {m['jobs']} job(s) ({m['jobs_per_min'] or 0}/min)  "

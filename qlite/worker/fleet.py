@@ -5,7 +5,7 @@ the coordinator; there is no Redis, etcd or leader (docs/fleet.md says why it is
 Objects (``coord/`` sorts before ``inbox/``)::
 
     coord/config.json           {shards, lease}             written once, If-None-Match: *
-    coord/members/{mid}.json    {mid, node, owner, seq, nonce, draining, fenced_by}
+    coord/members/{mid}.json    {mid, node, owner, seq, nonce, fenced_by}
     coord/shards.json           {gen, owners: {shard: {mid, node, gen}}}   If-Match: ETag
 
 - **Members.** Each worker process is a member with an id new at every start (``mid``) and a
@@ -101,16 +101,13 @@ class Fleet:
         self.owned: frozenset[int] = frozenset()
         self.releasing: set[int] = set()
         self.drained: dict[int, bool] = {}  # shard -> a handoff object was written
-        self.draining = False  # SIGTERM: hand every shard over
         self.live_before: frozenset[str] = frozenset()
         self.stable = 0  # ticks the set of live members has not changed
         self.changes = Changes()
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
-        self.started = self.clock()
         self.started_at = time.time()  # for qlite fleet only: never compared across machines
-        self.renewed_at: float | None = None
         self.jobs: Callable[[], int] = lambda: 0  # jobs this worker published, for qlite fleet
 
     # -- the worker's loop asks ----------------------------------------------------------
@@ -201,7 +198,7 @@ class Fleet:
         self.nonce = uuid.uuid4().hex
         return json.dumps({"v": 1, "mid": self.mid, "node": self.node, "owner": self.owner,
                            "pid": os.getpid(), "seq": self.seq, "nonce": self.nonce,
-                           "draining": self.draining, "shards": len(self.owned),
+                           "shards": len(self.owned),
                            "jobs": self.jobs(), "started_at": self.started_at,
                            "at": time.time(), "fenced_by": None}).encode()
 
@@ -215,7 +212,6 @@ class Fleet:
                               "qlite doctor (conditional writes)")
         self.etag = etag
         self.trusted_until = sent + self.lease - self.margin
-        self.renewed_at = sent
         log.info("joined the fleet mid=%s node=%s shards=%d lease=%.0fs", self.mid, self.node,
                  self.shards, self.lease)
 
@@ -239,8 +235,6 @@ class Fleet:
                                           handoff={s for s, h in drained.items() if h}):
             with self.lock:
                 self.drained.update(drained)  # the table was busy: again next tick
-        if self.draining:
-            return
         self._acquire(live)
         self._balance(live)
         self._bury(now)
@@ -258,7 +252,6 @@ class Fleet:
                 return
         self.etag = etag
         self.trusted_until = sent + self.lease - self.margin
-        self.renewed_at = sent
 
     def _fenced(self, by: str | None) -> None:
         """Another member declared us dead (we were paused or cut off past the lease): every
@@ -314,10 +307,8 @@ class Fleet:
         return now - seen.since < self.lease
 
     def _live(self, now: float) -> list[str]:
-        """Members that count for the fair share: alive and not leaving, me included."""
-        live = [m for m in self.members if self._alive(m, now)
-                and not self.members[m].body.get("draining")]
-        return sorted([self.mid, *live]) if not self.draining else sorted(live)
+        """Members that count for the fair share: the live ones, me included."""
+        return sorted([self.mid, *(m for m in self.members if self._alive(m, now))])
 
     def _read_table(self) -> None:
         found = self.store.get_etag(TABLE)
@@ -470,14 +461,6 @@ class Fleet:
         log.info("handing over %d shard(s) %s to balance %d members", len(give), _ranges(give),
                  len(live))
 
-    def drain_all(self) -> set[int]:
-        """SIGTERM: stop taking shards and hand over all of ours (the loop drains them)."""
-        self.draining = True
-        with self.lock:
-            give = set(self.owned) - self.releasing
-            self.releasing |= give
-            return give
-
     def _release(self, shards: set[int], why: str,
                  handoff: frozenset[int] | set[int] = frozenset()) -> bool:
         shards &= set(self.owned)
@@ -597,7 +580,7 @@ def describe(store: Store) -> dict:
         owned = sorted(int(s) for s, o in table["owners"].items() if o.get("mid") == body["mid"])
         up = max((body.get("at") or 0) - (body.get("started_at") or 0), 1e-9)
         members.append({"mid": body["mid"], "node": body.get("node"), "owner": body.get("owner"),
-                        "seq": body.get("seq"), "draining": body.get("draining", False),
+                        "seq": body.get("seq"),
                         "fenced_by": body.get("fenced_by"), "shards": len(owned),
                         "shard_ranges": _ranges(owned), "jobs": body.get("jobs", 0),
                         "jobs_per_min": round(60 * body.get("jobs", 0) / up, 1)

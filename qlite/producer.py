@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from qlite import crypto, envelope, signing
+from qlite.doorbell import Bell
 from qlite.errors import (
     AccessDenied,
     AlreadyExists,
@@ -42,6 +43,8 @@ class Client:
         self.store = store or Store(self.settings.require_url(), self.settings.endpoint_url)
         self.keyring = self.settings.signing_key  # QLITE_SIGNING_KEY: sign what we write
         self.cipher = self.settings.encryption_key  # QLITE_ENCRYPTION_KEY: seal and open
+        # QLITE_DOORBELL: after a put, wake a worker that sleeps (docs/costs.md)
+        self.bell = Bell(self.store) if self.settings.doorbell == "on" else None
 
     def put(self, task: Any, args: Any = (), kwargs: dict | None = None, *,
             queue: str = "default", key: str | None = None, delay: float | timedelta | None = None,
@@ -60,7 +63,9 @@ class Client:
                              priority=priority, max_attempts=max_attempts, timeout=timeout,
                              ttl=ttl, expires_at=expires_at, webhook=webhook,
                              on_success=on_success, on_failure=on_failure, meta=meta)
-        return self._write(*self._encode(env))
+        job = self._write(*self._encode(env))
+        self._ring()
+        return job
 
     def validate(self, task: Any, args: Any = (), kwargs: dict | None = None,
                  **options: Any) -> None:
@@ -132,6 +137,7 @@ class Client:
         if writes:
             with ThreadPoolExecutor(max_workers=min(workers, len(writes))) as pool:
                 list(pool.map(write, writes))
+            self._ring()
         return handles
 
     def group(self, jobs: Iterable[dict | tuple], *, then: Any = None, on_failure: Any = None,
@@ -169,7 +175,15 @@ class Client:
         if not envs:
             return []
         with ThreadPoolExecutor(max_workers=min(workers, len(envs))) as pool:
-            return list(pool.map(lambda pair: self._write(*pair), envs))
+            jobs = list(pool.map(lambda pair: self._write(*pair), envs))
+        self._ring()
+        return jobs
+
+    def _ring(self) -> None:
+        """Wake a sleeping worker (docs/costs.md): a GET at most once a second per Client,
+        and a PUT only when a worker said it is asleep. Never fails the put."""
+        if self.bell is not None:
+            self.bell.ring_if_asleep()
 
     def cancel(self, job_id: str, queue: str | None = None) -> dict:
         """Ask the worker to cancel a job: one that has not started never runs; a running one
@@ -198,6 +212,7 @@ class Client:
         body = json.dumps({"v": 1, "kind": kind, "id": job_id, "request": request_id,
                            "at": envelope.now_rfc3339()}).encode()
         self.put_object(marker, body)
+        self._ring()
         return status
 
     def key_id(self, key: str) -> str:

@@ -102,7 +102,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between inbox LISTs while jobs keep arriving."),
     Setting("poll_max", "QLITE_POLL_MAX", "--poll-max", 10.0, "float",
             "Cap in seconds of the idle back-off between inbox LISTs (one LIST per queue per "
-            "poll): the worst-case pickup delay after a quiet spell."),
+            "poll): the worst-case pickup delay after a quiet spell when the doorbell is off "
+            "(with it on, the worker sleeps after two empty LISTs)."),
+    Setting("doorbell", "QLITE_DOORBELL", "--doorbell", "on", "str",
+            "on: an idle worker sleeps on a GET of coord/doorbell.json every 0.85 s (a job put "
+            "after a quiet spell starts within about a second) and producers ring it after a "
+            "put when it says a worker sleeps (docs/costs.md). off: idle polls back off to "
+            "QLITE_POLL_MAX and producers never read it. A worker with QLITE_POLL_MAX under "
+            "0.85 s never sleeps (its LISTs are as fast)."),
     Setting("max_payload", "QLITE_MAX_PAYLOAD", "--max-payload", 262144, "int",
             "Largest inline envelope in bytes. Producers move larger arguments to their own "
             "object (claim check, up to 64 MiB), the worker does the same for results; the "
@@ -210,6 +217,10 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         if raw not in ("auto", "on", "off"):
             raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
         return raw
+    if setting.name == "doorbell":
+        if raw not in ("on", "off"):
+            raise ConfigError(f"{source}: expected on or off (got {raw!r})")
+        return raw
     if setting.name == "pool":
         if raw not in ("thread", "process"):
             raise ConfigError(f"{source}: expected thread or process (got {raw!r})")
@@ -246,6 +257,7 @@ class Settings:
     grace: float = 30.0
     poll_min: float = 0.5
     poll_max: float = 10.0
+    doorbell: str = "on"
     max_payload: int = 262144
     log_level: str = "INFO"
     dashboard_token: str | None = None

@@ -252,6 +252,18 @@ class Store:
         except ObjectNotFound:
             return None
 
+    def get_if_changed(self, key: str, etag: str) -> tuple[bytes, str] | None:
+        """One conditional GET (If-None-Match ``etag``): None when the object is unchanged
+        (304, priced as a GET: the doorbell's poll), else its bytes and new ETag.
+        ObjectNotFound when it is gone."""
+        try:
+            resp = self._call("get", key, "get_object", Key=self.prefix + key, IfNoneMatch=etag)
+        except StorageError as e:
+            if getattr(e, "code", None) in ("304", "NotModified"):
+                return None
+            raise
+        return resp["Body"].read(), resp.get("ETag", "")
+
     def list_etags(self, prefix: str) -> dict[str, str]:
         """Every key under ``prefix`` with its ETag (one LIST per 1,000 keys)."""
         out: dict[str, str] = {}

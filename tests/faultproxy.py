@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
+DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+          b"<Message>Access Denied</Message></Error>")
 
 
 class FaultProxy:
@@ -21,6 +24,9 @@ class FaultProxy:
         self.failing = threading.Event()
         self.fail_next = 0  # answer this many requests with 503, then forward again
         self.seen_503 = 0
+        # (method, path) -> True: answer 403 AccessDenied, as a bucket policy that does not
+        # grant that request would
+        self.refuse: Callable[[str, str], bool] | None = None
         lock = threading.Lock()
         proxy = self
 
@@ -32,6 +38,13 @@ class FaultProxy:
 
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.refuse is not None and proxy.refuse(self.command, self.path):
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(DENIED)))
+                    self.end_headers()
+                    self.wfile.write(DENIED)
+                    return
                 with lock:
                     fail = proxy.failing.is_set() or proxy.fail_next > 0
                     if fail:

@@ -175,6 +175,8 @@ def worker(
         "poll_min", "seconds between LISTs while busy")] = None,
     poll_max: Annotated[float | None, _setting(
         "poll_max", "idle LIST back-off cap in seconds")] = None,
+    doorbell: Annotated[str | None, _setting(
+        "doorbell", "on or off: an idle worker sleeps on coord/doorbell.json")] = None,
     max_payload: Annotated[int | None, _setting(
         "max_payload", "largest inline envelope in bytes")] = None,
     log_level: Annotated[str | None, _setting(
@@ -202,7 +204,7 @@ def worker(
                              lease=lease, progress_every=progress_every, shards=shards,
                              fleet_lease=fleet_lease, node=node,
                              grace=grace, poll_min=poll_min, poll_max=poll_max,
-                             max_payload=max_payload, log_level=log_level,
+                             doorbell=doorbell, max_payload=max_payload, log_level=log_level,
                              log_format=log_format, metrics_port=metrics_port,
                              metrics_host=metrics_host,
                              signing_key=signing_key, encryption_key=encryption_key)

@@ -10,9 +10,11 @@ Objects (``coord/`` sorts before ``inbox/``)::
 
 - **Members.** Each worker process is a member with an id new at every start (``mid``) and a
   ``node``: the host and index file it writes. It renews its member object every third of the
-  lease, If-Match its own last ETag.
-- **Liveness is judged by the observer**: a member whose ETag has not changed for a whole lease
-  on *my* monotonic clock is dead (no clocks are compared across machines); one on this host
+  lease, If-Match its own last ETag; asleep (idle, on the doorbell: qlite/doorbell.py) every
+  ``ASLEEP_RENEW`` seconds, a PUT and no LIST. The object says which (``renew_every``).
+- **Liveness is judged by the observer**: a member whose ETag has not changed for its
+  patience, max(lease, 3 x the ``renew_every`` it advertised), on *my* monotonic clock is dead
+  (no clocks are compared across machines, only a duration is read); one on this host
   whose process is gone is dead at once. Before taking a dead member's shards the taker writes
   ``fenced_by`` into its member object (If-Match), so a paused worker that wakes finds its
   next renewal refused and stops.
@@ -39,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qlite.doorbell import Bell
 from qlite.errors import ConfigError, StorageError
 from qlite.store import Store
 from qlite.worker.liveness import is_local, owner_is_dead
@@ -48,6 +51,9 @@ log = logging.getLogger(__name__)
 CONFIG = "coord/config.json"
 MEMBERS = "coord/members/"
 TABLE = "coord/shards.json"
+# Seconds between renewals of a sleeping member: patience 3 x 120 s = 6 minutes before a
+# member that died asleep is taken over (a live one wakes on the doorbell's first ring).
+ASLEEP_RENEW = 120.0
 
 
 def handoff_key(shard: int) -> str:
@@ -106,6 +112,9 @@ class Fleet:
         self.changes = Changes()
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        self.poke = threading.Event()  # renew now (asleep or awake again)
+        self.asleep = False  # the worker sleeps on the doorbell: renew rarely, observe nothing
+        self.sent_every = lease / 3  # the renew_every of the member object last sent
         self.thread: threading.Thread | None = None
         self.started_at = time.time()  # for qlite fleet only: never compared across machines
         self.jobs: Callable[[], int] = lambda: 0  # jobs this worker published, for qlite fleet
@@ -118,6 +127,36 @@ class Fleet:
 
     def trusted(self) -> bool:
         return self.clock() < self.trusted_until
+
+    @property
+    def renew_every(self) -> float:
+        return ASLEEP_RENEW if self.asleep else self.lease / 3
+
+    def patience(self, body: dict) -> float:
+        """How long an observer waits for a renewal of a member whose object is ``body``."""
+        try:
+            every = min(float(body.get("renew_every") or 0), ASLEEP_RENEW)
+        except (TypeError, ValueError):
+            every = ASLEEP_RENEW
+        return max(self.lease, 3 * every)
+
+    def set_asleep(self, asleep: bool) -> None:
+        """The worker fell asleep on the doorbell, or woke: renew now with the new interval
+        (awake: a whole tick, to see who joined)."""
+        if asleep != self.asleep:
+            self.asleep = asleep
+            self.poke.set()
+
+    def settled(self) -> bool:
+        """Nothing for the fleet to do: the same live members for three ticks, every shard
+        owned by one of them, nothing being handed over. Only then may the worker sleep."""
+        with self.lock:
+            if self.releasing or self.drained or self.changes.release:
+                return False
+        live = set(self._live(self.clock()))
+        owners = self.table["owners"]
+        return self.stable >= 3 and all((owners.get(str(s)) or {}).get("mid") in live
+                                        for s in range(self.shards))
 
     def take_changes(self) -> Changes:
         with self.lock:
@@ -151,13 +190,22 @@ class Fleet:
         self._config()
         self._join()
         self.tick()
+        if others:  # wake the sleeping members: they rebalance with us
+            Bell(self.store).ring_if_asleep()
         self.thread = threading.Thread(target=self._run, name="qlite-fleet", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop_event.wait(self.lease / 3):
+        while True:
+            self.poke.wait(self.renew_every)
+            self.poke.clear()
+            if self.stop_event.is_set():
+                return
             try:
-                self.tick()
+                if self.asleep:
+                    self._renew()  # nobody is observed while asleep: the doorbell wakes us
+                else:
+                    self.tick()
             except Exception as e:  # S3 trouble: trust runs out on its own if it lasts
                 log.warning("fleet tick failed: %s: %s", type(e).__name__, e)
 
@@ -165,6 +213,7 @@ class Fleet:
         """After the worker drained everything: give back every shard and delete the member
         object, so the others take over at once instead of after a lease."""
         self.stop_event.set()
+        self.poke.set()
         if self.thread is not None:
             self.thread.join(timeout=self.lease)
         try:
@@ -196,10 +245,12 @@ class Fleet:
     def _member_body(self) -> bytes:
         self.seq += 1
         self.nonce = uuid.uuid4().hex
+        self.sent_every = self.renew_every  # read once: the loop may wake meanwhile
         return json.dumps({"v": 1, "mid": self.mid, "node": self.node, "owner": self.owner,
                            "pid": os.getpid(), "seq": self.seq, "nonce": self.nonce,
                            "shards": len(self.owned),
                            "jobs": self.jobs(), "started_at": self.started_at,
+                           "renew_every": self.sent_every,
                            "at": time.time(), "fenced_by": None}).encode()
 
     def _join(self) -> None:
@@ -211,7 +262,8 @@ class Fleet:
             raise ConfigError("fleet: a new member object was refused as existing. Try: "
                               "qlite doctor (conditional writes)")
         self.etag = etag
-        self.trusted_until = sent + self.lease - self.margin
+        self.trusted_until = sent + self.patience({"renew_every": self.sent_every}) \
+            - self.margin
         log.info("joined the fleet mid=%s node=%s shards=%d lease=%.0fs", self.mid, self.node,
                  self.shards, self.lease)
 
@@ -241,7 +293,9 @@ class Fleet:
 
     def _renew(self) -> None:
         sent = self.clock()
-        etag = self.store.put_cas(f"{MEMBERS}{self.mid}.json", self._member_body(), self.etag)
+        body = self._member_body()
+        patience = self.patience({"renew_every": self.sent_every})  # what observers read
+        etag = self.store.put_cas(f"{MEMBERS}{self.mid}.json", body, self.etag)
         if etag is None:
             found = self.store.get_etag(f"{MEMBERS}{self.mid}.json")
             body = json.loads(found[0]) if found else {}
@@ -251,7 +305,7 @@ class Fleet:
                 self._fenced(body.get("fenced_by") if found else None)
                 return
         self.etag = etag
-        self.trusted_until = sent + self.lease - self.margin
+        self.trusted_until = sent + patience - self.margin
 
     def _fenced(self, by: str | None) -> None:
         """Another member declared us dead (we were paused or cut off past the lease): every
@@ -293,7 +347,11 @@ class Fleet:
                 body = json.loads(found[0]) if found else {}
                 self.members[mid] = Seen(etag, now, body)
             elif seen.etag != etag:
+                # Read what it says now: how long to wait for its next renewal depends on it.
+                found = self.store.get_etag(f"{MEMBERS}{mid}.json")
                 seen.etag, seen.since = etag, now
+                if found is not None:
+                    seen.body = json.loads(found[0])
 
     def _alive(self, mid: str, now: float) -> bool:
         seen = self.members.get(mid)
@@ -304,7 +362,7 @@ class Fleet:
             return False
         if owner and is_local(owner) and owner_is_dead(owner):
             return False  # its process on this host is gone: no need to wait a lease
-        return now - seen.since < self.lease
+        return now - seen.since < self.patience(seen.body)
 
     def _live(self, now: float) -> list[str]:
         """Members that count for the fair share: the live ones, me included."""

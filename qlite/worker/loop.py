@@ -22,6 +22,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from qlite import doorbell
 from qlite.app import App
 from qlite.index.db import MAX_CRASHES, Index, Limits
 from qlite.producer import Client
@@ -65,6 +66,13 @@ class Worker:
         self.deadline: float | None = None
         self.poll_every = settings.poll_min
         self.next_poll = 0.0
+        # QLITE_DOORBELL: once idle, sleep on a GET of coord/doorbell.json (qlite/doorbell.py)
+        # (not when QLITE_POLL_MAX is shorter than the bell's interval: the LISTs are faster)
+        self.sleeper = doorbell.Sleeper(self.store) \
+            if settings.doorbell == "on" and settings.poll_max > doorbell.EVERY else None
+        self.safety = doorbell.SAFETY  # seconds between inbox LISTs while asleep
+        self.quiet_polls = 0  # empty inbox LISTs in a row
+        self.next_bell = 0.0
         self.next_beat = 0.0
         self.outage = 0.0  # back-off after a failed step, seconds
         self.disk_full = False
@@ -192,6 +200,8 @@ class Worker:
     def _sleep(self, burst: bool) -> None:
         now = self.clock()
         wait = self.next_poll - now if not burst else 0.05
+        if self._asleep():
+            wait = min(wait, self.next_bell - now)
         full = len(self.running) >= self.settings.concurrency  # a finished job wakes us
         at = None if full else self.index.next_run_at(self.settings.queues)
         if self.held and at is not None and at <= now:
@@ -212,6 +222,9 @@ class Worker:
             return
         if not self._trusted():  # our shards may be another worker's by now
             return
+        if self._asleep() and self.clock() < self.next_poll and not burst:
+            if not self._rung():
+                return
         if self.clock() < self.next_poll and not (burst and self._quiet()):
             return
         # Do not LIST while every slot is busy and more jobs wait locally: the inbox waits.
@@ -225,9 +238,64 @@ class Worker:
                 log.info("ingested %d job(s), quarantined %d", result.taken,
                          result.quarantined)
             self.poll_every = self.settings.poll_min  # more pages to read: no back-off
+            self.quiet_polls = 0
+            self._wake()
         else:
+            self.quiet_polls += 1
             self.poll_every = min(self.poll_every * 2, self.settings.poll_max)
+            if self._asleep():
+                self.poll_every = self.safety
+            elif (self.sleeper is not None and not burst
+                  and self.quiet_polls >= doorbell.QUIET_POLLS and self._may_sleep()
+                  and self.sleeper.sleep()):
+                self._fell_asleep()
+                # One more LIST once every producer's cached "awake" read is older than our
+                # write: a put after that LIST reads "asleep" and rings.
+                self.poll_every = doorbell.CACHE + 0.25
         self.next_poll = self.clock() + self.poll_every
+
+    # -- the doorbell: sleep on a GET when idle (qlite/doorbell.py, docs/costs.md) -------
+
+    def _asleep(self) -> bool:
+        return self.sleeper is not None and self.sleeper.asleep
+
+    def _may_sleep(self) -> bool:
+        """Nothing runs, waits to be published or taken in, and the fleet is settled (a
+        sleeping member renews rarely, so it must not be in the middle of a rebalance)."""
+        return (self._idle() and not self.held
+                and (self.shards is None or self.shards.fleet.settled()))
+
+    def _fell_asleep(self) -> None:
+        log.debug("idle: sleeping on the doorbell %s", doorbell.KEY)
+        self.next_bell = self.clock() + doorbell.EVERY
+        if self.shards is not None:
+            self.shards.fleet.set_asleep(True)
+
+    def _rung(self) -> bool:
+        """Ask the bell (at most every doorbell.EVERY seconds); True when it rang: then the
+        worker is awake again and LISTs now."""
+        now = self.clock()
+        if now < self.next_bell:
+            return False
+        # A fixed rate, not "EVERY after the last answer": the cost stays what docs/costs.md says.
+        self.next_bell = max(self.next_bell + doorbell.EVERY, now)
+        assert self.sleeper is not None
+        if not self.sleeper.rung():
+            return False
+        log.debug("the doorbell rang: awake")
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        if not self._asleep():
+            return
+        assert self.sleeper is not None
+        self.sleeper.wake()
+        self.poll_every = self.settings.poll_min
+        self.next_poll = 0.0
+        self.quiet_polls = 0
+        if self.shards is not None:
+            self.shards.fleet.set_asleep(False)
 
     def _claim(self) -> None:
         self._start(self._claim_rows())
@@ -265,6 +333,7 @@ class Worker:
     def _start(self, rows: list[dict]) -> None:
         if rows:
             crash_point("after_claim")
+            self._wake()  # a scheduled job, say: the inbox is polled again while it runs
         for row in rows:
             claim = Claim(row["id"], row["task"], row["queue"], row["attempts"],
                           row["max_attempts"], json.loads(row["envelope"]), row["enqueued_at"])
@@ -476,7 +545,10 @@ class Worker:
         self._reap()
         if self.replica is not None:
             self.replica.check()
-        self._flush_counters()
+        # An idle worker writes nothing to its index, so Litestream uploads nothing: the
+        # counters of idle requests are added with the next job's (or at shutdown).
+        if self.running or self.publisher.published != self.flushed.get("jobs.published"):
+            self._flush_counters()
 
     def _flush_counters(self) -> None:
         """Add the S3 requests and jobs published since the last flush to the index's running

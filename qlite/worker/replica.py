@@ -103,7 +103,13 @@ class Replica:
         endpoint = self.settings.endpoint_url
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
             or "us-east-1"
+        # An unchanged index costs next to nothing: Litestream 0.5's defaults LIST the replica
+        # 10 times a minute even then (L0 retention check every 15 s, L1 compaction every
+        # 30 s); these LIST about 9 times an hour (docs/costs.md). A restore reads at most
+        # 10 minutes of L0 files more.
         lines = ["socket:", "  enabled: true", f"  path: {self.socket}",
+                 "l0-retention-check-interval: 1h",
+                 "levels:", "  - interval: 10m", "  - interval: 1h",
                  "dbs:", f"  - path: {self.db}", "    replica:", "      type: s3",
                  f"      bucket: {self.bucket}", f"      path: {self.path}",
                  f"      region: {region}", "      sync-interval: 1s"]

@@ -2,7 +2,9 @@
 table of medians, write bench/results.json and bench/results.png. Sizes: see SIZES below.
 
 `python -m bench fleet` (`make bench-fleet`): the fleet case alone (bench/fleet.py), on a
-SeaweedFS of its own; its figures replace the "fleet" entry of bench/results.json."""
+SeaweedFS of its own; its figures replace the "fleet" entry of bench/results.json.
+`python -m bench idle` (`make bench-idle`): idle as deployed and pickup after idle alone
+(bench/idle.py); its figures replace the "idle_deployed" entry."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import fleet, report, s3cases
+from . import fleet, idle, report, s3cases
 from .servers import Redis, start_seaweedfs
 from .stats import knob, run_child
 
@@ -32,6 +34,8 @@ SIZES = {
     "rate_max": knob("BENCH_RATE", 100),            # case 4: steady producer rate cap, jobs/s
     "rate_seconds": knob("BENCH_RATE_SECONDS", 20), # case 4: seconds of steady production
     "idle_seconds": knob("BENCH_IDLE_SECONDS", 60), # case 6: at least this long idle
+    "idle_cost_seconds": knob("BENCH_IDLE_COST_SECONDS", 180),  # idle as deployed: window
+    "pickups": knob("BENCH_PICKUPS", 20),           # pickup after idle: jobs timed
     "memory_jobs": knob("BENCH_MEMORY_N", 100_000), # case 7: rows put straight in the index
     "memory_seconds": knob("BENCH_MEMORY_SECONDS", 10),  # case 7: worker runtime before RSS
     "ceiling_seconds": knob("BENCH_CEILING_SECONDS", 4),
@@ -129,12 +133,15 @@ def main() -> int:
             time.sleep(left)
         idle_result = s3cases.idle_finish(idle)
 
+        deployed = idle.run(tmp, say, SIZES["idle_cost_seconds"], SIZES["pickups"])
         fleet_result = fleet.run(tmp, say)
 
-    results = report.build(SIZES, machine(), rounds, mem_inbox, mem_index, idle_result)
+    results = report.build(SIZES, machine(), rounds, mem_inbox, mem_index, idle_result,
+                           deployed)
     results["fleet"] = {"machine": machine(), **fleet_result}
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report.table(results))
+    print(idle.table(deployed))
     print(fleet.table(fleet_result))
     report.chart(results, HERE / "results.png")
     say(f"wrote {HERE / 'results.json'} and {HERE / 'results.png'}")
@@ -162,9 +169,31 @@ def fleet_main() -> int:
     return 0
 
 
+def idle_main() -> int:
+    """Idle as deployed and pickup after idle alone: SeaweedFS only."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="qlite-bench-idle-"))
+    with contextlib.ExitStack() as stack:
+        say(f"starting SeaweedFS (data in {tmp})")
+        seaweed = start_seaweedfs(tmp / "seaweedfs")
+        stack.callback(seaweed.stop)
+        clean_environment(seaweed, None, tmp)
+        result = idle.run(tmp, say, SIZES["idle_cost_seconds"], SIZES["pickups"])
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["idle_deployed"] = {"machine": machine(), **result}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(idle.table(result))
+    say(f"wrote the idle_deployed entry of {path}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["fleet"]:
         sys.exit(fleet_main())
+    if sys.argv[1:] == ["idle"]:
+        sys.exit(idle_main())
     if sys.argv[1:]:
-        sys.exit(f"usage: python -m bench [fleet] (got {' '.join(sys.argv[1:])!r})")
+        sys.exit(f"usage: python -m bench [fleet|idle] (got {' '.join(sys.argv[1:])!r})")
     sys.exit(main())

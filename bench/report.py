@@ -74,7 +74,7 @@ def flat(rnd: dict) -> dict:
 
 
 def build(sizes: dict, machine: dict, rounds: list[dict], mem_inbox: dict, mem_index: dict,
-          idle: dict) -> dict:
+          idle: dict, deployed: dict | None = None) -> dict:
     flats = [flat(r) for r in rounds]
     keys = sorted({k for f in flats for k in f})
     med = {k: median([f.get(k, 0.0) for f in flats]) for k in keys}
@@ -83,9 +83,13 @@ def build(sizes: dict, machine: dict, rounds: list[dict], mem_inbox: dict, mem_i
         "idle_lists_per_hour": idle["steady_lists_per_hour"],
         "idle_dollars_per_month": idle["steady_lists_per_hour"] * 24 * 30 * PRICE["list"],
     })
+    if deployed is not None:  # bench/idle.py: worker + Litestream, counted by a proxy
+        med.update({"idle_deployed_dollars_month": deployed["dollars_month"],
+                    "pickup_idle_p50_ms": deployed["pickup_p50_ms"],
+                    "pickup_idle_p95_ms": deployed["pickup_p95_ms"]})
     results = {"machine": machine, "sizes": sizes, "medians": med, "rounds": flats,
                "raw_rounds": rounds, "memory": {"inbox": mem_inbox, "index": mem_index},
-               "idle": idle}
+               "idle": idle, "idle_deployed": deployed}
     results["targets"] = targets(med, sizes)
     return results
 
@@ -114,6 +118,12 @@ def targets(m: dict, sizes: dict) -> list[dict]:
           f"{m['requests_steady']:.2f}", m["requests_steady"] <= 3.1),
         t("idle <= 1 LIST per 10 s per queue (360/h)",
           f"{m['idle_lists_per_hour']:.0f} LIST/h", m["idle_lists_per_hour"] <= 360.5),
+        t("idle as deployed (worker + Litestream) <= $1.50/month per queue",
+          f"${m.get('idle_deployed_dollars_month', float('nan')):.2f}/month",
+          m.get("idle_deployed_dollars_month", float("inf")) <= 1.5),
+        t("pickup after idle p95 <= 1 s (a job put while the worker sleeps)",
+          f"{m.get('pickup_idle_p95_ms', float('nan')):.0f} ms",
+          m.get("pickup_idle_p95_ms", float("inf")) <= 1000),
         t(f"worker RSS < 200 MB with {sizes['memory_jobs']:,} pending (index)",
           f"{m['rss_index_mb']:.0f} MB", m["rss_index_mb"] < 200),
         t(f"worker RSS < 200 MB with {sizes['bulk_jobs']:,} pending (inbox)",

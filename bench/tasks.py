@@ -16,3 +16,9 @@ def noop(*args, **kwargs):
 def sleep(seconds):
     """I/O-bound work (the fleet case): waits without using the CPU."""
     time.sleep(seconds)
+
+
+@app.task(name="bench.stamp")
+def stamp():
+    """When the job started (Unix seconds): pickup latency, from the put to the handler."""
+    return time.time()

@@ -105,11 +105,11 @@ SETTINGS: tuple[Setting, ...] = (
             "poll): the worst-case pickup delay after a quiet spell when the doorbell is off "
             "(with it on, the worker sleeps after two empty LISTs)."),
     Setting("doorbell", "QLITE_DOORBELL", "--doorbell", "on", "str",
-            "on: an idle worker sleeps on a GET of coord/doorbell.json every 0.85 s (a job put "
+            "on: an idle worker sleeps on a GET of coord/doorbell.json every 0.8 s (a job put "
             "after a quiet spell starts within about a second) and producers ring it after a "
             "put when it says a worker sleeps (docs/costs.md). off: idle polls back off to "
             "QLITE_POLL_MAX and producers never read it. A worker with QLITE_POLL_MAX under "
-            "0.85 s never sleeps (its LISTs are as fast)."),
+            "0.8 s never sleeps (its LISTs are as fast)."),
     Setting("max_payload", "QLITE_MAX_PAYLOAD", "--max-payload", 262144, "int",
             "Largest inline envelope in bytes. Producers move larger arguments to their own "
             "object (claim check, up to 64 MiB), the worker does the same for results; the "

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TASKS_DIR, qlite
-from qlite import envelope
+from qlite import doorbell, envelope
 from qlite.settings import Settings
 from qlite.testing.devserver import MotoServer, _wait_port
 from qlite.worker.replica import Replica
@@ -61,18 +61,22 @@ def test_policies_are_json_and_name_only_the_prefixes_the_code_writes_and_reads(
         policy = load(name)
         assert policy["Version"] == "2012-10-17"
         assert all(st["Effect"] in ("Allow", "Deny") for st in policy["Statement"])
-    assert object_prefixes(load("iam/producer.json")) == inbox | payloads
+    # ... and the one doorbell object (qlite/doorbell.py), read and rung after a put.
+    assert object_prefixes(load("iam/producer.json")) == inbox | payloads | {doorbell.KEY}
     assert object_prefixes(load("iam/reader.json")) == results
     assert object_prefixes(load("iam/worker.json")) == {"*"}  # its whole prefix, index/ too
     assert object_prefixes(load("bucket-policy-require-if-none-match.json")) == inbox | payloads
 
 
-def test_producer_and_reader_may_only_put_and_only_get():
+def test_producer_and_reader_may_only_put_and_only_get_but_the_producer_reads_the_doorbell():
     actions = {name: {a for st in load(name)["Statement"] if st["Effect"] == "Allow"
                       for a in ([st["Action"]] if isinstance(st["Action"], str)
                                 else st["Action"])}
                for name in ("iam/producer.json", "iam/reader.json", "iam/worker.json")}
-    assert actions["iam/producer.json"] == {"s3:PutObject"}
+    assert actions["iam/producer.json"] == {"s3:PutObject", "s3:GetObject"}
+    reads = [st["Resource"] for st in load("iam/producer.json")["Statement"]
+             if "s3:GetObject" in st["Action"]]
+    assert reads == [f"arn:aws:s3:::BUCKET/PREFIX/{doorbell.KEY}"]
     assert actions["iam/reader.json"] == {"s3:GetObject", "s3:ListBucket"}
     assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject",
             "s3:ListBucket"} <= actions["iam/worker.json"]

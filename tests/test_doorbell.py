@@ -166,3 +166,40 @@ def test_a_ring_between_the_read_and_the_asleep_write_keeps_the_worker_awake(sle
     racing = doorbell.Sleeper(Racing())
     assert not racing.sleep()
     assert not racing.asleep
+
+
+def test_observers_wait_for_a_sleeping_member_as_long_as_its_object_says(seaweed_target):
+    """In process, with Fleet objects on clocks of their own and no renewal thread."""
+    from qlite.worker.fleet import Fleet
+
+    store = Store(seaweed_target.settings().require_url(),
+                  seaweed_target.env["AWS_ENDPOINT_URL_S3"])
+    now = {"a": 0.0, "b": 0.0}
+    a = Fleet(store, node="na", owner="elsewhere:1:1", shards=4, lease=30,
+              clock=lambda: now["a"])
+    a._config()
+    a._join()
+    a.tick()
+    a.set_asleep(True)
+    a._renew()  # what its renewal thread does when poked: the object says 180 s now
+    assert a.trusted_until == pytest.approx(3 * ASLEEP_RENEW - a.margin)
+    b = Fleet(store, node="nb", owner="elsewhere:2:2", shards=4, lease=30,
+              clock=lambda: now["b"])
+    b._config()
+    b._join()
+    b.tick()
+    assert b.patience(b.members[a.mid].body) == 3 * ASLEEP_RENEW
+    now["b"] += 5 * 30  # five leases: an awake member would be dead by now
+    b.tick()
+    assert a.mid in b._live(now["b"]) and not b.owned & a.owned
+    # It wakes and renews every 10 s again: the observer reads that from the new version.
+    now["a"] += 1
+    a.set_asleep(False)
+    a._renew()
+    b.tick()
+    assert b.patience(b.members[a.mid].body) == 30
+    now["b"] += 31  # and then stops renewing: dead after one lease, its shards taken
+    b.tick()
+    b.tick()
+    assert a.mid not in b._live(now["b"])
+    assert b.owned == frozenset(range(4))

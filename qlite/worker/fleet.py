@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 CONFIG = "coord/config.json"
 MEMBERS = "coord/members/"
 TABLE = "coord/shards.json"
-# Seconds between renewals of a sleeping member: patience 3 x 120 s = 6 minutes before a
+# Seconds between renewals of a sleeping member: patience 3 x 180 s = 9 minutes before a
 # member that died asleep is taken over (a live one wakes on the doorbell's first ring).
-ASLEEP_RENEW = 120.0
+ASLEEP_RENEW = 180.0
 
 
 def handoff_key(shard: int) -> str:

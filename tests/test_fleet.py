@@ -396,3 +396,29 @@ def test_the_shards_of_a_member_fenced_by_a_worker_that_died_since_are_taken(sea
     new.tick()
     assert new.owned == frozenset(range(4))
     assert [m["mid"] for m in describe(store)["members"]] == [new.mid]  # the dead one is gone
+
+
+def test_sleeping_workers_wake_when_one_joins_and_on_a_put(fleet):
+    """With the default poll settings the workers sleep on the doorbell once the fleet is
+    settled: they renew every 180 s and LIST the inbox every 10 minutes. A joining worker
+    rings, so they wake and hand shards over at once; a put rings too."""
+    from qlite.worker.fleet import ASLEEP_RENEW, MEMBERS
+
+    def asleep(n: int) -> bool:
+        bodies = [json.loads(fleet.store.get(k)) for k in fleet.store.list_etags(MEMBERS)]
+        return len(bodies) == n and all(b.get("renew_every") == ASLEEP_RENEW for b in bodies)
+
+    sleepy = {"QLITE_POLL_MAX": "10"}
+    fleet.start("a", **sleepy)
+    fleet.start("b", **sleepy)
+    eventually(lambda: fleet.balanced(2), timeout=90)
+    eventually(lambda: asleep(2), timeout=90, what="both members asleep")
+    fleet.start("c", **sleepy)
+    # Asleep, a and b would see c only at their next renewal in 3 minutes, and hand nothing
+    # over before they are woken: the ring of c's join is what makes this quick.
+    eventually(lambda: fleet.balanced(3), timeout=90)
+    eventually(lambda: asleep(3), timeout=90, what="the three members asleep")
+    jobs = fleet.put(12)
+    eventually(lambda: all_done(jobs, fleet.store), timeout=90, every=0.5)
+    assert {j.status()["state"] for j in jobs} == {"succeeded"}
+    fleet.stop_all()

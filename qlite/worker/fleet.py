@@ -149,14 +149,20 @@ class Fleet:
 
     def settled(self) -> bool:
         """Nothing for the fleet to do: the same live members for three ticks, every shard
-        owned by one of them, nothing being handed over. Only then may the worker sleep."""
+        owned by one of them, nothing being handed over, and this member holding about its
+        share (a member waiting for shards to be handed over must be awake to take them).
+        Only then may the worker sleep."""
         with self.lock:
             if self.releasing or self.drained or self.changes.release:
                 return False
         live = set(self._live(self.clock()))
         owners = self.table["owners"]
-        return self.stable >= 3 and all((owners.get(str(s)) or {}).get("mid") in live
-                                        for s in range(self.shards))
+        # The fewest shards a member may end up with once _balance has nothing to do: the
+        # others at their share ceil(shards / live), this one the rest.
+        share = math.ceil(self.shards / len(live))
+        need = max(self.shards - (len(live) - 1) * share, 1 if self.shards >= len(live) else 0)
+        return self.stable >= 3 and len(self.owned) >= need and all(
+            (owners.get(str(s)) or {}).get("mid") in live for s in range(self.shards))
 
     def take_changes(self) -> Changes:
         with self.lock:
@@ -221,6 +227,8 @@ class Fleet:
                 self._release(set(self.owned), why="worker stopping")
             self.store.delete(f"{MEMBERS}{self.mid}.json")
             log.info("left the fleet mid=%s", self.mid)
+            if self.members:  # the sleeping members wake and take our shards now
+                Bell(self.store).ring_if_asleep()
         except StorageError as e:
             log.warning("leaving the fleet: %s (the others take over after the lease)", e)
 

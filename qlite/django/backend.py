@@ -88,7 +88,9 @@ class QliteBackend(BaseTaskBackend):
                               priority=task.priority or None, at=run_after,
                               max_attempts=self.max_attempts,
                               # results/ repeats the arguments: get_result returns them
-                              meta={"record_args": True})
+                              meta={"record_args": True},
+                              # a running record when each attempt starts: RUNNING
+                              record_start=True)
         result = TaskResult(task=task, id=job.id, status=TaskResultStatus.READY,
                             enqueued_at=id_time(job.id), started_at=None, finished_at=None,
                             last_attempted_at=None, args=args, kwargs=kwargs,
@@ -128,8 +130,7 @@ class QliteBackend(BaseTaskBackend):
             errors=[TaskError(exception_class_path=class_path(e.get("type") or "Exception"),
                               traceback=e.get("traceback") or e.get("message") or "")
                     for e in errs],
-            # The bucket records how many attempts ran, not on which worker.
-            worker_ids=["qlite"] * attempts)
+            worker_ids=worker_ids(status, attempts))
         if state == "succeeded":
             object.__setattr__(result, "_return_value", status.get("result"))
         return result
@@ -152,6 +153,16 @@ class QliteBackend(BaseTaskBackend):
             return list(env.get("args", [])), dict(env.get("kwargs", {}))
         except (ValueError, TypeError, AttributeError):
             return [], {}
+
+
+def worker_ids(status: dict, attempts: int) -> list[str]:
+    """The worker of each attempt from the record's ``workers`` (``host:pid:start``), one
+    entry per attempt (Django's ``TaskResult.attempts`` is their number): an attempt the
+    record has no worker for (a record from before qlite wrote them, or rebuilt by qlite
+    reindex) is ``"unknown"``."""
+    known = [w if isinstance(w, str) and w else "unknown"
+             for w in (status.get("workers") or [])][:attempts]
+    return ["unknown"] * (attempts - len(known)) + known
 
 
 def class_path(kind: str) -> str:

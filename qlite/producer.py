@@ -26,7 +26,7 @@ from qlite.errors import (
     WaitTimeout,
 )
 from qlite.settings import Settings
-from qlite.states import PENDING, QUEUED, TERMINAL
+from qlite.states import PENDING, QUEUED, RUNNING, SCHEDULED, TERMINAL
 from qlite.store import Store
 
 
@@ -178,7 +178,9 @@ class Client:
         """Ask the worker to cancel a job: one that has not started never runs; a running one
         sees ``ctx.cancelled`` and ends ``cancelled`` unless it succeeds. Returns the status
         the job had; raises JobStateError if it already finished."""
-        return self._request("cancel", job_id, queue, allowed=(PENDING, QUEUED))
+        # scheduled, running: the record of a record_start job not final yet
+        return self._request("cancel", job_id, queue,
+                             allowed=(PENDING, QUEUED, SCHEDULED, RUNNING))
 
     def retry(self, job_id: str, queue: str | None = None) -> dict:
         """Ask the worker to run a failed or cancelled job again, with a fresh budget of

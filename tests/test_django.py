@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -136,13 +137,53 @@ def test_a_job_naming_a_module_path_that_is_no_project_task_fails_without_import
 
     client = qlite.Client(queue.url)
     job = client.put("os.system", ["touch /tmp/qlite-django-pwned"])
+    # A callable of an installed app's module that is not a Task is refused too.
+    helper = client.put("shop.tasks.Path", ["/tmp/qlite-django-pwned"])
     out = manage(queue, "qlite_worker", "--burst")
     assert out.returncode == 0, out.stderr
-    status = job.status()
-    assert status["state"] == "failed"
-    assert status["error"]["type"] == "UnknownTask"
-    assert "shop.tasks.add" in status["error"]["message"]
+    for refused in (job, helper):
+        status = refused.status()
+        assert status["state"] == "failed"
+        assert status["error"]["type"] == "UnknownTask"
+        assert "shop.tasks.add" in status["error"]["message"]
     assert not Path("/tmp/qlite-django-pwned").exists()
+
+
+def test_run_after_and_priority_reach_the_envelope_and_a_deferred_task_waits(queue):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from shop import tasks
+
+    import qlite
+    from qlite.django.compat import TaskResultStatus
+
+    later = timezone.now() + timedelta(hours=1)
+    deferred = tasks.add.using(run_after=later, priority=7).enqueue(1, 2)
+    client = qlite.Client(queue.url)
+    env = json.loads(client.store.get(f"inbox/default/{deferred.id}.json"))
+    assert env["priority"] == 7 and env["record_start"] is True
+    assert abs(datetime.fromisoformat(env["not_before"]) - later) < timedelta(seconds=1)
+    out = manage(queue, "qlite_worker", "--burst")
+    assert out.returncode == 0, out.stderr
+    deferred.refresh()
+    assert deferred.status == TaskResultStatus.READY and deferred.started_at is None
+
+
+def test_a_task_cancelled_through_qlite_reads_back_failed(queue):
+    from shop import tasks
+
+    import qlite
+    from qlite.django.compat import TaskResultStatus
+
+    result = tasks.add.enqueue(1, 2)
+    qlite.Client(queue.url).cancel(result.id)
+    out = manage(queue, "qlite_worker", "--burst")
+    assert out.returncode == 0, out.stderr
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert [e.exception_class for e in result.errors] == [qlite.JobFailed]
+    assert result.errors[0].traceback.startswith("Cancelled: ")
 
 
 def test_a_worker_killed_mid_task_leaves_the_job_to_the_next_worker(queue, tmp_path):
@@ -226,8 +267,11 @@ def test_get_result_from_another_process_sees_the_task_running_then_successful(
         assert seen["started_at"] and seen["last_attempted_at"] and not seen["finished_at"]
         assert seen["args"] == [str(go)]
         assert len(seen["worker_ids"]) == 1 and is_owner_id(seen["worker_ids"][0], proc.pid)
-        # qlite's own status reads the same record.
-        assert qlite.Client(queue.url).status(result.id)["state"] == "running"
+        # qlite's own status reads the same record, and a running job may still be cancelled
+        # (the task would see it; this one does not look, and its success wins).
+        client = qlite.Client(queue.url)
+        assert client.status(result.id)["state"] == "running"
+        assert client.cancel(result.id)["state"] == "running"
         out = run_qlite("status", result.id, env=queue.env)
         assert out.returncode == 0 and f"{result.id}  running" in out.stdout, out.stderr
         go.touch()

@@ -128,8 +128,7 @@ class QliteBackend(BaseTaskBackend):
             finished_at=finished, last_attempted_at=last, args=args, kwargs=kwargs,
             backend=self.alias,
             errors=[TaskError(exception_class_path=class_path(e.get("type") or "Exception"),
-                              traceback=e.get("traceback") or e.get("message") or "")
-                    for e in errs],
+                              traceback=_trace(e)) for e in errs],
             worker_ids=worker_ids(status, attempts))
         if state == "succeeded":
             object.__setattr__(result, "_return_value", status.get("result"))
@@ -166,15 +165,26 @@ def worker_ids(status: dict, attempts: int) -> list[str]:
 
 
 def class_path(kind: str) -> str:
-    """qlite's error type to an importable class path: 'ValueError' is builtins.ValueError,
-    'Timeout' is qlite.errors.Timeout; 'app.errors.Boom' stays."""
+    """qlite's error type to an importable exception class path, for ``TaskError``:
+    'ValueError' is builtins.ValueError, 'Retry' is qlite.errors.Retry, 'app.errors.Boom' (a
+    handler's own) stays; qlite's own kinds of failure that are no exception class
+    ('Cancelled', 'Expired', 'UnknownTask', 'Timeout', ...) are qlite.errors.JobFailed, the
+    kind then leading the traceback text (``_trace``)."""
     if "." in kind:
         return kind
-    if isinstance(getattr(builtins, kind, None), type):
-        return f"builtins.{kind}"
-    if isinstance(getattr(errors, kind, None), type):
-        return f"qlite.errors.{kind}"
-    return kind
+    for module, name in ((builtins, "builtins"), (errors, "qlite.errors")):
+        found = getattr(module, kind, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return f"{name}.{kind}"
+    return "qlite.errors.JobFailed"
+
+
+def _trace(error: dict) -> str:
+    """The traceback of a failed attempt; for a failure qlite itself saw (no traceback: a
+    cancel, an expiry, a timeout, a refused task), its kind and message."""
+    if error.get("traceback"):
+        return str(error["traceback"])
+    return f"{error.get('type') or 'Error'}: {error.get('message') or ''}"
 
 
 def id_time(job_id: str) -> datetime:

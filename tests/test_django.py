@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,6 +283,11 @@ def test_get_result_from_another_process_sees_the_task_running_then_successful(
         proc.wait(timeout=60)
         log.close()
     assert done["worker_ids"] == seen["worker_ids"] and done["finished_at"]
+    # task_started and task_finished were sent in the worker: Django's own log lines.
+    logged = (tmp_path / "worker.log").read_text()
+    for state in ("RUNNING", "SUCCESSFUL"):
+        assert re.search(rf"Task id={result.id} path=shop.tasks.wait_for state=\S*{state}",
+                         logged), logged[-3000:]
     fresh = tasks.wait_for.get_result(result.id)
     assert fresh.status == TaskResultStatus.SUCCESSFUL
     # The task was given the same worker ids as get_result reads back.

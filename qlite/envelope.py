@@ -123,6 +123,7 @@ def make(
     timeout: float | None = None,
     meta: dict | None = None,
     group: dict | None = None,
+    record_start: bool = False,
     now: float | None = None,
     job_id: str | None = None,
 ) -> dict:
@@ -151,6 +152,7 @@ def make(
         "on_failure": on_failure,
         "meta": meta,
         "group": group,
+        "record_start": True if record_start else None,
     }
     env.update({k: v for k, v in optional.items() if v is not None})
     validate(env)
@@ -295,6 +297,9 @@ def validate(env: Any) -> None:
     if ref is not None and (ref != payload_key(env["id"]) or env["args"] or env["kwargs"]):
         raise EnvelopeError(f"payload_ref: expected 'payloads/{{id}}.json' of this job with "
                             f"empty args and kwargs (got {ref!r:.80})")
+    if env.get("record_start") is not None and not isinstance(env["record_start"], bool):
+        raise EnvelopeError(f"record_start: expected true or false "
+                            f"(got {env['record_start']!r:.40})")
     if env.get("meta") is not None and not isinstance(env["meta"], dict):
         raise EnvelopeError(f"meta: expected a JSON object (got {env['meta']!r:.80})")
 

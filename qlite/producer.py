@@ -27,7 +27,7 @@ from qlite.errors import (
     WaitTimeout,
 )
 from qlite.settings import Settings
-from qlite.states import PENDING, QUEUED, TERMINAL
+from qlite.states import PENDING, QUEUED, RUNNING, SCHEDULED, TERMINAL
 from qlite.store import Store
 
 
@@ -52,17 +52,20 @@ class Client:
             max_attempts: int | None = None, timeout: float | None = None,
             ttl: float | timedelta | None = None, expires_at: datetime | float | None = None,
             webhook: str | None = None, on_success: Any = None, on_failure: Any = None,
-            meta: dict | None = None) -> Job:
+            meta: dict | None = None, record_start: bool = False) -> Job:
         """Enqueue one job and return its handle. The job is durable once this returns.
 
         ``delay``/``at``: not before then. ``ttl``/``expires_at``: a job not started by then
         ends ``cancelled`` (error type ``Expired``). ``key``: the same key is the same job.
         ``webhook``: POST the final status there (signed); ``on_success``/``on_failure``: a
-        task to enqueue with the result / the status (docs/builtins.md)."""
+        task to enqueue with the result / the status (docs/builtins.md). ``record_start``:
+        the worker writes a ``running`` status record when each attempt starts (and a waiting
+        one when it is retried), so ``status`` shows it (docs/envelope.md)."""
         env = self._envelope(task, args, kwargs, queue=queue, key=key, delay=delay, at=at,
                              priority=priority, max_attempts=max_attempts, timeout=timeout,
                              ttl=ttl, expires_at=expires_at, webhook=webhook,
-                             on_success=on_success, on_failure=on_failure, meta=meta)
+                             on_success=on_success, on_failure=on_failure, meta=meta,
+                             record_start=record_start)
         job = self._write(*self._encode(env))
         self._ring()
         return job
@@ -189,7 +192,9 @@ class Client:
         """Ask the worker to cancel a job: one that has not started never runs; a running one
         sees ``ctx.cancelled`` and ends ``cancelled`` unless it succeeds. Returns the status
         the job had; raises JobStateError if it already finished."""
-        return self._request("cancel", job_id, queue, allowed=(PENDING, QUEUED))
+        # scheduled, running: the record of a record_start job not final yet
+        return self._request("cancel", job_id, queue,
+                             allowed=(PENDING, QUEUED, SCHEDULED, RUNNING))
 
     def retry(self, job_id: str, queue: str | None = None) -> dict:
         """Ask the worker to run a failed or cancelled job again, with a fresh budget of
@@ -230,7 +235,8 @@ class Client:
                               "0192f1c4-8f3e-7abc-9def-0123456789ab)")
         record = self._result(job_id)
         if record is not None:
-            return record
+            # running, or waiting for a retry: a job that asked for those records (record_start)
+            return record if record["state"] in TERMINAL else self._with_progress(record)
         queues = [queue] if queue else self.store.list_dirs("inbox/")
         for q in queues:
             key = envelope.inbox_key(q, job_id)
@@ -317,7 +323,8 @@ class Client:
                   timeout: float | None = None, ttl: Any = None, expires_at: Any = None,
                   webhook: str | None = None, on_success: Any = None, on_failure: Any = None,
                   meta: dict | None = None, group: dict | None = None,
-                  now: float | None = None, job_id: str | None = None) -> dict:
+                  record_start: bool = False, now: float | None = None,
+                  job_id: str | None = None) -> dict:
         name = getattr(task, "name", task)
         if not isinstance(name, str) or not envelope.TASK_RE.match(name):
             raise ConfigError(f"task: expected a task name like 'math.add' (got {name!r})")
@@ -333,7 +340,8 @@ class Client:
                              not_before=not_before, expires_at=expiry, priority=priority,
                              webhook=webhook, on_success=getattr(on_success, "name", on_success),
                              on_failure=getattr(on_failure, "name", on_failure), group=group,
-                             max_attempts=max_attempts, timeout=timeout, meta=meta, now=now,
+                             max_attempts=max_attempts, timeout=timeout, meta=meta,
+                             record_start=record_start, now=now,
                              job_id=job_id or (self.key_id(key) if isinstance(key, str) and key
                                                else None))
 

@@ -74,6 +74,7 @@ def test_decode_refuses_hostile_json_with_a_reason(raw, reason):
     ({"timeout": -1}, "timeout"),
     ({"priority": "high"}, "priority"),
     ({"priority": 2**70}, "priority: expected an integer in 32-bit range"),
+    ({"record_start": "yes"}, "record_start: expected true or false"),
 ])
 def test_decode_refuses_wrong_fields(change, reason):
     env = {**good(), **change}

@@ -88,7 +88,9 @@ class QliteBackend(BaseTaskBackend):
                               priority=task.priority or None, at=run_after,
                               max_attempts=self.max_attempts,
                               # results/ repeats the arguments: get_result returns them
-                              meta={"record_args": True})
+                              meta={"record_args": True},
+                              # a running record when each attempt starts: RUNNING
+                              record_start=True)
         result = TaskResult(task=task, id=job.id, status=TaskResultStatus.READY,
                             enqueued_at=id_time(job.id), started_at=None, finished_at=None,
                             last_attempted_at=None, args=args, kwargs=kwargs,
@@ -126,10 +128,8 @@ class QliteBackend(BaseTaskBackend):
             finished_at=finished, last_attempted_at=last, args=args, kwargs=kwargs,
             backend=self.alias,
             errors=[TaskError(exception_class_path=class_path(e.get("type") or "Exception"),
-                              traceback=e.get("traceback") or e.get("message") or "")
-                    for e in errs],
-            # The bucket records how many attempts ran, not on which worker.
-            worker_ids=["qlite"] * attempts)
+                              traceback=_trace(e)) for e in errs],
+            worker_ids=worker_ids(status, attempts))
         if state == "succeeded":
             object.__setattr__(result, "_return_value", status.get("result"))
         return result
@@ -154,16 +154,37 @@ class QliteBackend(BaseTaskBackend):
             return [], {}
 
 
+def worker_ids(status: dict, attempts: int) -> list[str]:
+    """The worker of each attempt from the record's ``workers`` (``host:pid:start``), one
+    entry per attempt (Django's ``TaskResult.attempts`` is their number): an attempt the
+    record has no worker for (a record from before qlite wrote them, or rebuilt by qlite
+    reindex) is ``"unknown"``."""
+    known = [w if isinstance(w, str) and w else "unknown"
+             for w in (status.get("workers") or [])][:attempts]
+    return ["unknown"] * (attempts - len(known)) + known
+
+
 def class_path(kind: str) -> str:
-    """qlite's error type to an importable class path: 'ValueError' is builtins.ValueError,
-    'Timeout' is qlite.errors.Timeout; 'app.errors.Boom' stays."""
+    """qlite's error type to an importable exception class path, for ``TaskError``:
+    'ValueError' is builtins.ValueError, 'Retry' is qlite.errors.Retry, 'app.errors.Boom' (a
+    handler's own) stays; qlite's own kinds of failure that are no exception class
+    ('Cancelled', 'Expired', 'UnknownTask', 'Timeout', ...) are qlite.errors.JobFailed, the
+    kind then leading the traceback text (``_trace``)."""
     if "." in kind:
         return kind
-    if isinstance(getattr(builtins, kind, None), type):
-        return f"builtins.{kind}"
-    if isinstance(getattr(errors, kind, None), type):
-        return f"qlite.errors.{kind}"
-    return kind
+    for module, name in ((builtins, "builtins"), (errors, "qlite.errors")):
+        found = getattr(module, kind, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return f"{name}.{kind}"
+    return "qlite.errors.JobFailed"
+
+
+def _trace(error: dict) -> str:
+    """The traceback of a failed attempt; for a failure qlite itself saw (no traceback: a
+    cancel, an expiry, a timeout, a refused task), its kind and message."""
+    if error.get("traceback"):
+        return str(error["traceback"])
+    return f"{error.get('type') or 'Error'}: {error.get('message') or ''}"
 
 
 def id_time(job_id: str) -> datetime:

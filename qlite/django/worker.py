@@ -8,8 +8,6 @@ installed app, named by its module path, running on a QliteBackend.
 from __future__ import annotations
 
 import inspect
-import os
-import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,15 +32,12 @@ def build_app() -> App:
     return app
 
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-
 def handler(task: Any) -> Any:
     """Run ``task`` as Django's backends do: TaskContext, task_started/task_finished signals,
     JSON-normalised return value; database connections closed as after a request."""
     from django.db import close_old_connections
 
-    from qlite.django.backend import QliteBackend
+    from qlite.django.backend import QliteBackend, worker_ids
     from qlite.django.compat import (
         TaskContext,
         TaskError,
@@ -69,7 +64,7 @@ def handler(task: Any) -> Any:
             started_at=now, finished_at=None, last_attempted_at=now, args=list(args),
             kwargs=dict(kwargs), backend=task.backend, errors=[],
             # TaskContext.attempt is len(worker_ids): one entry per attempt
-            worker_ids=[WORKER_ID] * ctx.attempt)
+            worker_ids=worker_ids({"workers": list(ctx.workers)}, ctx.attempt))
         task_started.send(sender=QliteBackend, task_result=result)
         close_old_connections()
         try:

@@ -50,8 +50,9 @@ def reindex(store: Store, index: Index) -> tuple[int, int]:
             if row["state"] in TERMINAL} if packs else set()
     records = []
     for record in candidates:
-        # Quarantined objects never were jobs: their record stays in the bucket only.
-        if (isinstance(record, dict) and record.get("task") and record.get("state")
-                and record.get("id") not in done):
+        # Quarantined objects never were jobs: their record stays in the bucket only. A
+        # running or waiting record (record_start) is not final: its inbox object is there.
+        if (isinstance(record, dict) and record.get("task")
+                and record.get("state") in TERMINAL and record.get("id") not in done):
             records.append(record)
     return len(records), index.restore(records)

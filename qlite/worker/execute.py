@@ -30,6 +30,9 @@ class Claim:
     max_attempts: int
     envelope: dict
     enqueued_at: str
+    # The worker of each attempt so far, this one last (liveness.owner_id); the earlier ones
+    # are looked up only for a job whose envelope has record_start (qlite.django).
+    workers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class Context:
     meta: dict = field(default_factory=dict)  # the envelope's meta (periodic: schedule, tick)
     cancel_event: threading.Event | None = None
     tracker: Progress | None = None
+    workers: tuple[str, ...] = ()  # Claim.workers
+
+    @property
+    def worker(self) -> str:
+        """The id of the worker running this attempt (``host:pid:start``)."""
+        return self.workers[-1] if self.workers else ""
 
     @property
     def cancelled(self) -> bool:
@@ -208,7 +217,7 @@ def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None,
         ctx = Context(claim.id, claim.task, claim.queue, claim.attempt, claim.max_attempts,
                       claim.enqueued_at,
                       logging.getLogger(f"qlite.task.{claim.task}"), client,
-                      dict(claim.envelope.get("meta") or {}), cancel, tracker)
+                      dict(claim.envelope.get("meta") or {}), cancel, tracker, claim.workers)
         if task.ctx_first:
             args.insert(0, ctx)
         else:

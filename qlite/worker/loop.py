@@ -27,6 +27,7 @@ from qlite.app import App
 from qlite.index.db import MAX_CRASHES, Index, Limits
 from qlite.producer import Client
 from qlite.settings import Settings
+from qlite.states import WAITING
 from qlite.store import Store
 from qlite.worker.execute import Claim, Outcome, run
 from qlite.worker.faults import crash_point
@@ -335,8 +336,12 @@ class Worker:
             crash_point("after_claim")
             self._wake()  # a scheduled job, say: the inbox is polled again while it runs
         for row in rows:
+            env = json.loads(row["envelope"])
+            workers: tuple[str, ...] = (self.owner,)
+            if env.get("record_start") and not row["packed"]:
+                workers = self._record_start(row["id"]) or workers
             claim = Claim(row["id"], row["task"], row["queue"], row["attempts"],
-                          row["max_attempts"], json.loads(row["envelope"]), row["enqueued_at"])
+                          row["max_attempts"], env, row["enqueued_at"], workers)
             log.info("job started", extra=job_fields(claim))
             task = self.app.tasks.get(claim.task)
             timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
@@ -365,6 +370,15 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.job_started(claim.id)
             future.add_done_callback(lambda _: self.wake.set())
+
+    def _record_start(self, job_id: str) -> tuple[str, ...] | None:
+        """The job's running record to results/ (its envelope asks for it: record_start), and
+        the worker of each of its attempts (None if the row is gone)."""
+        job = self.index.get(job_id)
+        if job is None:
+            return None
+        self.publisher.interim(job)
+        return tuple(a["owner"] or "" for a in job["attempt_log"])
 
     def _collect_and_claim(self) -> None:
         """Record the finished jobs and claim the next ones in one SQLite commit: at
@@ -468,6 +482,11 @@ class Worker:
         else:
             log.info("job will retry in %.1fs: %s", (d.run_at or now) - now,
                      error.get("message"), extra={**fields, "error": error.get("type")})
+        if ok and d.state in ("retry", "snooze") and claim.envelope.get("record_start") and (
+                claim.id not in self.packed):
+            job = self.index.get(claim.id)  # its record says it waits for the next attempt
+            if job is not None and job["state"] in WAITING:
+                self.publisher.interim(job)
         if not ok:
             log.warning("stale attempt ignored (the job was taken over)", extra=fields)
         elif self.metrics is not None:

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from qlite import envelope
@@ -56,6 +57,9 @@ def result_record(job: dict) -> dict:
         "logs": [{"attempt": a["attempt"], "lines": json.loads(a["logs"])}
                  for a in job.get("attempt_log", []) if a.get("logs")],
         "key": job.get("key"),
+        # The worker of each attempt, in order (liveness.owner_id: host:pid:start); None for
+        # an attempt rebuilt from a record by qlite reindex.
+        "workers": [a.get("owner") for a in job.get("attempt_log", [])],
         "enqueued_at": job["enqueued_at"],
         "started_at": job["started_at"],
         "finished_at": job["finished_at"],
@@ -69,6 +73,29 @@ def result_record(job: dict) -> dict:
         # Asked for by the producer (qlite.django: Django's TaskResult holds the arguments).
         record["args"], record["kwargs"] = env.get("args", []), env.get("kwargs", {})
     return record
+
+
+def interim_record(job: dict, now: float) -> dict:
+    """The status record of a job not final yet, for a job whose envelope asks for one
+    (``record_start``): ``running`` once an attempt started, ``scheduled`` while it waits for
+    its next attempt (``not_before``). ``updated_at`` orders such records (a snooze gives its
+    attempt back, so attempts do not); a final record replaces any (Publisher._put_record)."""
+    record = {**result_record(job), "result": None, "finished_at": None,
+              # microseconds: a job may start and fail within one millisecond
+              "updated_at": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+    if job["state"] == "running":
+        record["error"] = None  # the earlier attempts' errors are in ``errors``
+    else:
+        record["not_before"] = envelope.now_rfc3339(job["run_at"])
+    return record
+
+
+def _parsed(raw: bytes) -> dict | None:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _progress(raw: str | None) -> dict | None:
@@ -204,6 +231,33 @@ class Publisher:
             record = {**record, "result": None, "result_ref": envelope.value_key(job["id"])}
         return record
 
+    def interim(self, job: dict) -> None:
+        """Write the running (or waiting) record of ``job`` (Index.get, with its attempt log)
+        on the I/O pool, for a job whose envelope asks for it; one PUT, best effort."""
+        if self.trusted():  # a zombie of a fleet writes nothing
+            self.io.submit(self._put_interim, envelope.result_key(job["id"]),
+                           interim_record(job, self.clock()))
+
+    def _put_interim(self, key: str, record: dict) -> None:
+        """Create the record, or replace a non-final one written no later (If-Match its
+        ETag). A final record is never replaced: writes racing with the job's end lose."""
+        body = json.dumps(record).encode()
+        try:
+            for _ in range(3):
+                if self.store.put_cas(key, body, None) is not None:
+                    return
+                found = self.store.get_etag(key)
+                if found is None:
+                    continue  # deleted meanwhile (qlite retry): create it
+                there = _parsed(found[0])
+                if (there is None or there.get("state") in TERMINAL
+                        or str(there.get("updated_at") or "") > record["updated_at"]):
+                    return
+                if self.store.put_cas(key, body, found[1]) is not None:
+                    return
+        except Exception as e:  # the final record still comes; only the interim view is late
+            log.warning("status record %s not written: %s: %s", key, type(e).__name__, e)
+
     def _write_result(self, job: dict) -> None:
         """PUT the terminal record, then enqueue the job's follow-ups."""
         record = self._record_of(job)
@@ -214,22 +268,36 @@ class Publisher:
         """Write a job's first terminal record (If-None-Match). One already there is kept,
         unless it is of fewer attempts and this worker still owns the job (a record that
         ``qlite retry`` failed to delete): a worker that lost the job meanwhile (a paused
-        zombie of a fleet) never writes over the new owner's record."""
+        zombie of a fleet) never writes over the new owner's record. A running or waiting
+        record (record_start) is always replaced, never left in place of the final one."""
         body = json.dumps(record).encode()
+        interim = False
         for _ in range(3):
             if self.store.put_cas(key, body, None) is not None:
                 return
             found = self.store.get_etag(key)
             if found is None:
                 continue  # deleted meanwhile: create it
-            try:
-                attempts = int(json.loads(found[0]).get("attempts") or 0)
-            except (ValueError, TypeError, AttributeError):
-                attempts = 0  # not a record: replace it
-            if attempts >= record["attempts"] or not self.trusted():
-                return
+            there = _parsed(found[0]) or {}
+            interim = there.get("state") in ("running", "queued", "scheduled")
+            if interim:
+                # The job's own running or waiting record (record_start): always replaced, by
+                # a worker that still owns the job (else the next pass tries again).
+                if not self.trusted():
+                    raise StorageError(f"s3: put {key}: this worker may no longer own the job "
+                                       "(retried next pass)")
+            else:
+                try:
+                    attempts = int(there.get("attempts") or 0)
+                except (ValueError, TypeError):
+                    attempts = 0  # not a record: replace it
+                if attempts >= record["attempts"] or not self.trusted():
+                    return
             if self.store.put_cas(key, body, found[1]) is not None:
                 return
+        if interim:  # not acknowledged: the inbox object stays until the final record is in
+            raise StorageError(f"s3: put {key}: the record kept changing under 3 writes "
+                               "(retried next pass)")
 
     def _write_pack(self, key: str, members: list[dict], complete: bool) -> list[dict]:
         """PUT the batched record of every terminal member of pack ``key`` (``members``), then

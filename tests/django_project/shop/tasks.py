@@ -49,3 +49,20 @@ def slow(marker, seconds):
     Path(marker).write_text(str(os.getpid()))
     time.sleep(seconds)
     return "done"
+
+
+@task(takes_context=True)
+def wait_for(context, path):
+    """Runs until ``path`` exists (a test creates it once it has seen the task RUNNING), then
+    returns the worker ids the task was given."""
+    while not Path(path).exists():
+        time.sleep(0.02)
+    return {"worker_ids": context.task_result.worker_ids}
+
+
+@task
+def later(message):
+    """Fails its attempt and asks qlite for the next one in an hour: the job waits, retrying."""
+    from qlite.errors import Retry
+
+    raise Retry(message, after=3600)

@@ -12,7 +12,6 @@ reaping), restore.py (opening or rebuilding the index), replica.py (Litestream).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -24,6 +23,7 @@ from typing import Any
 
 from qlite.app import App
 from qlite.index.db import MAX_CRASHES, Index, Limits
+from qlite.index.rows import JobRow
 from qlite.producer import Client
 from qlite.settings import Settings
 from qlite.store import Store
@@ -232,7 +232,7 @@ class Worker:
     def _claim(self) -> None:
         self._start(self._claim_rows())
 
-    def _claim_rows(self) -> list[dict]:
+    def _claim_rows(self) -> list[JobRow]:
         """Claim jobs for the free slots (counting their attempts); _start runs them once
         that is committed."""
         free = self.settings.concurrency - len(self.running)
@@ -262,20 +262,20 @@ class Worker:
         self.held_until = limits.held_until
         return rows
 
-    def _start(self, rows: list[dict]) -> None:
+    def _start(self, rows: list[JobRow]) -> None:
         if rows:
             crash_point("after_claim")
         for row in rows:
-            claim = Claim(row["id"], row["task"], row["queue"], row["attempts"],
-                          row["max_attempts"], json.loads(row["envelope"]), row["enqueued_at"])
+            claim = Claim(row.id, row.task, row.queue, row.attempts, row.max_attempts,
+                          row.envelope, row.enqueued_at or "")
             log.info("job started", extra=job_fields(claim))
             task = self.app.tasks.get(claim.task)
             timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
             cancel = self.cancels[claim.id] = threading.Event()
-            if row["packed"]:
+            if row.packed:
                 self.packed.add(claim.id)
             # A suspect runs in a child process: if that dies, the crash is its own.
-            suspect = bool(row["suspect"])
+            suspect = row.suspect
             if suspect:
                 self.suspects.add(claim.id)
                 log.info("job runs alone: it was running when its worker died, or crashed its "
@@ -304,7 +304,7 @@ class Worker:
         if not free and not any(f.done() for f in self.running):
             return
         failed = None
-        rows: list[dict] = []
+        rows: list[JobRow] = []
         with self.index.batch():
             self._collect()
             try:
@@ -440,10 +440,10 @@ class Worker:
     def _expire(self, now: float) -> None:
         if now < self.next_expiry:
             return
-        for row in self.index.expire(now, rows=True):
+        for row in self.index.expire(now):
             log.info("job expired before it started", extra=job_fields(row))
             if self.metrics is not None:
-                self.metrics.job_expired(row["task"])
+                self.metrics.job_expired(row.task)
         self.next_expiry = self.index.next_expiry() or float("inf")
 
     def _check_cancels(self) -> None:

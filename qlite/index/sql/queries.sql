@@ -371,7 +371,7 @@ WHERE done = 0
 RETURNING key, job_id, kind;
 
 -- name: retry_candidates
-SELECT r.key, jobs.id, jobs.task, jobs.queue, jobs.inbox_key, jobs.envelope, jobs.attempts
+SELECT jobs.id, jobs.task, jobs.queue, jobs.inbox_key, jobs.envelope, jobs.attempts
 FROM requests AS r JOIN jobs ON jobs.id = r.job_id
 WHERE r.kind = 'retry' AND r.done = 0
   AND jobs.state IN ('failed', 'cancelled') AND jobs.published = 1;

@@ -67,7 +67,7 @@ def balanced(store: Store, n: int) -> dict | None:
     """The fleet once it has ``n`` live members, no shard free and shares within 2 of each
     other (the handoff stops there: docs/fleet.md)."""
     s = describe(store)
-    live = [m for m in s["members"] if not m["fenced_by"] and not m["draining"]]
+    live = [m for m in s["members"] if not m["fenced_by"]]
     shares = [m["shards"] for m in live]
     if len(live) == n and s["unowned"] == 0 and min(shares) > 0 \
             and max(shares) - min(shares) <= 2:

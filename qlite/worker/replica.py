@@ -15,6 +15,10 @@ different states, and a restore applies pages of both: "database disk image is m
 (issue 19). So the replica lock (``index.db.replica.lock``) is inherited by the Litestream child
 and held until the child itself has exited; a new worker restores or replicates only once it
 holds that lock.
+
+In a fleet, a worker that takes the shards of a dead worker restores that worker's replica
+into a scratch file (restore_peer) for the shards' history (worker/carry.py): a read, so the
+replica path keeps its one writer.
 """
 
 from __future__ import annotations

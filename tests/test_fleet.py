@@ -492,3 +492,27 @@ def test_a_restarted_worker_forgets_the_rows_of_shards_another_worker_took(fleet
     runs = fleet.runs()
     assert {j.status()["state"] for j in jobs} == {"succeeded"}
     assert len({r[0] for r in runs}) == 80
+
+
+def test_sigterm_hands_over_the_waiting_retries_with_their_attempts_and_errors(fleet):
+    # No Litestream: what the waiting retries spent goes in coord/handoff/ on SIGTERM.
+    a = fleet.start("a")
+    eventually(lambda: fleet.balanced(1), timeout=60)
+    client = qlite.Client()
+    jobs = [client.put("test.fails_once", kwargs={"path": str(fleet.ledger)})
+            for _ in range(12)]
+    eventually(lambda: waiting_retries(fleet.dir / "a" / "index.db") == 12, timeout=60)
+    b = fleet.start("b")
+    eventually(lambda: "joined the fleet" in fleet.log("b"), timeout=60)
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(60) == 0, fleet.log("a")[-3000:]
+    eventually(lambda: all_done(jobs, fleet.store), timeout=120, every=0.5)
+    fleet.stop_all()
+
+    runs = fleet.runs()
+    assert sorted((r[1], r[2]) for r in runs) == [(1, a.pid)] * 12 + [(2, b.pid)] * 12, runs
+    for job in jobs:
+        status = job.status()
+        assert (status["state"], status["attempts"]) == ("succeeded", 2), status
+        assert [e["message"] for e in status["errors"]] == ["first attempt fails"], status
+    assert "waiting for a retry in shard" in fleet.log("b")

@@ -354,17 +354,40 @@ class Index:
         returns how many."""
         return self._drop("drop_shards", shards, nshards)
 
-    def waiting_retries(self, shards: set[int], nshards: int) -> list[dict]:
-        return self._rows("waiting_retries", shards=json.dumps(sorted(shards)),
-                          nshards=nshards)
+    def carried(self, shards: set[int], nshards: int, running: bool = False) -> list[JobRow]:
+        """The jobs of fleet ``shards`` waiting for a retry (and, with ``running``, those
+        running), with their attempt logs: what the shards' next owner needs (worker/carry.py)."""
+        return self._with_attempts(self._jobs(
+            "carried_jobs", shards=json.dumps(sorted(shards)), nshards=nshards,
+            running=int(running)))
 
     def carry(self, jobs: list[dict], now: float | None = None) -> int:
-        """Give jobs taken in from a handed-over shard their attempts and retry time."""
-        now, _ = self._now(now)
+        """Give jobs taken in from a shard handed over, or taken from a dead worker, their
+        attempts, retry time, worker deaths and attempt log (worker/carry.py)."""
+        now, now_iso = self._now(now)
+        carried = 0
         with self._tx():
-            return sum(self.conn.execute(QUERIES["carry"], {
-                "id": j["id"], "attempts": j["attempts"], "run_at": j["run_at"],
-                "error": j.get("error"), "now": now}).rowcount for j in jobs)
+            for j in jobs:
+                n = self.conn.execute(QUERIES["carry"], {
+                    "id": j["id"], "attempts": j["attempts"], "run_at": j["run_at"],
+                    "error": j.get("error"), "lost": j.get("lost") or 0,
+                    "crashes": j.get("crashes") or 0, "max_lost": MAX_LOST, "now": now,
+                    "now_iso": now_iso}).rowcount
+                for a in (j.get("log") or []) if n else []:  # the earlier attempts' errors
+                    self.conn.execute(QUERIES["carry_attempt"], {
+                        "id": j["id"], **{k: a.get(k) for k in (
+                            "attempt", "owner", "started_at", "finished_at", "outcome",
+                            "error_type", "message", "traceback", "logs")}})
+                carried += n
+        return carried
+
+    def carry_schedules(self, ticks: dict[str, float], now: float | None = None) -> None:
+        """Schedules' last ticks from the index that fired them before (a shard taken)."""
+        _, now_iso = self._now(now)
+        with self._tx():
+            for name, tick in ticks.items():
+                self.conn.execute(QUERIES["carry_schedule"], {"name": name, "tick": tick,
+                                                              "now_iso": now_iso})
 
     def drop_waiting(self, shards: set[int], nshards: int) -> int:
         """Forget the jobs of ``shards`` that have not started (a shard handed over)."""

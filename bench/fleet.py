@@ -35,7 +35,7 @@ from .report import PRICE, dollars_per_million
 from .stats import knob
 
 SIZES = {
-    "jobs": knob("BENCH_FLEET_JOBS", 2400),          # packed jobs drained per fleet size
+    "jobs": knob("BENCH_FLEET_JOBS", 4800),          # packed jobs drained per fleet size
     "pack": knob("BENCH_FLEET_PACK", 10),            # jobs per pack (put_many call)
     "cost_packed": knob("BENCH_FLEET_COST_PACKED", 10_000),  # no-op jobs, packs of 1,000
     "cost_single": knob("BENCH_FLEET_COST_SINGLE", 1_000),   # no-op jobs, one object each
@@ -67,7 +67,7 @@ def balanced(store: Store, n: int) -> dict | None:
     """The fleet once it has ``n`` live members, no shard free and shares within 2 of each
     other (the handoff stops there: docs/fleet.md)."""
     s = describe(store)
-    live = [m for m in s["members"] if not m["fenced_by"] and not m["draining"]]
+    live = [m for m in s["members"] if not m["fenced_by"]]
     shares = [m["shards"] for m in live]
     if len(live) == n and s["unowned"] == 0 and min(shares) > 0 \
             and max(shares) - min(shares) <= 2:

@@ -109,17 +109,14 @@ def open_sealed(cipher: Cipher | None, job_id: str, field: str, sealed: Any) -> 
                            "field") from None
 
 
-def opened_result(cipher: Cipher | None, job_id: str, text: str | None) -> str | None:
-    """A result's JSON text as the index holds it, opened if sealed; a sealed one without a
-    key reads ``"encrypted"``."""
-    if text is None:
-        return None
-    value = json.loads(text)
+def opened_result(cipher: Cipher | None, job_id: str, value: Any) -> Any:
+    """A result as the index holds it (decoded), opened if sealed; a sealed one without a key
+    reads ``"encrypted"``."""
     if not (isinstance(value, dict) and list(value) == [SEALED]):
-        return text
+        return value
     if cipher is None:
-        return '"encrypted (set QLITE_ENCRYPTION_KEY to read it)"'
-    return json.dumps(open_sealed(cipher, job_id, "result", value[SEALED]), ensure_ascii=False)
+        return "encrypted (set QLITE_ENCRYPTION_KEY to read it)"
+    return open_sealed(cipher, job_id, "result", value[SEALED])
 
 
 def seal_error(cipher: Cipher, job_id: str, error: dict) -> dict:

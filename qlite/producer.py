@@ -28,6 +28,7 @@ from qlite.errors import (
 )
 from qlite.settings import Settings
 from qlite.states import PENDING, QUEUED, RUNNING, SCHEDULED, TERMINAL
+from qlite.status import JobStatus
 from qlite.store import Store
 
 
@@ -230,13 +231,17 @@ class Client:
 
     def status(self, job_id: str, queue: str | None = None) -> dict:
         """The job's status from the bucket alone: results/ if finished, else inbox/."""
+        return self.job_status(job_id, queue).to_record()
+
+    def job_status(self, job_id: str, queue: str | None = None) -> JobStatus:
+        """``status``, typed: the record as a :class:`qlite.status.JobStatus`."""
         if not envelope.ID_RE.match(job_id or ""):
             raise JobNotFound(f"job id {job_id!r} is not a qlite job id (a UUID like "
                               "0192f1c4-8f3e-7abc-9def-0123456789ab)")
         record = self._result(job_id)
         if record is not None:
             # running, or waiting for a retry: a job that asked for those records (record_start)
-            return record if record["state"] in TERMINAL else self._with_progress(record)
+            return record if record.state in TERMINAL else self._with_progress(record)
         queues = [queue] if queue else self.store.list_dirs("inbox/")
         for q in queues:
             key = envelope.inbox_key(q, job_id)
@@ -245,7 +250,7 @@ class Client:
             except AccessDenied:
                 raw = b"{}" if self._listed(key) else None
             if raw is not None:
-                return self._with_progress(_pending(job_id, q, raw))
+                return self._with_progress(JobStatus.pending(job_id, q, _envelope_of(raw)))
         # A packed job (put_many): its record is in its pack's results, or the pack is pending.
         record = self._packed_result(job_id)
         if record is not None:
@@ -258,7 +263,7 @@ class Client:
             except AccessDenied:
                 present = self._listed(key)
             if present:
-                return self._with_progress({**_pending(job_id, q, b""), "pack": pack_id})
+                return self._with_progress(JobStatus.pending(job_id, q, {}, pack=pack_id))
         # The worker may have finished it between our reads.
         record = self._result(job_id) or self._packed_result(job_id)
         if record is not None:
@@ -266,19 +271,19 @@ class Client:
         raise JobNotFound(f"no job {job_id} in {self.store.url}: not in results/ nor inbox/ "
                           "(mistyped id, wrong QLITE_URL, or purged)")
 
-    def _with_progress(self, status: dict) -> dict:
+    def _with_progress(self, status: JobStatus) -> JobStatus:
         """An unfinished job's status with its latest ctx.progress, if it reported any: one
         GET of results/{id}.progress.json (docs/long-jobs.md)."""
         try:
-            raw = self.store.get_or_none(envelope.progress_key(status["id"]))
+            raw = self.store.get_or_none(envelope.progress_key(status.id))
         except AccessDenied:
             raw = None
         try:
             report = json.loads(raw) if raw is not None else None
         except ValueError:
             report = None
-        if isinstance(report, dict) and report.get("id") == status["id"]:
-            status["progress"] = self._open_progress(status["id"], report)
+        if isinstance(report, dict) and report.get("id") == status.id:
+            status.progress = self._open_progress(status.id, report)
         return status
 
     def _open_progress(self, job_id: str, report: dict) -> dict:
@@ -301,19 +306,19 @@ class Client:
              poll: float = 0.2, poll_max: float = 2.0) -> dict:
         """Poll until the job is terminal; raise WaitTimeout after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        status = self.status(job_id, queue)
-        while status["state"] not in TERMINAL:
+        status = self.job_status(job_id, queue)
+        while status.state not in TERMINAL:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise WaitTimeout(f"job {job_id} is still {status['state']} after {timeout:g}s")
+                raise WaitTimeout(f"job {job_id} is still {status.state} after {timeout:g}s")
             time.sleep(poll if left is None else min(poll, left))
             poll = min(poll * 1.5, poll_max)
             record = self._result(job_id)
-            if record is None and "pack" in status:
+            if record is None and status.pack is not None:
                 record = self._packed_result(job_id)
             if record is not None:
                 status = record
-        return status
+        return status.to_record()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -394,7 +399,7 @@ class Client:
             return not pack.keyed
         return True
 
-    def _packed_result(self, job_id: str) -> dict | None:
+    def _packed_result(self, job_id: str) -> JobStatus | None:
         """The job's record in its pack's batched results, if it is a finished pack member."""
         raw = self.store.get_or_none(envelope.pack_result_key(envelope.pack_of(job_id)))
         if raw is None:
@@ -404,23 +409,20 @@ class Client:
             record = body["jobs"].get(job_id)
             if record is None and body.get("quarantined"):  # the whole pack was refused
                 q = body["quarantined"]
-                record = {"v": 1, "id": job_id, "state": "failed", "task": None, "queue": None,
-                          "attempts": 0, "result": None, "pack": body["pack"],
-                          "error": {"type": "Quarantined", "message": q["message"],
-                                    "traceback": None}, "errors": [],
-                          "quarantine_key": q["quarantine_key"],
-                          "finished_at": q["finished_at"]}
+                return JobStatus.quarantined(job_id, None, q["message"], q["quarantine_key"],
+                                             q["finished_at"], pack=body["pack"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise JobNotFound(f"{envelope.pack_result_key(envelope.pack_of(job_id))} is not a "
                               "qlite pack results record (was it written by something else?)"
                               ) from None
         if record is None:
             return None
-        if not _is_record(record, job_id):
+        try:
+            return self._resolve(JobStatus.from_record(record, job_id))
+        except ValueError:
             raise JobNotFound(f"{envelope.pack_result_key(envelope.pack_of(job_id))}: the record "
                               f"of job {job_id} is not a qlite status record (was it written "
-                              "by something else?)")
-        return self._resolve(record)
+                              "by something else?)") from None
 
     def put_object(self, key: str, body: bytes) -> None:
         """The one write of the producer path: PUT ``body`` to ``key`` if absent, signed when
@@ -428,47 +430,42 @@ class Client:
         self.store.put(key, body, if_none_match=True,
                        metadata=signing.metadata(body, self.keyring))
 
-    def _result(self, job_id: str) -> dict | None:
+    def _result(self, job_id: str) -> JobStatus | None:
         raw = self.store.get_or_none(envelope.result_key(job_id))
         if raw is None:
             return None
         try:
-            record = json.loads(raw)
+            status = JobStatus.from_record(json.loads(raw), job_id)
         except ValueError:
-            record = None
-        if not _is_record(record, job_id):
             raise JobNotFound(f"results/{job_id}.json is not a qlite status record of job "
-                              f"{job_id} (was it written by something else?)")
-        return self._resolve(record)
+                              f"{job_id} (was it written by something else?)") from None
+        return self._resolve(status)
 
-    def _resolve(self, record: dict) -> dict:
+    def _resolve(self, record: JobStatus) -> JobStatus:
         """``record`` with a claim-checked result read in, and a sealed one opened (with
         QLITE_ENCRYPTION_KEY; without, ``result`` stays None and ``encrypted`` says why).
         Only the value key its id implies is read: a crafted ``result_ref`` must not make
         status print another object."""
-        record["error"] = crypto.opened_error(self.cipher, record["id"], record.get("error"))
-        if isinstance(record.get("errors"), list):
-            record["errors"] = [crypto.opened_error(self.cipher, record["id"], e)
-                                for e in record["errors"]]
-        if isinstance(record.get("progress"), dict):
-            record["progress"] = self._open_progress(record["id"], record["progress"])
-        sealed = record.get("sealed_result")
+        record.error = crypto.opened_error(self.cipher, record.id, record.error)
+        record.errors = [crypto.opened_error(self.cipher, record.id, e) for e in record.errors]
+        if isinstance(record.progress, dict):
+            record.progress = self._open_progress(record.id, record.progress)
+        sealed = record.sealed_result
         if sealed is not None:
             if self.cipher is None:
-                record["encrypted"] = True
+                record.encrypted = True
             else:
-                record["result"] = crypto.open_sealed(self.cipher, record["id"], "result",
-                                                      sealed)
-                del record["sealed_result"]
-        ref = record.get("result_ref")
+                record.result = crypto.open_sealed(self.cipher, record.id, "result", sealed)
+                record.sealed_result = None
+        ref = record.result_ref
         if ref:
-            expected = envelope.value_key(record["id"])
+            expected = envelope.value_key(record.id)
             if ref != expected:
-                raise JobNotFound(f"results/{record['id']}.json: result_ref {str(ref)[:80]!r} "
+                raise JobNotFound(f"results/{record.id}.json: result_ref {str(ref)[:80]!r} "
                                   f"is not {expected!r}; refused (was the record written by "
                                   "something else?)")
             try:
-                record["result"] = json.loads(self.store.get(ref))
+                record.result = json.loads(self.store.get(ref))
             except ValueError:
                 raise JobNotFound(f"{ref} is not JSON (was it written by something "
                                   "else?)") from None
@@ -595,26 +592,10 @@ def _when(delay: Any, at: Any, now: float,
     return None
 
 
-STATES = ("pending", "queued", "scheduled", "running", *TERMINAL)
-
-
-def _is_record(record: Any, job_id: str) -> bool:
-    """True for a status record of ``job_id`` that the CLI can print: the fields it reads
-    have the types the worker writes."""
-    return (isinstance(record, dict) and record.get("id") == job_id
-            and record.get("state") in STATES
-            and isinstance(record.get("error"), dict | None)
-            and isinstance(record.get("errors", []), list)
-            and isinstance(record.get("result_ref"), str | None))
-
-
-def _pending(job_id: str, queue: str, raw: bytes) -> dict:
+def _envelope_of(raw: bytes) -> dict:
+    """An inbox object's envelope for a pending status; empty when it cannot be read."""
     try:
         env = json.loads(raw)
     except ValueError:
         env = {}
-    env = env if isinstance(env, dict) else {}
-    return {"id": job_id, "state": PENDING, "task": env.get("task"), "queue": queue,
-            "attempts": 0, "result": None, "error": None,
-            "enqueued_at": env.get("enqueued_at"), "not_before": env.get("not_before"),
-            "progress": None}
+    return env if isinstance(env, dict) else {}

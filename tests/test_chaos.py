@@ -205,7 +205,7 @@ def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_
         assert qlite.Client().status(job_id)["state"] == "succeeded"
     index = Index(tmp_path / "disk" / "index.db", readonly=True)
     assert index.counts() == {"succeeded": JOBS}
-    assert {r["id"] for r in index.jobs(limit=JOBS * 2)} == ids
+    assert {r.id for r in index.jobs(limit=JOBS * 2)} == ids
     assert count(server, bucket, "c/inbox/") == 0
     assert count(server, bucket, "c/quarantine/") == 0
     # Every effect present; duplicates (at-least-once) bounded and reported.

@@ -398,6 +398,128 @@ def test_the_shards_of_a_member_fenced_by_a_worker_that_died_since_are_taken(sea
     assert [m["mid"] for m in describe(store)["members"]] == [new.mid]  # the dead one is gone
 
 
+def unpublished_shards(db: Path) -> dict[str, int]:
+    """Job id -> fleet shard of the rows the index at ``db`` holds and has not published."""
+    from qlite.envelope import shard_of
+    from qlite.index.db import Index
+
+    index = Index(db, readonly=True)
+    try:
+        rows = index.conn.execute("SELECT id FROM jobs WHERE published = 0").fetchall()
+    finally:
+        index.close()
+    return {r[0]: shard_of(r[0], SHARDS) for r in rows}
+
+
+def waiting_retries(db: Path) -> int:
+    from qlite.index.db import Index
+
+    index = Index(db, readonly=True)
+    try:
+        return index.conn.execute("SELECT count(*) FROM jobs WHERE state = 'scheduled' "
+                                  "AND attempts = 1").fetchone()[0]
+    finally:
+        index.close()
+
+
+def replica_synced(db: Path) -> bool:
+    """The Litestream of the worker on ``db`` confirms its replica holds the last commit."""
+    import subprocess
+
+    from qlite.worker.replica import find_litestream
+
+    out = subprocess.run([find_litestream(), "sync", "-wait", "-json", "-timeout", "10",
+                          "-socket", str(db.with_name(db.name + ".ls.sock")), str(db)],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return False
+    answer = json.loads(out.stdout)
+    return (answer.get("replica_txid") or 0) >= (answer.get("txid") or 0)
+
+
+def test_a_killed_worker_s_waiting_retries_keep_their_attempts_through_its_replica(fleet):
+    # Durability per shard: the jobs failed once on a and wait for their retry, a fact only
+    # a's index holds. a is killed (no handoff); b takes its shards, reads a's Litestream
+    # replica (only reads it) and runs each retry as attempt 2, not as a new attempt 1.
+    a = fleet.start("a", QLITE_REPLICATE="on")
+    eventually(lambda: fleet.balanced(1), timeout=60)
+    client = qlite.Client()
+    jobs = [client.put("test.fails_once", kwargs={"path": str(fleet.ledger)})
+            for _ in range(12)]
+    eventually(lambda: waiting_retries(fleet.dir / "a" / "index.db") == 12, timeout=60)
+    # The recovery point is Litestream's sync interval (1 s): wait for it to pass.
+    eventually(lambda: replica_synced(fleet.dir / "a" / "index.db"), timeout=60)
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    b = fleet.start("b", QLITE_REPLICATE="on")
+    eventually(lambda: all_done(jobs, fleet.store), timeout=120, every=0.5)
+    fleet.stop_all()
+
+    runs = fleet.runs()
+    assert sorted(collections.Counter(r[0] for r in runs).values()) == [2] * 12, runs
+    assert sorted((r[1], r[2]) for r in runs) == [(1, a.pid)] * 12 + [(2, b.pid)] * 12
+    for job in jobs:
+        status = job.status()
+        assert (status["state"], status["attempts"]) == ("succeeded", 2), status
+        # The first attempt's error came along from a's index too.
+        assert [e["message"] for e in status["errors"]] == ["first attempt fails"], status
+    assert "keep their attempts" in fleet.log("b")
+
+
+def test_a_restarted_worker_forgets_the_rows_of_shards_another_worker_took(fleet):
+    # a is killed with jobs queued in its index; b takes every shard and runs them. a comes
+    # back on the same index: the rows of shards b holds are b's now, so a drops them and
+    # qlite stats on a's index counts only what a runs.
+    a = fleet.start("a")
+    fleet.start("b")
+    eventually(lambda: fleet.balanced(2), timeout=90)
+    jobs = fleet.put(80, seconds=0.3)
+    eventually(lambda: sum(1 for r in fleet.runs() if r[2] == a.pid) >= 4, timeout=60)
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    db = fleet.dir / "a" / "index.db"
+    assert unpublished_shards(db), "a's index held no queued rows: nothing to test"
+    eventually(lambda: fleet.balanced(1), timeout=4 * LEASE + 30)
+    fleet.start("a")
+    eventually(lambda: all_done(jobs, fleet.store), timeout=120, every=0.5)
+
+    def truthful():
+        stats = run_qlite("stats", "--json", env=fleet.env("a"))
+        assert stats.returncode == 0, stats.stderr
+        states = json.loads(stats.stdout)["states"]
+        return states["queued"] + states["scheduled"] + states["running"] == 0 and states
+    eventually(truthful, timeout=60, every=1)
+    fleet.stop_all()
+    assert "another worker holds now" in fleet.log("a")
+    runs = fleet.runs()
+    assert {j.status()["state"] for j in jobs} == {"succeeded"}
+    assert len({r[0] for r in runs}) == 80
+
+
+def test_sigterm_hands_over_the_waiting_retries_with_their_attempts_and_errors(fleet):
+    # No Litestream: what the waiting retries spent goes in coord/handoff/ on SIGTERM.
+    a = fleet.start("a")
+    eventually(lambda: fleet.balanced(1), timeout=60)
+    client = qlite.Client()
+    jobs = [client.put("test.fails_once", kwargs={"path": str(fleet.ledger)})
+            for _ in range(12)]
+    eventually(lambda: waiting_retries(fleet.dir / "a" / "index.db") == 12, timeout=60)
+    b = fleet.start("b")
+    eventually(lambda: "joined the fleet" in fleet.log("b"), timeout=60)
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(60) == 0, fleet.log("a")[-3000:]
+    eventually(lambda: all_done(jobs, fleet.store), timeout=120, every=0.5)
+    fleet.stop_all()
+
+    runs = fleet.runs()
+    assert sorted((r[1], r[2]) for r in runs) == [(1, a.pid)] * 12 + [(2, b.pid)] * 12, runs
+    for job in jobs:
+        status = job.status()
+        assert (status["state"], status["attempts"]) == ("succeeded", 2), status
+        assert [e["message"] for e in status["errors"]] == ["first attempt fails"], status
+    assert "waiting for a retry in shard" in fleet.log("b")
+
+
 def test_sleeping_workers_wake_when_one_joins_and_on_a_put(fleet):
     """With the default poll settings the workers sleep on the doorbell once the fleet is
     settled: they renew every 180 s and LIST the inbox every 10 minutes. A joining worker

@@ -116,7 +116,7 @@ def test_a_scheduled_job_cancelled_in_the_index_never_runs(s3):
     client = qlite.Client()
     job = client.put("f.tag", ["later"], delay=3600)
     Worker(app, s3.settings()).run(burst=True)  # takes it in as scheduled
-    assert Index(s3.db).get(job.id)["state"] == "scheduled"
+    assert Index(s3.db).get(job.id).state == "scheduled"
     client.cancel(job.id)
     [status] = drain(s3, [job])
     assert status["state"] == "cancelled" and ran == []
@@ -295,7 +295,7 @@ def test_the_lifo_claim_reads_its_own_index_and_fifo_jobs_stay_out_of_it(tmp_pat
              "blocked": "[]", "shards": None, "nshards": 1, "n": 1}))
         assert used in plan and "TEMP B-TREE" not in plan, plan  # the order comes sorted
     index.set_lifo([])  # no longer LIFO: its waiting job goes back to the FIFO claim
-    assert index.claim(("latest",), 1, "o", 60.0)[0]["queue"] == "latest"
+    assert index.claim(("latest",), 1, "o", 60.0)[0].queue == "latest"
     index.close()
 
 
@@ -343,7 +343,7 @@ def test_a_rate_limit_spaces_starts_over_any_window(s3):
     jobs = [client.put("f.rated", [i]) for i in range(10)]
     drain(s3, jobs, settings={"concurrency": 4})
     index = Index(s3.db)
-    starts = sorted(qlite.envelope.parse_time(index.get(j.id)["attempt_log"][0]["started_at"])
+    starts = sorted(qlite.envelope.parse_time(index.get(j.id).attempt_log[0].started_at)
                     for j in jobs)
     # "4/s": no five starts within one second (claim times, recorded to the millisecond).
     assert all(b - a >= 0.999 for a, b in zip(starts, starts[4:], strict=False)), starts

@@ -152,11 +152,11 @@ def test_a_job_longer_than_its_lease_keeps_it_by_heartbeat_and_runs_once(s3, tmp
     try:
         until(lambda: (marks / f"{job.id}.half").exists(), "the job started")
         index = Index(s3.db, readonly=True)
-        first = index.get(job.id)["lease_until"]
+        first = index.get(job.id).lease_until
         # Renewed past several of its first leases without the handler doing anything.
-        until(lambda: index.get(job.id)["lease_until"] > first + 3 * 0.6,
+        until(lambda: index.get(job.id).lease_until > first + 3 * 0.6,
               "the lease renewed by heartbeat")
-        assert index.get(job.id)["state"] == "running"
+        assert index.get(job.id).state == "running"
         index.close()
         (marks / f"{job.id}.go").write_text("")
         status = job.wait(timeout=30)

@@ -1,7 +1,6 @@
 """Packs: put_many writes many envelopes per object and the worker writes their results in
 batches, against both real servers."""
 
-import json
 import shutil
 
 import qlite
@@ -145,8 +144,8 @@ def test_packed_results_come_back_when_the_index_is_lost(s3):
     assert seen == []  # nothing ran twice
     index = Index(s3.db, readonly=True)
     rows = [index.get(j.id) for j in jobs]
-    assert all(r["state"] == "succeeded" and r["published"] for r in rows)
-    assert json.loads(rows[3]["result"]) == 6
+    assert all(r.state == "succeeded" and r.published for r in rows)
+    assert rows[3].result == 6
     assert client.status(jobs[3].id)["result"] == 6
 
 
@@ -164,8 +163,8 @@ def test_a_half_done_pack_survives_the_loss_of_the_index(s3):
     assert seen == [1]  # the finished job did not run again
     assert len(bucket_keys(s3, "inbox/")) == 1  # and the pack was not taken for done
     index = Index(s3.db, readonly=True)
-    assert index.get(jobs[1].id)["state"] == "scheduled"
-    assert index.get(jobs[0].id)["state"] == "succeeded"
+    assert index.get(jobs[1].id).state == "scheduled"
+    assert index.get(jobs[0].id).state == "succeeded"
 
 
 def test_a_pack_whose_members_all_have_their_records_is_deleted_not_left_behind(s3):

@@ -37,10 +37,10 @@ def test_a_fresh_disk_restores_the_index_from_the_replica_and_catches_up(s3, tmp
     assert "index restored from" in restored.stderr
     assert "1 job(s) from the replica, 1 finished job(s) from results/" in restored.stderr
     index = Index(s3.db, readonly=True)
-    states = {job_id: index.get(job_id)["state"] for job_id in (first.id, second.id, third.id)}
+    states = {job_id: index.get(job_id).state for job_id in (first.id, second.id, third.id)}
     assert set(states.values()) == {"succeeded"}
     # The restored row is the original one, with its attempt log.
-    assert index.get(first.id)["attempt_log"][0]["outcome"] == "succeeded"
+    assert index.get(first.id).attempt_log[0].outcome == "succeeded"
 
 
 def test_replicate_on_without_litestream_is_a_clear_error(s3, monkeypatch):
@@ -63,8 +63,8 @@ def test_reindex_rebuilds_finished_jobs_from_results(s3):
     assert result.returncode == 0, result.stderr
     assert "wrote 1 job(s)" in result.stdout
     row = Index(s3.db, readonly=True).get(job.id)
-    assert (row["state"], row["attempts"]) == ("failed", 2)
-    assert [a["message"] for a in row["attempt_log"]] == ["boom", "boom"]
+    assert (row.state, row.attempts) == ("failed", 2)
+    assert [a.message for a in row.attempt_log] == ["boom", "boom"]
 
 
 def _replicate_a_corrupt_index(s3) -> None:
@@ -113,8 +113,8 @@ def test_a_malformed_replica_is_set_aside_and_the_index_rebuilt_from_the_bucket(
     node = replica.node_name(s3.settings())
     assert bucket_keys(s3, f"index-bad/{node}-"), "the bad replica was not kept in the bucket"
     index = Index(s3.db, readonly=True)
-    assert index.get(done.id)["state"] == "succeeded"  # from results/
-    assert index.get(waiting.id)["state"] == "succeeded"  # from inbox/, run now
+    assert index.get(done.id).state == "succeeded"  # from results/
+    assert index.get(waiting.id).state == "succeeded"  # from inbox/, run now
     assert waiting.status()["result"] == 5
 
     # The rebuilt index replicates to a clean path: the next lost disk restores it.
@@ -141,4 +141,4 @@ def test_a_replica_whose_restore_fails_does_not_stop_the_worker(s3):
     assert worker.returncode == 0, worker.stderr
     assert "is unusable (litestream restore" in worker.stderr, worker.stderr
     assert "nothing was restored" in worker.stderr
-    assert Index(s3.db, readonly=True).get(first.id)["state"] == "succeeded"
+    assert Index(s3.db, readonly=True).get(first.id).state == "succeeded"

@@ -122,7 +122,7 @@ def test_a_job_runs_and_its_result_is_readable_from_the_bucket(s3):
     assert keys(s3, "results/") == [f"results/{job.id}.json"]
     assert job.result() == 5
     row = Index(s3.db).get(job.id)
-    assert (row["state"], row["published"], json.loads(row["result"])) == ("succeeded", 1, 5)
+    assert (row.state, row.published, row.result) == ("succeeded", True, 5)
 
 
 def test_a_failing_handler_is_retried_then_succeeds(s3):
@@ -196,7 +196,7 @@ def test_a_delayed_job_waits_for_its_time(s3):
     put_at = time.time()
     job = qlite.Client().put("math.add", [1, 1], delay=60)
     Worker(app, s3.settings(), clock=lambda: put_at).run(burst=True)
-    assert Index(s3.db).get(job.id)["state"] == "scheduled"
+    assert Index(s3.db).get(job.id).state == "scheduled"
     assert job.status()["state"] == "pending"
     later = lambda: time.time() + 61  # noqa: E731 - the worker comes once the delay passed
     assert drain_with(app, s3, [job], worker={"clock": later})[0]["result"] == 2
@@ -240,8 +240,8 @@ def test_retry_after_reschedules_with_the_handlers_delay(s3):
     now = [time.time() + 1]  # the worker's clock, moved by the test
     Worker(app, s3.settings(), clock=lambda: now[0]).run(burst=True)
     row = Index(s3.db).get(job.id)
-    assert row["state"] == "scheduled"
-    assert row["run_at"] == pytest.approx(now[0] + 0.05)  # not the task's 60 s back-off
+    assert row.state == "scheduled"
+    assert row.run_at == pytest.approx(now[0] + 0.05)  # not the task's 60 s back-off
     now[0] += 0.05
     [status] = drain_with(app, s3, [job], worker={"clock": lambda: now[0]})
     assert (status["state"], status["result"]) == ("succeeded", 2)

@@ -20,6 +20,7 @@ from qlite.errors import QliteError, WaitTimeout
 from qlite.ops.running import progress_text, running_for
 from qlite.settings import Settings, setting
 from qlite.states import INDEXED, TERMINAL
+from qlite.status import JobStatus
 
 app = typer.Typer(
     help="qlite: background jobs on S3-compatible storage plus SQLite.\n\n"
@@ -262,17 +263,17 @@ def _client(url: str | None, endpoint_url: str | None) -> Any:
     return Client(url, endpoint_url=endpoint_url)
 
 
-def _print_status(status: dict) -> None:
-    _say(f"{status['id']}  {status['state']}  task={status.get('task')}  "
-               f"queue={status.get('queue')}  attempts={status.get('attempts')}")
-    if status.get("progress"):
-        _say(f"progress: {progress_text(status['progress'])}")
-    if status.get("result") is not None:
-        _say(f"result: {json.dumps(status['result'])}")
-    elif status.get("encrypted"):
+def _print_status(status: JobStatus) -> None:
+    _say(f"{status.id}  {status.state}  task={status.task}  queue={status.queue}  "
+         f"attempts={status.attempts}")
+    if status.progress:
+        _say(f"progress: {progress_text(status.progress)}")
+    if status.result is not None:
+        _say(f"result: {json.dumps(status.result)}")
+    elif status.encrypted:
         _say("result: encrypted (set QLITE_ENCRYPTION_KEY to read it)")
-    if status.get("error"):
-        _say(f"error: {status['error'].get('type')}: {status['error'].get('message')}")
+    if status.error:
+        _say(f"error: {status.error.get('type')}: {status.error.get('message')}")
 
 
 @app.command()
@@ -287,8 +288,8 @@ def status(
 
     Example: qlite status 0192f1c4-8f3e-7abc-9def-0123456789ab --json
     """
-    s = _client(url, endpoint_url).status(job_id)
-    typer.echo(json.dumps(s)) if as_json else _print_status(s)
+    s = _client(url, endpoint_url).job_status(job_id)
+    typer.echo(json.dumps(s.to_record())) if as_json else _print_status(s)
 
 
 @app.command()
@@ -349,21 +350,22 @@ def ls(
     """
     if state is not None and state not in INDEXED:
         raise QliteError(f"--state: expected one of {', '.join(INDEXED)} (got {state!r})")
+    from qlite.index.rows import LISTED
+
     rows = _index(db, url).jobs(state, queue, limit)
-    for r in rows:
-        r["progress"] = json.loads(r["progress"]) if r.get("progress") else None
     if as_json:
-        typer.echo(json.dumps(rows))
+        typer.echo(json.dumps([{**{k: getattr(r, k) for k in LISTED}, "error": r.error,
+                                "progress": r.progress} for r in rows]))
         return
     for r in rows:
-        error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
-        line = (f"{r['id']}  {r['state']:<9}  {r['queue']:<10}  {r['task']:<24}  "
-                f"attempts={r['attempts']}/{r['max_attempts']}  enqueued={r['enqueued_at']}"
+        error = r.error if r.state != "succeeded" else None
+        line = (f"{r.id}  {r.state:<9}  {r.queue:<10}  {r.task:<24}  "
+                f"attempts={r.attempts}/{r.max_attempts}  enqueued={r.enqueued_at}"
                 + (f"  error={error['type']}" if error else ""))
-        if r["state"] == "running":  # how long it has run, and how far it got
-            line += f"  running={running_for(r['started_at'])}"
-            if r.get("progress"):
-                line += f"  progress={progress_text(r['progress'])}"
+        if r.state == "running":  # how long it has run, and how far it got
+            line += f"  running={running_for(r.started_at)}"
+            if r.progress:
+                line += f"  progress={progress_text(r.progress)}"
         _say(line)
 
 
@@ -384,34 +386,35 @@ def show(
     job = _index(db, url).get(job_id)
     if job is None:
         raise QliteError(f"no job {job_id} in the index. Try: qlite status {job_id}")
-    env = redacted(json.loads(job["envelope"]))  # secrets in arguments are not shown
-    job["envelope"] = json.dumps(env)
+    env = redacted(job.envelope)  # secrets in arguments are not shown
     from qlite.crypto import opened_error, opened_result
 
     cipher = Settings.load().encryption_key  # sealed fields (docs/encryption.md) are opened
-    job["result"] = opened_result(cipher, job_id, job["result"])
-    for a in job["attempt_log"]:
-        a.update(opened_error(cipher, job_id, {"message": a["message"],
-                                               "traceback": a["traceback"]}))
+    result = opened_result(cipher, job_id, job.result)
+    attempts = [{**vars(a), **opened_error(cipher, job_id, {
+        "message": a.message, "traceback": a.traceback})} for a in job.attempt_log]
     if env.get("sealed") is not None:
         env["args"], env["kwargs"] = ["encrypted"], {}
     if as_json:
-        typer.echo(json.dumps(job))
+        typer.echo(json.dumps({**job.public(), "envelope": env, "result": result,
+                               "attempt_log": attempts}))
         return
-    for name in ("id", "state", "task", "queue", "attempts", "max_attempts", "key",
-                 "enqueued_at", "started_at", "finished_at", "result"):
-        _say(f"{name + ':':<14}{job[name] if job[name] is not None else '-'}")
+    shown = {**{name: getattr(job, name) for name in (
+        "id", "state", "task", "queue", "attempts", "max_attempts", "key", "enqueued_at",
+        "started_at", "finished_at")}, "result": None if job.result_json is None else
+        json.dumps(result, ensure_ascii=False)}
+    for name, value in shown.items():
+        _say(f"{name + ':':<14}{value if value is not None else '-'}")
     # Crash attribution (docs/states.md): strikes pinned on the job, worker deaths it shared.
-    _say(f"{'crashes:':<14}{job['crashes']}" + ("  (suspect: runs alone next)"
-                                                 if job["suspect"] else ""))
-    _say(f"{'worker lost:':<14}{job['lost']}")
-    _say(f"{'progress:':<14}"
-         f"{progress_text(json.loads(job['progress'])) if job.get('progress') else '-'}")
+    _say(f"{'crashes:':<14}{job.crashes}" + ("  (suspect: runs alone next)"
+                                              if job.suspect else ""))
+    _say(f"{'worker lost:':<14}{job.lost}")
+    _say(f"{'progress:':<14}{progress_text(job.progress) if job.progress else '-'}")
     _say(f"{'args:':<14}{json.dumps(env['args'])}")
     _say(f"{'kwargs:':<14}{json.dumps(env['kwargs'])}")
-    for a in job["attempt_log"]:
+    for a in attempts:
         _say(f"\nattempt {a['attempt']}: {a['outcome'] or 'running'}  "
-                   f"started={a['started_at']} finished={a['finished_at'] or '-'}")
+             f"started={a['started_at']} finished={a['finished_at'] or '-'}")
         if a["error_type"]:
             _say(f"  {a['error_type']}: {a['message']}")
         if a["traceback"]:
@@ -791,7 +794,7 @@ def logs(
     if job is not None:
         attempts = attempts_of(job=job)
     else:
-        attempts = attempts_of(record=_client(url, endpoint_url).status(job_id))
+        attempts = attempts_of(record=_client(url, endpoint_url).job_status(job_id))
     if as_json:
         typer.echo(json.dumps({"id": job_id, "attempts": attempts}))
     else:

@@ -24,6 +24,7 @@ from qlite.django.compat import (
     task_enqueued,
 )
 from qlite.errors import JobNotFound
+from qlite.status import JobStatus
 
 # Django makes a backend per thread (per request under runserver and threaded servers): the
 # S3 client, some 0.2 s to build, and the project's tasks are shared by every backend.
@@ -100,38 +101,38 @@ class QliteBackend(BaseTaskBackend):
 
     def get_result(self, result_id: str) -> Any:
         try:
-            status = self.client.status(result_id)
+            status = self.client.job_status(result_id)
         except JobNotFound:
             raise TaskResultDoesNotExist(result_id) from None
         return self.result_from(status)
 
-    def result_from(self, status: dict) -> Any:
-        """A TaskResult from a qlite status record (``Client.status``)."""
-        task = self.task_named(status.get("task") or "")
+    def result_from(self, status: JobStatus) -> Any:
+        """A TaskResult from a qlite status record (``Client.job_status``)."""
+        task = self.task_named(status.task or "")
         if task is None:
             raise TaskResultDoesNotExist(
-                f"job {status['id']} runs {status.get('task')!r}, which is not a django.tasks "
+                f"job {status.id} runs {status.task!r}, which is not a django.tasks "
                 "Task defined in an installed app of this project")
         args, kwargs = self._arguments(status)
-        state = status["state"]
-        errs = list(status.get("errors") or [])
-        if state in ("failed", "cancelled") and status.get("error") and not errs:
-            errs = [status["error"]]  # failed without running: cancelled, expired, refused
-        attempts = status.get("attempts") or 0
-        started = _time(status.get("started_at"))
-        finished = _time(status.get("finished_at"))
+        state = status.state
+        errs = list(status.errors)
+        if state in ("failed", "cancelled") and status.error and not errs:
+            errs = [status.error]  # failed without running: cancelled, expired, refused
+        attempts = status.attempts or 0
+        started = _time(status.started_at)
+        finished = _time(status.finished_at)
         last = max([t for t in [started, *(_time(e.get("at")) for e in errs)] if t],
                    default=None)
         result = TaskResult(
-            task=task, id=status["id"], status=TaskResultStatus[STATUS[state]],
-            enqueued_at=_time(status.get("enqueued_at")), started_at=started,
+            task=task, id=status.id, status=TaskResultStatus[STATUS[state]],
+            enqueued_at=_time(status.enqueued_at), started_at=started,
             finished_at=finished, last_attempted_at=last, args=args, kwargs=kwargs,
             backend=self.alias,
             errors=[TaskError(exception_class_path=class_path(e.get("type") or "Exception"),
                               traceback=_trace(e)) for e in errs],
-            worker_ids=worker_ids(status, attempts))
+            worker_ids=worker_ids(status.workers, attempts))
         if state == "succeeded":
-            object.__setattr__(result, "_return_value", status.get("result"))
+            object.__setattr__(result, "_return_value", status.result)
         return result
 
     def task_named(self, path: str) -> Any:
@@ -143,10 +144,10 @@ class QliteBackend(BaseTaskBackend):
                 _tasks.update(discover())
             return _tasks.get(path)
 
-    def _arguments(self, status: dict) -> tuple[list, dict]:
-        if isinstance(status.get("args"), list):  # the result record repeats them
-            return status["args"], status.get("kwargs") or {}
-        raw = self.client.store.get_or_none(envelope.inbox_key(status["queue"], status["id"]))
+    def _arguments(self, status: JobStatus) -> tuple[list, dict]:
+        if isinstance(status.args, list):  # the result record repeats them
+            return status.args, status.kwargs or {}
+        raw = self.client.store.get_or_none(envelope.inbox_key(status.queue or "", status.id))
         try:
             env = json.loads(raw) if raw is not None else {}
             return list(env.get("args", [])), dict(env.get("kwargs", {}))
@@ -154,13 +155,13 @@ class QliteBackend(BaseTaskBackend):
             return [], {}
 
 
-def worker_ids(status: dict, attempts: int) -> list[str]:
+def worker_ids(workers: list | tuple | None, attempts: int) -> list[str]:
     """The worker of each attempt from the record's ``workers`` (``host:pid:start``), one
     entry per attempt (Django's ``TaskResult.attempts`` is their number): an attempt the
     record has no worker for (a record from before qlite wrote them, or rebuilt by qlite
     reindex) is ``"unknown"``."""
     known = [w if isinstance(w, str) and w else "unknown"
-             for w in (status.get("workers") or [])][:attempts]
+             for w in (workers or [])][:attempts]
     return ["unknown"] * (attempts - len(known)) + known
 
 

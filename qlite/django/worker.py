@@ -64,7 +64,7 @@ def handler(task: Any) -> Any:
             started_at=now, finished_at=None, last_attempted_at=now, args=list(args),
             kwargs=dict(kwargs), backend=task.backend, errors=[],
             # TaskContext.attempt is len(worker_ids): one entry per attempt
-            worker_ids=worker_ids({"workers": list(ctx.workers)}, ctx.attempt))
+            worker_ids=worker_ids(ctx.workers, ctx.attempt))
         task_started.send(sender=QliteBackend, task_result=result)
         close_old_connections()
         try:

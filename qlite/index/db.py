@@ -22,7 +22,9 @@ import sqlite_utils
 
 from qlite.envelope import now_rfc3339, pack_key, parse_pack_key, shard_of
 from qlite.errors import IndexUnavailable
+from qlite.index.rows import Attempt, JobRow
 from qlite.states import TERMINAL  # noqa: F401 - also imported from here by the worker
+from qlite.status import JobStatus
 
 
 def _load_queries() -> dict[str, str]:
@@ -188,6 +190,9 @@ class Index:
         with self._tx():
             return self._rows(query, **params)
 
+    def _jobs(self, query: str, /, **params: Any) -> list[JobRow]:
+        return [JobRow.of(r) for r in self._rows(query, **params)]
+
     @staticmethod
     def _now(now: float | None) -> tuple[float, str]:
         now = time.time() if now is None else now
@@ -195,8 +200,9 @@ class Index:
 
     # -- ingest -----------------------------------------------------------------------------
 
-    def known(self, ids: list[str]) -> dict[str, dict]:
-        return {r["id"]: r for r in self._rows("known", ids=json.dumps(ids))}
+    def known(self, ids: list[str]) -> dict[str, JobRow]:
+        """The rows of these ids the index holds (id, inbox_key, published, state)."""
+        return {r.id: r for r in self._jobs("known", ids=json.dumps(ids))}
 
     def insert_jobs(self, jobs: Iterable[dict], now: float | None = None,
                     packs: Iterable[tuple[str, str, int]] = ()) -> int:
@@ -229,9 +235,9 @@ class Index:
     def packs_settled(self, keys: list[str]) -> list[str]:
         return [r["pack"] for r in self._rows("packs_settled", keys=json.dumps(keys))]
 
-    def pack_members(self, key: str) -> list[dict]:
+    def pack_members(self, key: str) -> list[JobRow]:
         """The terminal members still in pack ``key``, with their attempts."""
-        return self._with_attempts(self._rows("pack_members", key=key))
+        return self._with_attempts(self._jobs("pack_members", key=key))
 
     def quarantine(self, key: str, reason: str, size: int | None, now: float | None = None):
         _, now_iso = self._now(now)
@@ -250,7 +256,7 @@ class Index:
 
     def claim(self, queues: tuple[str, ...], n: int, owner: str, lease: float,
               now: float | None = None, limits: Limits | None = None,
-              shards: tuple[set[int], int] | None = None) -> list[dict]:
+              shards: tuple[set[int], int] | None = None) -> list[JobRow]:
         """Claim up to ``n`` runnable jobs in queue order, priority, then FIFO (LIFO for the
         queues of ``set_lifo``), within the tasks' concurrency and rate ``limits``.
         ``limits.held_until`` then says when a job held back by a rate limit may go (None:
@@ -269,7 +275,7 @@ class Index:
         else:
             rows = self._claim_limited(n, queues, limits, params)
         order = {q: i for i, q in enumerate(queues)}
-        return sorted(rows, key=lambda r: (order[r["queue"]], r["id"]))
+        return [JobRow.of(r) for r in sorted(rows, key=lambda r: (order[r["queue"]], r["id"]))]
 
     def _claim_params(self, queues: tuple[str, ...], owner: str, lease: float,
                       now: float | None, shards: tuple[set[int], int] | None) -> dict:
@@ -281,7 +287,7 @@ class Index:
 
     def claim_suspect(self, queues: tuple[str, ...], owner: str, lease: float,
                       now: float | None = None, shards: tuple[set[int], int] | None = None,
-                      solo: bool = False) -> list[dict]:
+                      solo: bool = False) -> list[JobRow]:
         """Claim one runnable suspect (a job that was running when its worker died, or whose
         own process crashed), to run alone. ``solo``: it runs in this worker's own process,
         so a death of the worker is pinned on it (reap)."""
@@ -289,7 +295,7 @@ class Index:
         with self._tx():
             rows = self._rows("claim_suspect", solo=int(solo), **params)
             self._attempts_started(rows, owner, params["now_iso"])
-        return rows
+        return [JobRow.of(r) for r in rows]
 
     def suspect_waiting(self, queues: tuple[str, ...], now: float | None = None,
                         shards: tuple[set[int], int] | None = None) -> bool:
@@ -348,17 +354,40 @@ class Index:
         returns how many."""
         return self._drop("drop_shards", shards, nshards)
 
-    def waiting_retries(self, shards: set[int], nshards: int) -> list[dict]:
-        return self._rows("waiting_retries", shards=json.dumps(sorted(shards)),
-                          nshards=nshards)
+    def carried(self, shards: set[int], nshards: int, running: bool = False) -> list[JobRow]:
+        """The jobs of fleet ``shards`` waiting for a retry (and, with ``running``, those
+        running), with their attempt logs: what the shards' next owner needs (worker/carry.py)."""
+        return self._with_attempts(self._jobs(
+            "carried_jobs", shards=json.dumps(sorted(shards)), nshards=nshards,
+            running=int(running)))
 
     def carry(self, jobs: list[dict], now: float | None = None) -> int:
-        """Give jobs taken in from a handed-over shard their attempts and retry time."""
-        now, _ = self._now(now)
+        """Give jobs taken in from a shard handed over, or taken from a dead worker, their
+        attempts, retry time, worker deaths and attempt log (worker/carry.py)."""
+        now, now_iso = self._now(now)
+        carried = 0
         with self._tx():
-            return sum(self.conn.execute(QUERIES["carry"], {
-                "id": j["id"], "attempts": j["attempts"], "run_at": j["run_at"],
-                "error": j.get("error"), "now": now}).rowcount for j in jobs)
+            for j in jobs:
+                n = self.conn.execute(QUERIES["carry"], {
+                    "id": j["id"], "attempts": j["attempts"], "run_at": j["run_at"],
+                    "error": j.get("error"), "lost": j.get("lost") or 0,
+                    "crashes": j.get("crashes") or 0, "max_lost": MAX_LOST, "now": now,
+                    "now_iso": now_iso}).rowcount
+                for a in (j.get("log") or []) if n else []:  # the earlier attempts' errors
+                    self.conn.execute(QUERIES["carry_attempt"], {
+                        "id": j["id"], **{k: a.get(k) for k in (
+                            "attempt", "owner", "started_at", "finished_at", "outcome",
+                            "error_type", "message", "traceback", "logs")}})
+                carried += n
+        return carried
+
+    def carry_schedules(self, ticks: dict[str, float], now: float | None = None) -> None:
+        """Schedules' last ticks from the index that fired them before (a shard taken)."""
+        _, now_iso = self._now(now)
+        with self._tx():
+            for name, tick in ticks.items():
+                self.conn.execute(QUERIES["carry_schedule"], {"name": name, "tick": tick,
+                                                              "now_iso": now_iso})
 
     def drop_waiting(self, shards: set[int], nshards: int) -> int:
         """Forget the jobs of ``shards`` that have not started (a shard handed over)."""
@@ -374,12 +403,12 @@ class Index:
         return self._rows("shards_busy", shards=json.dumps(sorted(shards)),
                           nshards=nshards)[0]["n"]
 
-    def expire(self, now: float | None = None, rows: bool = False) -> list:
-        """Cancel the jobs not started before their expires_at; returns their ids (or, with
-        ``rows``, their id, task, queue and attempts)."""
+    def expire(self, now: float | None = None) -> list[JobRow]:
+        """Cancel the jobs not started before their expires_at; returns them (id, task, queue
+        and attempts)."""
         now, now_iso = self._now(now)
-        expired = self._write("expire", now=now, now_iso=now_iso)
-        return expired if rows else [r["id"] for r in expired]
+        with self._tx():
+            return self._jobs("expire", now=now, now_iso=now_iso)
 
     def next_expiry(self) -> float | None:
         return self._rows("next_expiry")[0]["at"]
@@ -440,34 +469,34 @@ class Index:
         return [r["owner"] for r in self._rows("running_owners") if r["owner"]]
 
     def reap(self, dead_owners: list[str], alive_owners: Sequence[str] = (),
-             now: float | None = None) -> list[dict]:
+             now: float | None = None) -> list[JobRow]:
         """Requeue as suspects (or fail, see the reap statement) jobs whose owner died, or
         whose lease expired unless their owner is a process on this host known to be alive."""
         now, now_iso = self._now(now)
         with self._tx():
-            rows = self._rows("reap", dead=json.dumps(dead_owners),
+            rows = self._jobs("reap", dead=json.dumps(dead_owners),
                               alive=json.dumps(list(alive_owners)), now=now, now_iso=now_iso,
                               max_crashes=MAX_CRASHES, max_lost=MAX_LOST)
             for r in rows:
                 self.conn.execute(QUERIES["lost_attempt"], {
-                    "id": r["id"], "attempt": r["attempts"], "now_iso": now_iso,
-                    "message": json.loads(r["error"])["message"]})
+                    "id": r.id, "attempt": r.attempts, "now_iso": now_iso,
+                    "message": (r.error or {}).get("message")})
         return rows
 
     # -- publish ----------------------------------------------------------------------------
 
-    def unpublished(self, n: int = 1000, exclude: Sequence[str] = ()) -> list[dict]:
+    def unpublished(self, n: int = 1000, exclude: Sequence[str] = ()) -> list[JobRow]:
         """Terminal jobs not yet acknowledged, except ``exclude`` (results already written)."""
         return self._with_attempts(
-            self._rows("unpublished", n=n, exclude=json.dumps(list(exclude))))
+            self._jobs("unpublished", n=n, exclude=json.dumps(list(exclude))))
 
-    def _with_attempts(self, jobs: list[dict]) -> list[dict]:
+    def _with_attempts(self, jobs: list[JobRow]) -> list[JobRow]:
         if jobs:
-            attempts: dict[str, list[dict]] = {}
-            for a in self._rows("attempts_of", ids=json.dumps([j["id"] for j in jobs])):
-                attempts.setdefault(a["job_id"], []).append(a)
+            attempts: dict[str, list[Attempt]] = {}
+            for a in self._rows("attempts_of", ids=json.dumps([j.id for j in jobs])):
+                attempts.setdefault(a["job_id"], []).append(Attempt.of(a))
             for j in jobs:
-                j["attempt_log"] = attempts.get(j["id"], [])
+                j.attempt_log = attempts.get(j.id, [])
         return jobs
 
     def markers_of(self, ids: list[str]) -> dict[str, list[str]]:
@@ -480,30 +509,34 @@ class Index:
     def mark_published(self, ids: list[str]) -> None:
         self._write("mark_published", ids=json.dumps(ids))
 
-    def restore(self, records: list[dict], now: float | None = None) -> int:
+    def restore(self, records: list[JobStatus], now: float | None = None) -> int:
         """Insert terminal jobs from their results/ records (qlite reindex); known ids are
         left alone. Returns how many rows were added."""
         _, now_iso = self._now(now)
         added = 0
         with self._tx():
             for r in records:
-                pack = pack_key(r["queue"], r["pack"]) if r.get("pack") else None
-                envelope = {"v": 1, "id": r["id"], "task": r["task"], "args": [], "kwargs": {},
-                            "queue": r["queue"], "enqueued_at": r["enqueued_at"],
+                pack = pack_key(r.queue or "", r.pack) if r.pack else None
+                envelope = {"v": 1, "id": r.id, "task": r.task, "args": [], "kwargs": {},
+                            "queue": r.queue, "enqueued_at": r.enqueued_at,
                             "meta": {"rebuilt_from": "results/"}}
                 added += self.conn.execute(QUERIES["restore_job"], {
-                    **r, "now_iso": now_iso, "envelope": json.dumps(envelope),
-                    "inbox_key": pack or f"inbox/{r['queue']}/{r['id']}.json",
+                    "id": r.id, "task": r.task, "queue": r.queue, "state": r.state,
+                    "attempts": r.attempts, "max_attempts": r.max_attempts, "key": r.key,
+                    "enqueued_at": r.enqueued_at, "started_at": r.started_at,
+                    "finished_at": r.finished_at, "now_iso": now_iso,
+                    "envelope": json.dumps(envelope),
+                    "inbox_key": pack or f"inbox/{r.queue}/{r.id}.json",
                     "pack": pack, "published": 0 if pack else 1,
-                    "result": json.dumps(r.get("result")) if r["state"] == "succeeded" else None,
-                    "error": json.dumps(r["error"]) if r.get("error") else None}).rowcount
-                for e in r.get("errors") or []:
+                    "result": json.dumps(r.result) if r.state == "succeeded" else None,
+                    "error": json.dumps(r.error) if r.error else None}).rowcount
+                for e in r.errors:
                     self.conn.execute(QUERIES["restore_attempt"], {
-                        "id": r["id"], "outcome": "failed", **e})
+                        "id": r.id, "outcome": "failed", **e})
         return added
 
-    def group_members(self, group_id: str) -> list[dict]:
-        return self._rows("group_members", grp=group_id)
+    def group_members(self, group_id: str) -> list[JobRow]:
+        return self._jobs("group_members", grp=group_id)
 
     # -- schedules --------------------------------------------------------------------------
 
@@ -540,9 +573,9 @@ class Index:
             settled = self._rows("settle_requests")
         return cancelled, settled
 
-    def retry_candidates(self) -> list[dict]:
+    def retry_candidates(self) -> list[JobRow]:
         """Failed or cancelled jobs, already published, with a retry request pending."""
-        return self._rows("retry_candidates")
+        return self._jobs("retry_candidates")
 
     def apply_retry(self, job_id: str, budget: int, inbox_key: str,
                     now: float | None = None) -> bool:
@@ -560,8 +593,9 @@ class Index:
         return {r["job_id"] for r in self._rows("cancelling", ids=json.dumps(ids))}
 
     def purgeable(self, states: list[str], before: float, queue: str | None = None,
-                  n: int = 1000) -> list[dict]:
-        return self._rows("purgeable", states=json.dumps(states), before=now_rfc3339(before),
+                  n: int = 1000) -> list[JobRow]:
+        """Published terminal jobs to purge: id, queue, and the pack they are still in."""
+        return self._jobs("purgeable", states=json.dumps(states), before=now_rfc3339(before),
                           queue=queue, n=n)
 
     def purge(self, ids: list[str]) -> int:
@@ -602,16 +636,13 @@ class Index:
         return {r["state"]: r["n"] for r in self._rows("counts")}
 
     def jobs(self, state: str | None = None, queue: str | None = None,
-             limit: int = 50) -> list[dict]:
-        return self._rows("list", state=state, queue=queue, limit=limit)
+             limit: int = 50) -> list[JobRow]:
+        return self._jobs("list", state=state, queue=queue, limit=limit)
 
-    def get(self, job_id: str) -> dict | None:
-        rows = self._rows("get", id=job_id)
-        if not rows:
-            return None
-        job = rows[0]
-        job["attempt_log"] = self._rows("attempts_of", ids=json.dumps([job_id]))
-        return job
+    def get(self, job_id: str) -> JobRow | None:
+        """The job with its attempts; None when the index does not hold it."""
+        rows = self._with_attempts(self._jobs("get", id=job_id))
+        return rows[0] if rows else None
 
     def quarantined(self, limit: int = 50) -> list[dict]:
         return self._rows("quarantined", limit=limit)

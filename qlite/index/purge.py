@@ -56,12 +56,12 @@ def purge(index: Index, store: Store, older_than: float, *,
     total = 0
     # Objects first (records, large results and payloads): a crash re-purges.
     while jobs := index.purgeable(list(chosen), before, queue):
-        ids = [j["id"] for j in jobs]
+        ids = [j.id for j in jobs]
         store.delete_many([k for i in ids for k in (result_key(i), value_key(i),
                                                     payload_key(i), progress_key(i),
                                                     checkpoint_key(i))])
         total += index.purge(ids)
-        gone = index.forget_packs(sorted({j["pack"] for j in jobs if j["pack"]}))
+        gone = index.forget_packs(sorted({j.pack for j in jobs if j.pack}))
         store.delete_many([pack_result_key(k.rsplit("/", 1)[-1].removesuffix(".pack.jsonl"))
                            for k in gone if parse_pack_key(k)])
     # A marker whose job never arrived is settled by nothing else (the job would delete it).

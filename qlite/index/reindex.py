@@ -8,11 +8,11 @@ lost is the progress of unfinished jobs: their attempt counts start again.
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 from qlite.index.db import Index
 from qlite.states import TERMINAL
+from qlite.status import records_in
 from qlite.store import Store
 
 
@@ -29,30 +29,17 @@ def reindex(store: Store, index: Index) -> tuple[int, int]:
     done: set[str] = set()  # ids the index already holds as terminal
     for i in range(0, len(ids), 5000):
         done.update(job_id for job_id, row in index.known(ids[i:i + 5000]).items()
-                    if row["state"] in TERMINAL)
+                    if row.state in TERMINAL)
     keys = [k for k, job_id in zip(keys, ids, strict=True) if job_id not in done]
     with ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(store.get_or_none, keys))
         packs = list(pool.map(store.get_or_none, pack_keys))
-    candidates = []
-    for body in bodies:
-        try:
-            candidates.append(json.loads(body) if body is not None else None)
-        except ValueError:
-            continue
-    for body in packs:  # batched records of packed jobs (put_many)
-        try:
-            candidates.extend(json.loads(body)["jobs"].values() if body is not None else ())
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-    ids = [str(r["id"]) for r in candidates if isinstance(r, dict) and r.get("id")]
-    done = {job_id for job_id, row in index.known([i for i in ids if i]).items()
-            if row["state"] in TERMINAL} if packs else set()
-    records = []
-    for record in candidates:
-        # Quarantined objects never were jobs: their record stays in the bucket only. A
-        # running or waiting record (record_start) is not final: its inbox object is there.
-        if (isinstance(record, dict) and record.get("task")
-                and record.get("state") in TERMINAL and record.get("id") not in done):
-            records.append(record)
+    # A job's record, or the batched records of packed jobs (put_many).
+    candidates = [r for body in bodies + packs for r in records_in(body)]
+    ids = [r.id for r in candidates]
+    done = {job_id for job_id, row in index.known(ids).items()
+            if row.state in TERMINAL} if packs else set()
+    # Quarantined objects never were jobs: their record stays in the bucket only. A running or
+    # waiting record (record_start) is not final: its inbox object is still there.
+    records = [r for r in candidates if r.task and r.state in TERMINAL and r.id not in done]
     return len(records), index.restore(records)

@@ -29,7 +29,8 @@ from qlite.crypto import opened_error, opened_result
 from qlite.envelope import redacted
 from qlite.errors import ConfigError, QliteError
 from qlite.index.db import Index
-from qlite.ops.running import progress_text, report_of, running_for
+from qlite.index.rows import LISTED
+from qlite.ops.running import progress_text, running_for
 from qlite.ops.stats import STATES, series, stats
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,17 @@ class Dashboard:
             rows = index.jobs(state, _one(query, "queue"), _int(query, "limit", 50, 1, 500))
         finally:
             index.close()
+        out = []
         for r in rows:
-            error = json.loads(r["error"]) if r["error"] and r["state"] != "succeeded" else None
-            r["error"] = {"type": error.get("type"), "message": error.get("message")} \
-                if error else None
-            r["progress"] = report_of(r.get("progress"))
-            r["progress_text"] = progress_text(r["progress"], at=False) if r["progress"] else None
-            r["running_for"] = running_for(r["started_at"]) if r["state"] == "running" else None
-        return rows
+            error = r.error if r.state != "succeeded" else None
+            out.append({
+                **{k: getattr(r, k) for k in LISTED},
+                "error": {"type": error.get("type"), "message": error.get("message")}
+                if error else None,
+                "progress": r.progress,
+                "progress_text": progress_text(r.progress, at=False) if r.progress else None,
+                "running_for": running_for(r.started_at) if r.state == "running" else None})
+        return out
 
     def job(self, job_id: str) -> dict | None:
         index = self.index()
@@ -118,27 +122,22 @@ class Dashboard:
             index.close()
         if job is None:
             return None
-        env = redacted(json.loads(job.pop("envelope")))  # secrets in arguments are not shown
+        env = redacted(job.envelope)  # secrets in arguments are not shown
         # Sealed fields (docs/encryption.md): opened with the key, "encrypted" without.
-        job["result"] = opened_result(self.cipher, job_id, job["result"])
-        job["error"] = json.dumps(opened_error(self.cipher, job_id, json.loads(job["error"]))) \
-            if job["error"] else None
-        for a in job["attempt_log"]:
-            a.update(opened_error(self.cipher, job_id, {"message": a["message"],
-                                                        "traceback": a["traceback"]}))
+        attempts = [{**vars(a), **opened_error(self.cipher, job_id, {
+            "message": a.message, "traceback": a.traceback})} for a in job.attempt_log]
         if env.get("sealed") is not None:
             env["args"], env["kwargs"] = ["encrypted"], {}
         return {
-            **{k: job[k] for k in ("id", "task", "queue", "state", "priority", "attempts",
-                                   "max_attempts", "key", "enqueued_at", "started_at",
-                                   "finished_at", "grp")},
+            **{k: getattr(job, k) for k in ("id", "task", "queue", "state", "priority",
+                                            "attempts", "max_attempts", "key", "enqueued_at",
+                                            "started_at", "finished_at", "grp")},
             "args": env.get("args"), "kwargs": env.get("kwargs"), "meta": env.get("meta"),
-            "result": json.loads(job["result"]) if job["result"] is not None else None,
-            "error": json.loads(job["error"]) if job["error"] else None,
-            "attempt_log": job["attempt_log"],
-            "progress": report_of(job.get("progress")),
-            "progress_text": progress_text(report_of(job.get("progress")))
-            if job.get("progress") else None,
+            "result": opened_result(self.cipher, job_id, job.result),
+            "error": opened_error(self.cipher, job_id, job.error) if job.error else None,
+            "attempt_log": attempts,
+            "progress": job.progress,
+            "progress_text": progress_text(job.progress) if job.progress else None,
         }
 
     def act(self, job_id: str, action: str, token: str | None) -> dict:

@@ -26,13 +26,6 @@ def running_for(started_at: str | None, now: float | None = None) -> str:
     return duration((time.time() if now is None else now) - started)
 
 
-def report_of(raw: str | dict | None) -> dict | None:
-    """A progress report from the index's JSON column (or one already decoded)."""
-    if not raw:
-        return None
-    return raw if isinstance(raw, dict) else json.loads(raw)
-
-
 def progress_text(report: dict | None, at: bool = True) -> str:
     """``1200/5000 (24%) 40/s ETA 1m35s "importing"``: a ctx.progress report on one line."""
     if not report:

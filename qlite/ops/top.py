@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from qlite.index.db import Index
-from qlite.ops.running import progress_text, report_of, running_for
+from qlite.ops.running import progress_text, running_for
 from qlite.ops.stats import STATES, format_seconds, stats
 
 STYLE = {"queued": "yellow", "scheduled": "yellow", "running": "blue", "succeeded": "green",
@@ -63,15 +62,15 @@ def frame(index: Index, since: float = 3600.0, now: float | None = None) -> Any:
     for name in ("job", "task", "running for", "progress"):
         running.add_column(name, overflow="fold" if name == "progress" else "ellipsis")
     for job in index.jobs("running", None, 10):
-        running.add_row(job["id"], job["task"], running_for(job["started_at"], now),
-                        progress_text(report_of(job["progress"]), at=False))
+        running.add_row(job.id, job.task, running_for(job.started_at, now),
+                        progress_text(job.progress, at=False))
 
     failures = Table(title="latest failures", title_justify="left")
     for name in ("job", "task", "finished", "error"):
         failures.add_column(name, overflow="fold" if name == "error" else "ellipsis")
     for job in index.jobs("failed", None, 5):
-        error = json.loads(job["error"]) if job["error"] else {}
-        failures.add_row(job["id"], job["task"], job["finished_at"] or "-",
+        error = job.error or {}
+        failures.add_row(job.id, job.task, job.finished_at or "-",
                          Text(f"{error.get('type')}: {error.get('message')}", style="red"))
 
     c = s["s3"]

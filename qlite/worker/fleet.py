@@ -85,6 +85,9 @@ class Changes:
     lost: set[int] = field(default_factory=set)  # taken from us: drop their rows, publish none
     release: set[int] = field(default_factory=set)  # drain these, then call released()
     handoff: set[int] = field(default_factory=set)  # acquired with a coord/handoff/ object
+    # acquired from a dead member of another index: shard -> that index (its node), whose
+    # replica holds the shard's waiting retries and schedules' last ticks (worker/carry.py)
+    died: dict[int, str] = field(default_factory=dict)
 
 
 class Fleet:
@@ -169,6 +172,13 @@ class Fleet:
             changes, self.changes = self.changes, Changes()
             return changes
 
+    def foreign(self) -> set[int]:
+        """Shards another index holds or held last (their rows here are stale), per the table
+        as last read."""
+        with self.lock:
+            return {int(s) for s, o in self.table["owners"].items()
+                    if o.get("node") not in (None, self.node)} - set(self.owned)
+
     def released(self, shard: int, handoff: bool = False) -> None:
         """The loop drained ``shard``: nothing of it runs or waits to be published here;
         ``handoff``: it wrote the shard's waiting retries to handoff_key(shard)."""
@@ -215,16 +225,18 @@ class Fleet:
             except Exception as e:  # S3 trouble: trust runs out on its own if it lasts
                 log.warning("fleet tick failed: %s: %s", type(e).__name__, e)
 
-    def leave(self) -> None:
+    def leave(self, handoff: Callable[[set[int]], set[int]] = lambda shards: set()) -> None:
         """After the worker drained everything: give back every shard and delete the member
-        object, so the others take over at once instead of after a lease."""
+        object, so the others take over at once instead of after a lease. ``handoff`` writes
+        the shards' coord/handoff/ objects and returns the shards that have one."""
         self.stop_event.set()
         self.poke.set()
         if self.thread is not None:
             self.thread.join(timeout=self.lease)
         try:
             if self.owned and self.trusted():
-                self._release(set(self.owned), why="worker stopping")
+                handed = handoff(set(self.owned))
+                self._release(set(self.owned), why="worker stopping", handoff=handed)
             self.store.delete(f"{MEMBERS}{self.mid}.json")
             log.info("left the fleet mid=%s", self.mid)
             if self.members:  # the sleeping members wake and take our shards now
@@ -323,6 +335,7 @@ class Fleet:
             self.changes.lost |= lost
             for shard in lost:
                 self.changes.acquired.pop(shard, None)
+                self.changes.died.pop(shard, None)
             self.owned = frozenset()
             self.releasing.clear()
             self.drained.clear()
@@ -443,10 +456,12 @@ class Fleet:
             return
         taken: dict[int, bool] = {}
         handed: set[int] = set()
+        died: dict[int, str] = {}
 
         def change(table: dict) -> bool:
             taken.clear()
             handed.clear()
+            died.clear()
             for s in take:
                 cur = table["owners"].get(str(s)) or {}
                 if cur.get("mid") and cur["mid"] not in dead:
@@ -454,6 +469,8 @@ class Fleet:
                 taken[s] = cur.get("node") != self.node  # another index ran it: rows stale
                 if cur.get("handoff"):
                     handed.add(s)
+                elif cur.get("mid") and taken[s] and cur.get("node"):
+                    died[s] = cur["node"]  # no handoff: its history is in that replica
                 table["owners"][str(s)] = {"mid": self.mid, "node": self.node,
                                            "gen": int(cur.get("gen", 0)) + 1}
             return bool(taken)
@@ -463,6 +480,7 @@ class Fleet:
                 self.owned = frozenset(self.owned | set(taken))
                 self.changes.acquired.update(taken)
                 self.changes.handoff |= handed
+                self.changes.died.update(died)
                 self.changes.lost -= set(taken)
             from_dead = [s for s in taken if (owners.get(str(s)) or {}).get("mid")]
             log.info("took %d shard(s) %s (%d from a dead member); now own %d of %d",

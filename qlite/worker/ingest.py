@@ -22,7 +22,9 @@ from qlite import envelope, signing
 from qlite.app import App
 from qlite.errors import AlreadyExists, EnvelopeError, ObjectNotFound, SignatureError
 from qlite.index.db import Index
+from qlite.index.rows import JobRow
 from qlite.settings import Settings
+from qlite.status import JobStatus, records_in
 from qlite.store import Store
 from qlite.worker.faults import crash_point
 
@@ -141,7 +143,7 @@ class Ingest:
             row = known.get(job_id)
             if row is None:
                 fetch.append((queue, job_id, key, size))
-            elif row["published"] or row["inbox_key"] != key:
+            elif row.published or row.inbox_key != key:
                 # The same idempotency key put again: the job exists, this object is a duplicate.
                 log.info("duplicate of job %s deleted key=%s", job_id, key)
                 result.deleted.append(key)
@@ -225,18 +227,9 @@ class Ingest:
                  if suspect(p) and k not in known_packs]
         if not keys:
             return
-        records = []
-        for body in self.io.map(self.store.get_or_none, keys):
-            try:
-                data = json.loads(body) if body is not None else None
-            except ValueError:
-                continue
-            if isinstance(data, dict) and isinstance(data.get("jobs"), dict):
-                records.extend(data["jobs"].values())  # a pack's batched record
-            elif isinstance(data, dict):
-                records.append(data)
-        records = [r for r in records if isinstance(r, dict) and r.get("task")
-                   and r.get("state") in ("succeeded", "failed", "cancelled")]
+        records = [r for body in self.io.map(self.store.get_or_none, keys)
+                   for r in records_in(body)  # a job's record, or a pack's batched one
+                   if r.task and r.state in ("succeeded", "failed", "cancelled")]
         if records:
             n = self.index.restore(records, self.clock())
             log.info("%d job(s) of shards taken over were already finished elsewhere: "
@@ -244,7 +237,7 @@ class Ingest:
 
     def _pack_done(self, rows: list[dict]) -> bool:
         known = self.index.known([r["id"] for r in rows])
-        return len(known) == len(rows) and all(k["published"] for k in known.values())
+        return len(known) == len(rows) and all(k.published for k in known.values())
 
     def _take_in_safely(self, item: tuple[str, str | None, str, int]) -> tuple | None:
         """_take_in, with a failure of one object (a GET refused, a copy failing) logged and
@@ -337,25 +330,25 @@ class Ingest:
                 log.info("job cancelled on request job_id=%s", job_id)
             published = self.index.known(sorted({r["job_id"] for r in settled}))
             result.deleted += [r["key"] for r in settled
-                               if published.get(r["job_id"], {}).get("published")]
+                               if (j := published.get(r["job_id"])) and j.published]
         for job in self.index.retry_candidates():
             self._retry(job)
 
-    def _retry(self, job: dict) -> None:
+    def _retry(self, job: JobRow) -> None:
         """Run a failed or cancelled job again: its envelope goes back to the inbox (so the job
         is as durable as a new one and status shows it pending), then the row is requeued,
         then the old terminal record is deleted."""
-        env = json.loads(job["envelope"])
-        task = self.app.tasks.get(job["task"])
+        env = job.envelope
+        task = self.app.tasks.get(job.task)
         budget = (env.get("max_attempts") or (task.max_attempts if task else None)
                   or self.settings.max_attempts)
-        key = envelope.inbox_key(job["queue"], job["id"])  # a packed job leaves its pack
-        raw = job["envelope"].encode("utf-8")
+        key = envelope.inbox_key(job.queue, job.id)  # a packed job leaves its pack
+        raw = (job.envelope_json or "").encode("utf-8")  # as ingested: its signature holds
         self.store.put(key, raw, metadata=signing.metadata(raw, self.settings.signing_key))
-        if self.index.apply_retry(job["id"], budget, key, self.clock()):
-            self.store.delete_many([envelope.result_key(job["id"])])
+        if self.index.apply_retry(job.id, budget, key, self.clock()):
+            self.store.delete_many([envelope.result_key(job.id)])
             log.info("job requeued on request job_id=%s task=%s attempts_so_far=%d",
-                     job["id"], job["task"], job["attempts"])
+                     job.id, job.task, job.attempts)
 
     def _verify(self, raw: bytes, meta: dict[str, str]) -> None:
         """With QLITE_SIGNING_KEY set, the object's bytes must carry a valid signature."""
@@ -446,24 +439,22 @@ class Ingest:
                 "ascii", "backslashreplace").decode("ascii")[:512]
         self.store.copy(key, target, metadata=metadata)
         if job_id is not None:
-            record = {"v": 1, "id": job_id, "state": "failed", "task": None,
-                      "queue": key.split("/")[1], "attempts": 0, "result": None,
-                      "error": {"type": "Quarantined", "message": reason,
-                                "traceback": None},
-                      "errors": [], "quarantine_key": target,
-                      "finished_at": envelope.now_rfc3339(self.clock())}
+            status = JobStatus.quarantined(job_id, key.split("/")[1], reason, target,
+                                           envelope.now_rfc3339(self.clock()))
             try:
-                self.store.put(envelope.result_key(job_id), json.dumps(record).encode(),
+                self.store.put(envelope.result_key(job_id),
+                               json.dumps(status.to_record()).encode(),
                                if_none_match=True)
             except AlreadyExists:
                 pass
         pack = envelope.parse_pack_key(key)
         if pack is not None:  # every member's status: failed, with the pack's reason
-            record = {"v": 1, "pack": pack[1], "complete": True, "jobs": {},
-                      "quarantined": {"message": reason, "quarantine_key": target,
-                                      "finished_at": envelope.now_rfc3339(self.clock())}}
+            pack_record = {"v": 1, "pack": pack[1], "complete": True, "jobs": {},
+                           "quarantined": {"message": reason, "quarantine_key": target,
+                                           "finished_at": envelope.now_rfc3339(self.clock())}}
             try:
-                self.store.put(envelope.pack_result_key(pack[1]), json.dumps(record).encode(),
+                self.store.put(envelope.pack_result_key(pack[1]),
+                               json.dumps(pack_record).encode(),
                                if_none_match=True)
             except AlreadyExists:
                 pass

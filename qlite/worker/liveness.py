@@ -8,7 +8,6 @@ there?); a worker on another host by its lease in the index alone.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import socket
@@ -75,10 +74,10 @@ def reap(index: Index, owner: str, now: float) -> None:
     # its jobs are not taken from it.
     alive = [owner] + [o for o in owners if o not in dead and is_local(o)]
     for row in index.reap(dead, alive, now):
-        if row["state"] == "queued":
+        if row.state == "queued":
             log.warning("job requeued after its worker stopped; it runs alone next (crashes "
-                        "pinned on it: %d, worker deaths it shared: %d)", row["crashes"],
-                        row["lost"], extra=job_fields(row))
+                        "pinned on it: %d, worker deaths it shared: %d)", row.crashes,
+                        row.lost, extra=job_fields(row))
         else:
             log.warning("job failed after its worker stopped: %s",
-                        json.loads(row["error"])["message"], extra=job_fields(row))
+                        (row.error or {}).get("message"), extra=job_fields(row))

@@ -29,6 +29,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from qlite.index.rows import JobRow
+from qlite.status import JobStatus
+
 FIELDS = ("job_id", "task", "queue", "attempt")
 MAX_LINES = 200  # captured lines per attempt
 MAX_BYTES = 32 * 1024  # captured bytes per attempt (messages and tracebacks)
@@ -42,10 +45,10 @@ _current: ContextVar[JobLog | None] = ContextVar("qlite_job", default=None)
 
 
 def job_fields(claim: Any) -> dict[str, Any]:
-    """The stable fields of a log line about ``claim`` (a runner.Claim or an index row)."""
-    if isinstance(claim, dict):
-        return {"job_id": claim["id"], "task": claim.get("task"), "queue": claim.get("queue"),
-                "attempt": claim.get("attempts", claim.get("attempt"))}
+    """The stable fields of a log line about ``claim`` (an execute.Claim or an index row)."""
+    if isinstance(claim, JobRow):
+        return {"job_id": claim.id, "task": claim.task, "queue": claim.queue,
+                "attempt": claim.attempts}
     return {"job_id": claim.id, "task": claim.task, "queue": claim.queue,
             "attempt": claim.attempt}
 
@@ -212,16 +215,15 @@ def setup(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-def attempts_of(job: dict | None = None, record: dict | None = None) -> list[dict]:
+def attempts_of(job: JobRow | None = None, record: JobStatus | None = None) -> list[dict]:
     """A job's captured lines per attempt, from its index row (``Index.get``) or, away from
     the worker VM, its results/ record: [{attempt, outcome, started_at, finished_at, lines}]."""
     if job is not None:
-        return [{"attempt": a["attempt"], "outcome": a["outcome"],
-                 "started_at": a["started_at"], "finished_at": a["finished_at"],
-                 "lines": json.loads(a["logs"]) if a.get("logs") else []}
-                for a in job["attempt_log"]]
+        return [{"attempt": a.attempt, "outcome": a.outcome, "started_at": a.started_at,
+                 "finished_at": a.finished_at, "lines": a.logs or []}
+                for a in job.attempt_log]
     return [{"attempt": a["attempt"], "outcome": None, "started_at": None, "finished_at": None,
-             "lines": a["lines"]} for a in (record or {}).get("logs") or []]
+             "lines": a["lines"]} for a in (record.logs if record is not None else [])]
 
 
 def render(attempts: list[dict]) -> str:

@@ -4,19 +4,20 @@ One loop on the main thread owns SQLite; handlers run on a thread pool and S3 re
 second, small one. Signal handlers only set flags; the loop acts on them (graceful stop: no new
 claims, running jobs get ``grace`` seconds, outcomes are published, exit 0).
 
-The parts, each in its own module: ingest.py (inbox -> index), execute.py and isolate.py
-(run a handler in a thread or a child process), outcome.py (what a finished attempt leads to),
-publish.py (index -> results/, the outbox), periodic.py (schedules), liveness.py (who is alive,
-reaping), restore.py (opening or rebuilding the index), replica.py (Litestream).
+The parts, each in its own module: ingest.py (inbox -> index), dispatch.py, execute.py and
+isolate.py (run a handler in a thread or a child process), outcome.py (what a finished attempt
+leads to), record.py (writing it in the index), publish.py (index -> results/, the outbox),
+periodic.py (schedules), liveness.py (who is alive, reaping), suspects.py (a suspect runs
+alone), cancels.py (ctx.cancelled of running jobs), expiry.py (ttl=), reports.py (ctx.progress
+into the index), counters.py (running totals for qlite stats), restore.py (opening or
+rebuilding the index), replica.py (Litestream), shards.py (the fleet), shutdown.py (signals,
+closing in order).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,24 +25,31 @@ from typing import Any
 
 from qlite import doorbell
 from qlite.app import App
-from qlite.index.db import MAX_CRASHES, Index, Limits
+from qlite.index.db import Index, Limits
+from qlite.index.rows import JobRow
 from qlite.producer import Client
 from qlite.settings import Settings
 from qlite.states import WAITING
 from qlite.store import Store
-from qlite.worker.execute import Claim, Outcome, run
+from qlite.worker import shutdown
+from qlite.worker.cancels import Cancels
+from qlite.worker.counters import Counters
+from qlite.worker.dispatch import submit
+from qlite.worker.execute import Claim, Outcome
+from qlite.worker.expiry import Expiry
 from qlite.worker.faults import crash_point
 from qlite.worker.fleet import Fleet
 from qlite.worker.ingest import Ingest
-from qlite.worker.isolate import kill_children, run_in_child
 from qlite.worker.liveness import disk_full, owner_id, reap
 from qlite.worker.logs import install_capture, job_fields
-from qlite.worker.outcome import decide
 from qlite.worker.periodic import Periodic
 from qlite.worker.publish import Publisher
+from qlite.worker.record import record
 from qlite.worker.replica import Replica, node_name
+from qlite.worker.reports import Reports
 from qlite.worker.restore import open_index
 from qlite.worker.shards import Shards
+from qlite.worker.suspects import Suspects
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +86,17 @@ class Worker:
         self.outage = 0.0  # back-off after a failed step, seconds
         self.disk_full = False
         self.packed: set[str] = set()  # running jobs that came in a pack
-        self.suspects: set[str] = set()  # running suspects: nothing starts beside them
+        self.suspects = Suspects()  # running suspects: nothing starts beside them
         self.record_failures: dict[str, int] = {}
-        self.cancels: dict[str, threading.Event] = {}  # running job id -> its ctx.cancelled
-        self.next_cancel_check = 0.0
-        self.next_expiry = 0.0  # when the next queued job expires (0: look it up)
+        self.cancels = Cancels()  # running job id -> its ctx.cancelled
+        self.expiry = Expiry()
         self.held = False  # the last claim left runnable jobs behind, held back by limits
         self.backlog = False  # the last claim filled every free slot
         self.held_until: float | None = None
-        self.flushed: dict[str, int] = {}  # counters already added to the index
+        self.counters = Counters()  # running totals already added to the index
         self.metrics: Any = None  # metrics.Metrics when --metrics-port is set
         self.shards: Shards | None = None  # the shards of the inbox this worker owns
-        # job id -> (id, attempt, report): ctx.progress reports not yet in the index; written
-        # by handler threads, taken by the loop at most once a second (qlite ls, show)
-        self.reports: dict[str, tuple[str, int, dict]] = {}
-        self.reports_lock = threading.Lock()
-        self.next_report = 0.0
+        self.reports = Reports()  # ctx.progress of running jobs, into the index once a second
         install_capture()  # a handler's own log lines are kept with its job
         tasks = app.tasks.values()
         self.concurrency_limits = {t.name: t.concurrency for t in tasks if t.concurrency}
@@ -112,8 +115,7 @@ class Worker:
     # -- signals ----------------------------------------------------------------------------
 
     def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        shutdown.install(self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Flags only: taking the Event's lock here could deadlock against the loop holding it.
@@ -233,7 +235,7 @@ class Worker:
             return
         result = self.ingest.run()
         if result.taken:
-            self.next_expiry = 0.0  # new jobs may expire sooner
+            self.expiry.soon()  # new jobs may expire sooner
         if result.taken or result.quarantined or self.ingest.mid_sweep():
             if result.taken or result.quarantined:
                 log.info("ingested %d job(s), quarantined %d", result.taken,
@@ -301,18 +303,18 @@ class Worker:
     def _claim(self) -> None:
         self._start(self._claim_rows())
 
-    def _claim_rows(self) -> list[dict]:
+    def _claim_rows(self) -> list[JobRow]:
         """Claim jobs for the free slots (counting their attempts); _start runs them once
         that is committed."""
         free = self.settings.concurrency - len(self.running)
         if self.stopping or free <= 0 or not self._trusted():
             return []
         now = self.clock()
-        self._expire(now)
+        self.expiry.run(self.index, now, self.metrics)
         limits = Limits(self.concurrency_limits, self.rate_limits)
         shards = self.shards.claimable() if self.shards is not None else None
         queues = self._queue_order()
-        if self.suspects or (self.running and self.index.suspect_waiting(queues, now, shards)):
+        if self.suspects.hold(self.index, queues, now, shards, busy=bool(self.running)):
             # A suspect runs alone: the jobs running drain, then it starts, then the others.
             self.backlog, self.held, self.held_until = False, True, None
             return []
@@ -331,41 +333,25 @@ class Worker:
         self.held_until = limits.held_until
         return rows
 
-    def _start(self, rows: list[dict]) -> None:
+    def _start(self, rows: list[JobRow]) -> None:
         if rows:
             crash_point("after_claim")
             self._wake()  # a scheduled job, say: the inbox is polled again while it runs
         for row in rows:
-            env = json.loads(row["envelope"])
             workers: tuple[str, ...] = (self.owner,)
-            if env.get("record_start") and not row["packed"]:
-                workers = self._record_start(row["id"]) or workers
-            claim = Claim(row["id"], row["task"], row["queue"], row["attempts"],
-                          row["max_attempts"], env, row["enqueued_at"], workers)
+            if row.envelope.get("record_start") and not row.packed:
+                workers = self._record_start(row.id) or workers
+            claim = Claim(row.id, row.task, row.queue, row.attempts, row.max_attempts,
+                          row.envelope, row.enqueued_at or "", workers)
             log.info("job started", extra=job_fields(claim))
-            task = self.app.tasks.get(claim.task)
-            timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
-            cancel = self.cancels[claim.id] = threading.Event()
-            if row["packed"]:
+            cancel = self.cancels.open(claim.id)
+            if row.packed:
                 self.packed.add(claim.id)
             # A suspect runs in a child process: if that dies, the crash is its own.
-            suspect = bool(row["suspect"])
-            if suspect:
-                self.suspects.add(claim.id)
-                log.info("job runs alone: it was running when its worker died, or crashed its "
-                         "process", extra=job_fields(claim))
-            if task and (timeout or self.settings.pool == "process"
-                         or (suspect and self.app.spec is not None)):
-                future = self.handlers.submit(run_in_child, self.app, claim, timeout,
-                                              str(self.store.url), self.settings.endpoint_url,
-                                              cancel, (self.settings.log_level,
-                                                       self.settings.log_format),
-                                              self.settings.signing_key,
-                                              self.settings.progress_every, self._on_progress,
-                                              self.settings.encryption_key)
-            else:
-                future = self.handlers.submit(run, self.app, claim, self.client, cancel,
-                                              self.settings.progress_every, self._on_progress)
+            suspect = self.suspects.started(row, claim)
+            future = submit(self.handlers, self.app, claim, settings=self.settings,
+                            client=self.client, store_url=str(self.store.url), cancel=cancel,
+                            on_progress=self.reports.add, suspect=suspect)
             self.running[future] = claim
             if self.metrics is not None:
                 self.metrics.job_started(claim.id)
@@ -378,7 +364,7 @@ class Worker:
         if job is None:
             return None
         self.publisher.interim(job)
-        return tuple(a["owner"] or "" for a in job["attempt_log"])
+        return tuple(a.owner or "" for a in job.attempt_log)
 
     def _collect_and_claim(self) -> None:
         """Record the finished jobs and claim the next ones in one SQLite commit: at
@@ -387,7 +373,7 @@ class Worker:
         if not free and not any(f.done() for f in self.running):
             return
         failed = None
-        rows: list[dict] = []
+        rows: list[JobRow] = []
         with self.index.batch():
             self._collect()
             try:
@@ -429,67 +415,29 @@ class Worker:
             crash_point("after_record")
             self.publisher.soon(packed=claim.id in self.packed)
             self.packed.discard(claim.id)
-            self.suspects.discard(claim.id)
+            self.suspects.ended(claim.id)
             self.record_failures.pop(claim.id, None)
-            self.cancels.pop(claim.id, None)
+            self.cancels.close(claim.id)
             del self.running[future]
-
-    def _on_progress(self, job_id: str, attempt: int, report: dict) -> None:
-        with self.reports_lock:
-            self.reports[job_id] = (job_id, attempt, report)
 
     def _note_progress(self) -> None:
         """Put the latest ctx.progress of running jobs into the index (qlite ls, show)."""
-        now = self.clock()
-        if now < self.next_report:
-            return
-        self.next_report = now + 1.0
-        with self.reports_lock:
-            reports, self.reports = list(self.reports.values()), {}
-        if reports:
-            self.index.set_progress(reports, self.owner)
+        self.reports.flush(self.index, self.owner, self.clock())
 
     def _record(self, claim: Claim, outcome: Outcome) -> None:
-        now = self.clock()
-        if outcome.progress is not None:  # the last report, kept in the job's record
-            self.index.set_progress([(claim.id, claim.attempt, outcome.progress)], self.owner)
         if outcome.checkpointed and outcome.state == "succeeded":
             self.publisher.checkpoints.add(claim.id)  # deleted with its inbox object
-        fields = job_fields(claim)
         task = self.app.tasks.get(claim.task)
-        cancel = self.cancels.get(claim.id)
-        d = decide(outcome, attempt=claim.attempt, max_attempts=claim.max_attempts,
-                   backoff=task.backoff if task else 1.0,
-                   cancelled=cancel is not None and cancel.is_set(), now=now,
-                   rng=self.rng)
-        error = d.error or {}
-        # The job's own child process died: a strike pinned on it (failed at the third).
-        crashed = d.state in ("retry", "failed") and error.get("type") == "ProcessCrashed"
-        ok = self.index.finish(claim.id, claim.attempt, self.owner, d.state, now=now,
-                               result=d.result, error=d.error, run_at=d.run_at,
-                               logs=outcome.logs, crashed=crashed)
-        if crashed:
-            log.warning("job crashed its own process (a strike against it; failed at %d): %s",
-                        MAX_CRASHES, error.get("message"),
-                        extra={**fields, "error": error.get("type")})
-        elif d.state in ("succeeded", "cancelled"):
-            log.info("job %s", d.state, extra=fields)
-        elif d.state == "snooze":
-            log.info("job snoozed for %.1fs", outcome.delay or 0, extra=fields)
-        elif d.state == "failed":
-            log.warning("job failed: %s", error.get("message"),
-                        extra={**fields, "error": error.get("type")})
-        else:
-            log.info("job will retry in %.1fs: %s", (d.run_at or now) - now,
-                     error.get("message"), extra={**fields, "error": error.get("type")})
+        d, ok = record(self.index, claim, outcome, owner=self.owner,
+                       backoff=task.backoff if task else 1.0,
+                       cancelled=self.cancels.requested(claim.id), now=self.clock(),
+                       rng=self.rng)
         if ok and d.state in ("retry", "snooze") and claim.envelope.get("record_start") and (
                 claim.id not in self.packed):
             job = self.index.get(claim.id)  # its record says it waits for the next attempt
-            if job is not None and job["state"] in WAITING:
+            if job is not None and job.state in WAITING:
                 self.publisher.interim(job)
-        if not ok:
-            log.warning("stale attempt ignored (the job was taken over)", extra=fields)
-        elif self.metrics is not None:
+        if ok and self.metrics is not None:
             self.metrics.job_recorded(claim.task, claim.id, d.label)
 
     def _publish(self, flush: bool = False) -> None:
@@ -525,27 +473,9 @@ class Worker:
                        key=lambda qw: self.rng.random() ** (1 / qw[1]), reverse=True)
         return tuple(q for q, _ in keyed)
 
-    def _expire(self, now: float) -> None:
-        if now < self.next_expiry:
-            return
-        for row in self.index.expire(now, rows=True):
-            log.info("job expired before it started", extra=job_fields(row))
-            if self.metrics is not None:
-                self.metrics.job_expired(row["task"])
-        self.next_expiry = self.index.next_expiry() or float("inf")
-
     def _check_cancels(self) -> None:
         """Raise ctx.cancelled for running jobs whose cancellation was requested."""
-        now = self.clock()
-        if not self.running or now < self.next_cancel_check:
-            return
-        self.next_cancel_check = now + 0.5
-        for job_id in self.index.cancelling(list(self.cancels)):
-            if not self.cancels[job_id].is_set():
-                claim = next((c for c in self.running.values() if c.id == job_id), None)
-                log.info("cancellation requested for the running job",
-                         extra=job_fields(claim) if claim else {"job_id": job_id})
-                self.cancels[job_id].set()
+        self.cancels.check(self.index, self.running.values(), self.clock())
 
     def _schedule(self) -> None:
         if not self.app.schedules or self.stopping or self.disk_full:
@@ -566,17 +496,14 @@ class Worker:
             self.replica.check()
         # An idle worker writes nothing to its index, so Litestream uploads nothing: the
         # counters of idle requests are added with the next job's (or at shutdown).
-        if self.running or self.publisher.published != self.flushed.get("jobs.published"):
+        if self.running or self.publisher.published != self.counters.flushed.get("jobs.published"):
             self._flush_counters()
 
     def _flush_counters(self) -> None:
         """Add the S3 requests and jobs published since the last flush to the index's running
         totals (qlite stats: requests per job, dollars per million jobs)."""
-        totals = {f"s3.{op}": n for op, n in dict(self.store.requests).items()}
-        totals["jobs.published"] = self.publisher.published
-        self.index.add_counters({k: n - self.flushed.get(k, 0) for k, n in totals.items()},
-                                self.clock())
-        self.flushed = totals
+        self.counters.flush(self.index, dict(self.store.requests), self.publisher.published,
+                            self.clock())
 
     def _reap(self) -> None:
         reap(self.index, self.owner, self.clock())
@@ -595,23 +522,9 @@ class Worker:
         self._step_quietly(self._flush_counters)
         if self.shards is not None:
             self.shards.leave()  # the others take our shards at once
-        left = len(self.running)
-        self.io.shutdown(wait=True)
-        self.index.close()
-        if self.replica is not None:
-            self.replica.stop()  # after the last commit: litestream syncs it, then exits
-        if left:
-            # Their rows stay 'running' under this (soon dead) owner: the next worker start
-            # requeues them at once.
-            kill_children()
-            log.warning("stopped with %d job(s) still running; they run again on restart", left)
-            logging.shutdown()
-            os._exit(0)  # handler threads cannot be interrupted; do not wait for them
-        self.handlers.shutdown(wait=True)
-        if self.metrics is not None:
-            self.metrics.stop()
-        log.info("worker stopped")
-        return 0
+        return shutdown.close(io=self.io, handlers=self.handlers, index=self.index,
+                              replica=self.replica, metrics=self.metrics,
+                              left=len(self.running))
 
     def _step_quietly(self, part: Any) -> None:
         try:

@@ -21,7 +21,9 @@ from qlite import envelope
 from qlite.crypto import SEALED
 from qlite.errors import EnvelopeError, StorageError
 from qlite.index.db import TERMINAL, Index
+from qlite.index.rows import JobRow
 from qlite.producer import Client
+from qlite.status import JobStatus
 from qlite.store import Store
 from qlite.worker.faults import crash_point
 
@@ -31,62 +33,49 @@ PACK_FLUSH = 1.0  # seconds: how long a pack's finished jobs may wait for their 
 BATCH = 500  # jobs per pass, and acknowledged inbox objects per DeleteObjects
 
 
-def result_record(job: dict) -> dict:
+def status_of(job: JobRow) -> JobStatus:
     """The public status record of a terminal job, as written to results/{id}.json."""
-    error = json.loads(job["error"]) if job.get("error") else None
-    result: Any = json.loads(job["result"]) if job.get("result") is not None else None
+    result: Any = job.result
     sealed: Any = None
     if isinstance(result, dict) and list(result) == [SEALED]:  # docs/encryption.md
         result, sealed = None, result[SEALED]
-    record = {
-        "v": 1,
-        "id": job["id"],
-        "state": job["state"],
-        "task": job["task"],
-        "queue": job["queue"],
-        "attempts": job["attempts"],
-        "max_attempts": job["max_attempts"],
-        "result": result,
-        "error": error if job["state"] != "succeeded" else None,
-        "errors": [
-            {"attempt": a["attempt"], "type": a["error_type"], "message": a["message"],
-             "traceback": a["traceback"], "at": a["finished_at"]}
-            for a in job.get("attempt_log", []) if a["outcome"] not in (None, "succeeded")
-        ],
+    status = JobStatus(
+        id=job.id, state=job.state, task=job.task, queue=job.queue, attempts=job.attempts,
+        max_attempts=job.max_attempts, result=result,
+        error=job.error if job.state != "succeeded" else None,
+        errors=[{"attempt": a.attempt, "type": a.error_type, "message": a.message,
+                 "traceback": a.traceback, "at": a.finished_at}
+                for a in job.attempt_log if a.outcome not in (None, "succeeded")],
         # The handler's own log lines per attempt (bounded, see logs.py): qlite logs ID.
-        "logs": [{"attempt": a["attempt"], "lines": json.loads(a["logs"])}
-                 for a in job.get("attempt_log", []) if a.get("logs")],
-        "key": job.get("key"),
+        logs=[{"attempt": a.attempt, "lines": a.logs} for a in job.attempt_log
+              if a.logs is not None],
+        key=job.key,
         # The worker of each attempt, in order (liveness.owner_id: host:pid:start); None for
         # an attempt rebuilt from a record by qlite reindex.
-        "workers": [a.get("owner") for a in job.get("attempt_log", [])],
-        "enqueued_at": job["enqueued_at"],
-        "started_at": job["started_at"],
-        "finished_at": job["finished_at"],
+        workers=[a.owner for a in job.attempt_log],
+        enqueued_at=job.enqueued_at, started_at=job.started_at,
+        finished_at=job.finished_at,
         # The last ctx.progress (docs/long-jobs.md); None for a job that reported none.
-        "progress": _progress(job.get("progress")),
-    }
-    if sealed is not None:
-        record["sealed_result"] = sealed
-    env = json.loads(job["envelope"]) if job.get("envelope") else {}
+        progress=_progress(job.progress), sealed_result=sealed)
+    env = job.envelope
     if (env.get("meta") or {}).get("record_args") is True and not env.get("payload_ref"):
         # Asked for by the producer (qlite.django: Django's TaskResult holds the arguments).
-        record["args"], record["kwargs"] = env.get("args", []), env.get("kwargs", {})
-    return record
+        status.args, status.kwargs = env.get("args", []), env.get("kwargs", {})
+    return status
 
 
-def interim_record(job: dict, now: float) -> dict:
+def interim_record(job: JobRow, now: float) -> dict:
     """The status record of a job not final yet, for a job whose envelope asks for one
     (``record_start``): ``running`` once an attempt started, ``scheduled`` while it waits for
     its next attempt (``not_before``). ``updated_at`` orders such records (a snooze gives its
     attempt back, so attempts do not); a final record replaces any (Publisher._put_record)."""
-    record = {**result_record(job), "result": None, "finished_at": None,
+    record = {**status_of(job).to_record(), "result": None, "finished_at": None,
               # microseconds: a job may start and fail within one millisecond
               "updated_at": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
-    if job["state"] == "running":
+    if job.state == "running":
         record["error"] = None  # the earlier attempts' errors are in ``errors``
     else:
-        record["not_before"] = envelope.now_rfc3339(job["run_at"])
+        record["not_before"] = envelope.now_rfc3339(job.run_at)
     return record
 
 
@@ -98,18 +87,11 @@ def _parsed(raw: bytes) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _progress(raw: str | None) -> dict | None:
-    if not raw:
+def _progress(report: dict | None) -> dict | None:
+    if not report:
         return None
-    report = json.loads(raw)
     return {k: report.get(k) for k in ("done", "total", "message", "at", "rate", "eta",
                                        "sealed_message") if k in report}
-
-
-def _in_pack(job: dict) -> bool:
-    """Whether the job's results go into its pack's batched record (it still lives in the
-    pack object; a packed job retried on its own has an inbox object of its own)."""
-    return bool(job["pack"]) and job["pack"] == job["inbox_key"]
 
 
 class Publisher:
@@ -164,12 +146,12 @@ class Publisher:
         """Write the records due; returns the first failure, if any (the jobs written before
         it are still acknowledged)."""
         jobs = self.index.unpublished(BATCH, exclude=list(self.acked))
-        packed: dict[str, list[dict]] = {}
+        packed: dict[str, list[JobRow]] = {}
         for job in jobs:
-            if _in_pack(job):
-                packed.setdefault(job["pack"], []).append(job)
-        singles = [j for j in jobs if not _in_pack(j)]
-        markers = self.index.markers_of([j["id"] for j in jobs]) if jobs else {}
+            if job.in_pack:
+                packed.setdefault(job.pack or "", []).append(job)
+        singles = [j for j in jobs if not j.in_pack]
+        markers = self.index.markers_of([j.id for j in jobs]) if jobs else {}
         open_ = self.index.pack_open(list(packed)) if packed else {}
         due = []
         settle = bool(packed) and quiet()
@@ -179,7 +161,7 @@ class Publisher:
                 due.append(key)
             else:
                 self.next_at = min(self.next_at, first + PACK_FLUSH)
-        futures: dict[Future, list[dict]] = {
+        futures: dict[Future, list[JobRow]] = {
             self.io.submit(self._write_result, j): [j] for j in singles}
         futures.update({self.io.submit(self._write_pack, key, self.index.pack_members(key),
                                        not open_[key]): packed[key] for key in due})
@@ -193,24 +175,26 @@ class Publisher:
             self.acked_at = self.acked_at or now
         return failed
 
-    def _acked(self, done: list[dict], batch: list[dict], markers: dict[str, list[str]],
+    def _acked(self, done: list[JobRow], batch: list[JobRow], markers: dict[str, list[str]],
                open_: dict[str, int]) -> None:
         """Note what to delete for ``done`` (written): its inbox object, or its pack's once
         every member is in the record, and its request markers."""
-        missing = [j["id"] for j in done if j["id"] not in markers]
+        missing = [j.id for j in done if j.id not in markers]
         if missing:  # pack members finished earlier than this listing reached
             markers.update(self.index.markers_of(missing))
         for job in done:
             self._group_done(job)
-            self.acked[job["id"]] = list(markers.get(job["id"], []))
-            if job["id"] in self.checkpoints and job["state"] == "succeeded":
-                self.acked[job["id"]].append(envelope.checkpoint_key(job["id"]))
-        if _in_pack(batch[0]):
-            self.pack_seen.pop(batch[0]["pack"], None)
-            if not open_[batch[0]["pack"]]:  # every member is in the record
-                self.acked[done[-1]["id"]].append(batch[0]["pack"])
+            self.acked[job.id] = list(markers.get(job.id, []))
+            if job.id in self.checkpoints and job.state == "succeeded":
+                self.acked[job.id].append(envelope.checkpoint_key(job.id))
+        first = batch[0]
+        if first.in_pack:
+            pack = first.pack or ""
+            self.pack_seen.pop(pack, None)
+            if not open_[pack]:  # every member is in the record
+                self.acked[done[-1].id].append(pack)
         else:
-            self.acked[batch[0]["id"]].append(batch[0]["inbox_key"])
+            self.acked[first.id].append(first.inbox_key or "")
 
     def _acknowledge(self) -> None:
         crash_point("after_result_put")
@@ -222,20 +206,21 @@ class Publisher:
         self.acked.clear()
         self.acked_at = None
 
-    def _record_of(self, job: dict) -> dict:
+    def _record_of(self, job: JobRow, pack: str | None = None) -> dict:
         """The job's public status record; a result too large to inline is written to its
         own object first (claim check: the record stays small to poll)."""
-        record = result_record(job)
-        if job.get("result") and len(job["result"]) > self.max_payload:
-            self.store.put(envelope.value_key(job["id"]), job["result"].encode("utf-8"))
-            record = {**record, "result": None, "result_ref": envelope.value_key(job["id"])}
-        return record
+        status = status_of(job)
+        if job.result_json and len(job.result_json) > self.max_payload:
+            self.store.put(envelope.value_key(job.id), job.result_json.encode("utf-8"))
+            status.result, status.result_ref = None, envelope.value_key(job.id)
+        status.pack = pack
+        return status.to_record()
 
-    def interim(self, job: dict) -> None:
+    def interim(self, job: JobRow) -> None:
         """Write the running (or waiting) record of ``job`` (Index.get, with its attempt log)
         on the I/O pool, for a job whose envelope asks for it; one PUT, best effort."""
         if self.trusted():  # a zombie of a fleet writes nothing
-            self.io.submit(self._put_interim, envelope.result_key(job["id"]),
+            self.io.submit(self._put_interim, envelope.result_key(job.id),
                            interim_record(job, self.clock()))
 
     def _put_interim(self, key: str, record: dict) -> None:
@@ -258,10 +243,10 @@ class Publisher:
         except Exception as e:  # the final record still comes; only the interim view is late
             log.warning("status record %s not written: %s: %s", key, type(e).__name__, e)
 
-    def _write_result(self, job: dict) -> None:
+    def _write_result(self, job: JobRow) -> None:
         """PUT the terminal record, then enqueue the job's follow-ups."""
         record = self._record_of(job)
-        self._put_record(envelope.result_key(job["id"]), record)
+        self._put_record(envelope.result_key(job.id), record)
         self._follow_ups(job, record)
 
     def _put_record(self, key: str, record: dict) -> None:
@@ -299,18 +284,18 @@ class Publisher:
             raise StorageError(f"s3: put {key}: the record kept changing under 3 writes "
                                "(retried next pass)")
 
-    def _write_pack(self, key: str, members: list[dict], complete: bool) -> list[dict]:
+    def _write_pack(self, key: str, members: list[JobRow], complete: bool) -> list[JobRow]:
         """PUT the batched record of every terminal member of pack ``key`` (``members``), then
         enqueue the follow-ups of those not published before; returns those (to acknowledge).
         Runs on the I/O pool: no SQLite here."""
         parsed = envelope.parse_pack_key(key)
         assert parsed is not None, key  # the index holds only valid pack keys
         pack_id = parsed[1]
-        records = {m["id"]: {**self._record_of(m), "pack": pack_id} for m in members}
+        records = {m.id: self._record_of(m, pack_id) for m in members}
         self._merge_pack_record(pack_id, records, complete)
-        new = [m for m in members if not m["published"]]
+        new = [m for m in members if not m.published]
         for m in new:
-            self._follow_ups(m, records[m["id"]])
+            self._follow_ups(m, records[m.id])
         return new
 
     def _merge_pack_record(self, pack_id: str, records: dict[str, dict],
@@ -342,47 +327,46 @@ class Publisher:
         raise StorageError(f"s3: put {key}: the record kept changing under 5 writes "
                            "(retried next pass)")
 
-    def _follow_ups(self, job: dict, record: dict) -> None:
+    def _follow_ups(self, job: JobRow, record: dict) -> None:
         """Enqueue the job's follow-ups (webhook, on_success, on_failure) with keys derived
         from its id: repeating this after a crash repeats the PUTs, never the follow-ups."""
         if record.get("result_ref"):
-            record = {**record, "result": json.loads(job["result"])}  # for on_success
-        env = json.loads(job["envelope"])
+            record = {**record, "result": job.result}  # for on_success
+        env = job.envelope
         follow: list[tuple[str, list[Any], dict[str, Any], str]] = []
         if env.get("webhook"):
             follow.append(("webhook.deliver", [], {"url": env["webhook"], "status": record},
                            "webhook"))
-        if env.get("on_success") and job["state"] == "succeeded":
+        if env.get("on_success") and job.state == "succeeded":
             follow.append((env["on_success"], [record["result"]], {}, "on_success"))
-        if env.get("on_failure") and job["state"] != "succeeded":
+        if env.get("on_failure") and job.state != "succeeded":
             follow.append((env["on_failure"], [record], {}, "on_failure"))
         for task, args, kwargs, kind in follow:
             try:
-                self.client.put(task, args, kwargs, queue=job["queue"],
-                                key=f"{kind}:{job['id']}")
+                self.client.put(task, args, kwargs, queue=job.queue,
+                                key=f"{kind}:{job.id}")
             except EnvelopeError as e:  # e.g. a result too large to pass on: say so, go on
-                log.error("%s of job %s not enqueued: %s", kind, job["id"], e)
+                log.error("%s of job %s not enqueued: %s", kind, job.id, e)
 
-    def _group_done(self, job: dict) -> None:
+    def _group_done(self, job: JobRow) -> None:
         """When ``job`` is the last member of its group to finish, enqueue the group's ``then``
         (all succeeded: the results in order) or ``on_failure`` (the members' statuses). The
         key ``group:ID`` makes a repeat after a crash, or two last members, one job."""
-        group = json.loads(job["envelope"]).get("group")
+        group = job.envelope.get("group")
         if not group:
             return
         members = self.index.group_members(group["id"])
-        if len(members) < group["size"] or any(m["state"] not in TERMINAL for m in members):
+        if len(members) < group["size"] or any(m.state not in TERMINAL for m in members):
             return
-        members.sort(key=lambda m: json.loads(m["envelope"])["group"]["index"])
-        if all(m["state"] == "succeeded" for m in members):
-            task, arg = group.get("then"), [json.loads(m["result"]) for m in members]
+        members.sort(key=lambda m: m.envelope["group"]["index"])
+        if all(m.state == "succeeded" for m in members):
+            task, arg = group.get("then"), [m.result for m in members]
         else:
             task, arg = group.get("on_failure"), [
-                {"id": m["id"], "state": m["state"],
-                 "error": json.loads(m["error"]) if m["error"] else None} for m in members]
+                {"id": m.id, "state": m.state, "error": m.error} for m in members]
         if task:
             try:
-                self.client.put(task, [arg], queue=job["queue"], key=f"group:{group['id']}")
+                self.client.put(task, [arg], queue=job.queue, key=f"group:{group['id']}")
                 log.info("group finished group_id=%s members=%d enqueued=%s", group["id"],
                          len(members), task)
             except EnvelopeError as e:

@@ -15,6 +15,10 @@ different states, and a restore applies pages of both: "database disk image is m
 (issue 19). So the replica lock (``index.db.replica.lock``) is inherited by the Litestream child
 and held until the child itself has exited; a new worker restores or replicates only once it
 holds that lock.
+
+In a fleet, a worker that takes the shards of a dead worker restores that worker's replica
+into a scratch file (restore_peer) for the shards' history (worker/carry.py): a read, so the
+replica path keeps its one writer.
 """
 
 from __future__ import annotations
@@ -100,28 +104,10 @@ class Replica:
         return cls(settings, binary)
 
     def _write_config(self) -> None:
-        endpoint = self.settings.endpoint_url
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
-            or "us-east-1"
-        # An unchanged index costs next to nothing: Litestream 0.5's defaults LIST the replica
-        # 10 times a minute even then (L0 retention check every 15 s, L1 compaction every
-        # 30 s); these LIST about 9 times an hour (docs/costs.md). A restore reads at most
-        # 10 minutes of L0 files more.
-        lines = ["socket:", "  enabled: true", f"  path: {self.socket}",
-                 "l0-retention-check-interval: 1h",
-                 "levels:", "  - interval: 10m", "  - interval: 1h",
-                 "dbs:", f"  - path: {self.db}", "    replica:", "      type: s3",
-                 f"      bucket: {self.bucket}", f"      path: {self.path}",
-                 f"      region: {region}", "      sync-interval: 1s"]
-        if endpoint:
-            lines += [f"      endpoint: {endpoint}", "      force-path-style: true"]
-        self.db.parent.mkdir(parents=True, exist_ok=True)
-        self.config.write_text("\n".join(lines) + "\n")
+        _write_config(self.settings, self.config, self.db, self.path, self.socket)
 
     def _env(self) -> dict:
-        # Litestream exits at start ("unable to add custom RootCAs HTTPClient") when
-        # AWS_CA_BUNDLE is set; it reads the AWS_* credentials itself.
-        return {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        return _env()
 
     def restore(self, out: Path) -> bool:
         """Restore the latest replica of the index into ``out``; False when there is none."""
@@ -241,6 +227,56 @@ class Replica:
         if self.lock is not None:
             self.lock.close()
             self.lock = None
+
+
+def _write_config(settings: Settings, config: Path, db: Path, path: str,
+                  socket: Path | None) -> None:
+    """A litestream.yml replicating (or restoring) ``db`` at ``path`` in the queue's bucket."""
+    url = settings.require_url()
+    endpoint = settings.endpoint_url
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
+        or "us-east-1"
+    lines = ["socket:", "  enabled: true", f"  path: {socket}"] if socket else []
+    # An unchanged index costs next to nothing: Litestream 0.5's defaults LIST the replica 10
+    # times a minute even then (L0 retention check every 15 s, L1 compaction every 30 s);
+    # these LIST about 9 times an hour (docs/costs.md). A restore reads at most 10 minutes of
+    # L0 files more.
+    lines += ["l0-retention-check-interval: 1h", "levels:", "  - interval: 10m",
+              "  - interval: 1h"]
+    lines += ["dbs:", f"  - path: {db}", "    replica:", "      type: s3",
+              f"      bucket: {url.bucket}", f"      path: {path}",
+              f"      region: {region}", "      sync-interval: 1s"]
+    if endpoint:
+        lines += [f"      endpoint: {endpoint}", "      force-path-style: true"]
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("\n".join(lines) + "\n")
+
+
+def _env() -> dict:
+    # Litestream exits at start ("unable to add custom RootCAs HTTPClient") when
+    # AWS_CA_BUNDLE is set; it reads the AWS_* credentials itself.
+    return {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+
+
+def restore_peer(settings: Settings, node: str, out: Path) -> bool:
+    """Restore the replica of another index, ``index/{node}/`` (a dead worker's, whose shards
+    this worker took), into ``out``, a scratch file. Only reads: the replica keeps its one
+    writer. False when Litestream is off or not installed, or there is no such replica."""
+    binary = find_litestream()
+    if settings.replicate == "off" or binary is None:
+        return False
+    url = settings.require_url()
+    config = out.with_name(out.name + ".litestream.yml")
+    key = out.with_name(f"{node}.db")  # names the replica in the config; never written
+    _write_config(settings, config, key, f"{url.prefix}index/{node}", None)
+    result = subprocess.run(
+        [binary, "restore", "-config", str(config), "-if-replica-exists", "-o", str(out),
+         str(key)], env=_env(), capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["?"]
+        raise ConfigError(f"litestream restore of s3://{url.bucket}/{url.prefix}index/{node} "
+                          f"failed: {tail[0]}")
+    return out.exists()
 
 
 def _socket_error(message: str) -> bool:

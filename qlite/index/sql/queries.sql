@@ -371,7 +371,7 @@ WHERE done = 0
 RETURNING key, job_id, kind;
 
 -- name: retry_candidates
-SELECT r.key, jobs.id, jobs.task, jobs.queue, jobs.inbox_key, jobs.envelope, jobs.attempts
+SELECT jobs.id, jobs.task, jobs.queue, jobs.inbox_key, jobs.envelope, jobs.attempts
 FROM requests AS r JOIN jobs ON jobs.id = r.job_id
 WHERE r.kind = 'retry' AND r.done = 0
   AND jobs.state IN ('failed', 'cancelled') AND jobs.published = 1;
@@ -467,18 +467,33 @@ DELETE FROM jobs
 WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards)) AND published = 0
 RETURNING id, pack;
 
--- name: waiting_retries
--- A shard being handed over: its jobs that already spent attempts, for the next owner.
-SELECT id, attempts, run_at, error FROM jobs
+-- name: carried_jobs
+-- A shard's jobs that already spent attempts and wait for another, for its next owner
+-- (worker/carry.py); with :running, those running too (read from a dead worker's replica).
+SELECT id, state, attempts, run_at, error, lost, crashes, owner FROM jobs
 WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards))
-  AND state IN ('queued', 'scheduled') AND attempts > 0;
+  AND ((state IN ('queued', 'scheduled') AND attempts > 0) OR (:running AND state = 'running'));
 
 -- name: carry
--- A job taken in from a shard handed over: its attempts so far and its retry time come along.
-UPDATE jobs SET attempts = :attempts, error = :error,
+-- A job taken in from a shard handed over or taken from a dead worker: its attempts so far,
+-- its retry time and its worker deaths come along. Past :max_lost deaths it fails, as reap.
+UPDATE jobs SET attempts = :attempts, error = :error, lost = :lost, crashes = :crashes,
                 run_at = max(run_at, :run_at),
-                state = CASE WHEN max(run_at, :run_at) > :now THEN 'scheduled' ELSE state END
+                state = CASE WHEN :lost >= :max_lost THEN 'failed'
+                             WHEN max(run_at, :run_at) > :now THEN 'scheduled' ELSE state END,
+                finished_at = CASE WHEN :lost >= :max_lost THEN :now_iso END
 WHERE id = :id AND attempts = 0 AND state IN ('queued', 'scheduled');
+
+-- name: carry_attempt
+INSERT OR IGNORE INTO attempts (job_id, attempt, owner, started_at, finished_at, outcome,
+                                error_type, message, traceback, logs)
+VALUES (:id, :attempt, :owner, :started_at, :finished_at, :outcome, :error_type, :message,
+        :traceback, :logs);
+
+-- name: carry_schedule
+-- A schedule's last tick from the index that fired it before (never moved back).
+INSERT INTO schedules (name, last_tick, fired_at) VALUES (:name, :tick, :now_iso)
+ON CONFLICT (name) DO UPDATE SET last_tick = max(last_tick, excluded.last_tick);
 
 -- name: drop_waiting
 -- A shard being handed over: its jobs not started are left to the next owner, who takes

@@ -1,0 +1,126 @@
+"""The rows the index hands out: ``JobRow`` (a job) and ``Attempt`` (one of its attempts).
+
+Their JSON columns are decoded here, once, so no caller parses index fields: ``error`` and
+``progress`` on reading, the envelope and the result on first use (the claim path reads the
+envelope, the publish path the result; neither pays for the other). The raw texts stay too:
+a retry puts the ingested envelope back byte for byte (its signature covers those bytes), and
+a large result goes to its own object as the handler's JSON.
+
+A query returns some of the columns: the others keep their defaults (None, 0 or empty).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any
+
+
+@dataclass
+class Attempt:
+    """One attempt of a job (the ``attempts`` table); ``logs`` holds the handler's own log
+    lines, decoded."""
+    job_id: str
+    attempt: int
+    owner: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    outcome: str | None = None  # None while it runs; succeeded | retry | failed | lost | ...
+    error_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    logs: list[dict] | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Attempt:
+        return cls(**{**row, "logs": json.loads(row["logs"]) if row.get("logs") else None})
+
+
+@dataclass(eq=False)
+class JobRow:
+    """A job of the index (the ``jobs`` table, schema.sql), JSON columns decoded."""
+    id: str
+    task: str = ""
+    queue: str = ""
+    state: str = ""
+    priority: int = 0
+    attempts: int = 0
+    max_attempts: int = 0  # a claim returns the budget including worker deaths forgiven
+    run_at: float | None = None
+    lease_until: float | None = None
+    owner: str | None = None
+    envelope_json: str | None = None  # the envelope as ingested: see ``envelope``
+    inbox_key: str | None = None
+    key: str | None = None  # the idempotency key
+    result_json: str | None = None  # the handler's JSON result: see ``result``
+    error: dict | None = None  # {type, message, traceback} of the last failure
+    enqueued_at: str | None = None
+    ingested_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    published: bool = False
+    expires_at: float | None = None
+    grp: str | None = None
+    pack: str | None = None  # the pack object's key, if it came in one
+    suspect: bool = False
+    solo: bool = False
+    crashes: int = 0
+    lost: int = 0
+    progress: dict | None = None  # the last ctx.progress report
+    lifo: bool = False
+    packed: bool = False  # (claims) it still lives in its pack object
+    attempt_log: list[Attempt] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> JobRow:
+        """The row of a query result (column name -> value)."""
+        values = dict(row)
+        if "envelope" in values:
+            values["envelope_json"] = values.pop("envelope")
+        if "result" in values:
+            values["result_json"] = values.pop("result")
+        for name in ("error", "progress"):
+            if values.get(name):
+                values[name] = json.loads(values[name])
+            else:
+                values[name] = None
+        for name in ("published", "suspect", "solo", "lifo", "packed"):
+            if name in values:
+                values[name] = bool(values[name])
+        return cls(**values)
+
+    @cached_property
+    def envelope(self) -> dict:
+        """The envelope, decoded (empty for a row read without it)."""
+        return json.loads(self.envelope_json) if self.envelope_json else {}
+
+    @cached_property
+    def result(self) -> Any:
+        """The handler's result, decoded (None: no result)."""
+        return json.loads(self.result_json) if self.result_json is not None else None
+
+    @property
+    def in_pack(self) -> bool:
+        """Whether its results go into its pack's batched record: it still lives in the pack
+        object (a packed job retried on its own has an inbox object of its own)."""
+        return bool(self.pack) and self.pack == self.inbox_key
+
+    def public(self) -> dict[str, Any]:
+        """The row as plain JSON-ready data (``qlite show --json``, the dashboard): the
+        columns under their names, JSON columns decoded."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "attempt_log":
+                out[f.name] = [vars(a).copy() for a in self.attempt_log]
+            elif f.name in ("envelope_json", "result_json"):
+                continue
+            else:
+                out[f.name] = getattr(self, f.name)
+        out["envelope"], out["result"] = self.envelope, self.result
+        return out
+
+
+# The columns of Index.jobs (qlite ls, the dashboard's list), besides error and progress.
+LISTED = ("id", "task", "queue", "state", "attempts", "max_attempts", "enqueued_at",
+          "started_at", "finished_at", "run_at")

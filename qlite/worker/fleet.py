@@ -466,7 +466,9 @@ class Fleet:
                 cur = table["owners"].get(str(s)) or {}
                 if cur.get("mid") and cur["mid"] not in dead:
                     continue  # someone else took it first
-                taken[s] = cur.get("node") != self.node  # another index ran it: rows stale
+                # Another index ran it: rows here are stale, and its objects are checked
+                # against results/ (ingest.took_over). A shard nobody ever owned has neither.
+                taken[s] = bool(cur.get("node")) and cur.get("node") != self.node
                 if cur.get("handoff"):
                     handed.add(s)
                 elif cur.get("mid") and taken[s] and cur.get("node"):

@@ -203,3 +203,51 @@ def test_observers_wait_for_a_sleeping_member_as_long_as_its_object_says(seaweed
     b.tick()
     assert a.mid not in b._live(now["b"])
     assert b.owned == frozenset(range(4))
+
+
+def test_a_member_asleep_at_a_ring_that_does_not_renew_within_a_lease_is_dead(seaweed_target):
+    """A ring wakes every live sleeper, which renews at once; so a member that died asleep is
+    taken over a lease after the next ring (work for it), not after its 9 minutes of patience.
+    In process, with Fleet objects on clocks of their own and no renewal thread."""
+    from qlite.worker.fleet import Fleet
+
+    store = Store(seaweed_target.settings().require_url(),
+                  seaweed_target.env["AWS_ENDPOINT_URL_S3"])
+    now = {"a": 0.0, "b": 0.0, "c": 0.0}
+
+    def member(name: str) -> Fleet:
+        f = Fleet(store, node=f"n{name}", owner=f"elsewhere:{name}:1", shards=4, lease=30,
+                  clock=lambda: now[name])
+        f._config()
+        f._join()
+        f.tick()
+        return f
+
+    a, c = member("a"), member("c")
+    for sleeper in (a, c):
+        sleeper.set_asleep(True)
+        sleeper._renew()
+    assert doorbell.Sleeper(store).sleep()
+    b = member("b")
+    b.tick()
+    now["b"] += 2 * 30  # two leases, no ring: both sleepers are alive
+    b.tick()
+    assert {a.mid, c.mid} <= set(b._live(now["b"]))
+
+    assert doorbell.Bell(store).ring_if_asleep()  # a put for them
+    b.tick()
+    # c wakes on the ring: nothing of it starts before its renewal lands; a is dead.
+    now["c"] += 1
+    c.set_asleep(False)
+    assert not c.trusted()
+    c._renew()
+    assert c.trusted()
+    b.tick()
+    now["b"] += 25
+    now["c"] += 10
+    c._renew()  # awake, it renews every third of the lease
+    b.tick()
+    now["b"] += 6  # a lease and a second after the ring
+    b.tick()
+    live = b._live(now["b"])
+    assert c.mid in live and a.mid not in live

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qlite.doorbell import KEY as BELL_KEY
 from qlite.doorbell import Bell
 from qlite.errors import ConfigError, StorageError
 from qlite.store import Store
@@ -105,6 +106,12 @@ class Fleet:
         self.seq = 0
         self.trusted_until = 0.0
         self.members: dict[str, Seen] = {}
+        # The doorbell as last seen in coord/: its ETag, its ring count, and when (my clock) a
+        # new ring was first seen. A ring wakes every live sleeper, which then renews at once:
+        # a member asleep at the ring that has not renewed a lease later is dead.
+        self.bell_etag: str | None = None
+        self.ring: int | None = None
+        self.rang_at: float | None = None
         self.table: dict[str, Any] = {"gen": 0, "owners": {}}
         self.table_etag: str | None = None
         self.owned: frozenset[int] = frozenset()
@@ -148,6 +155,11 @@ class Fleet:
         (awake: a whole tick, to see who joined)."""
         if asleep != self.asleep:
             self.asleep = asleep
+            if not asleep:
+                # Observers may take us for dead a lease after the ring that woke us (_alive),
+                # which may be before now if this process was paused: nothing starts until a
+                # renewal lands (If-Match: it fails if we were fenced meanwhile).
+                self.trusted_until = min(self.trusted_until, self.clock())
             self.poke.set()
 
     def settled(self) -> bool:
@@ -294,6 +306,7 @@ class Fleet:
         listing = self.store.list_etags("coord/")
         self._renew()
         self._observe(listing, now)
+        self._bell(listing.get(BELL_KEY), now)
         if listing.get(TABLE) != self.table_etag or self.table_etag is None:
             self._read_table()
         self._reconcile()
@@ -374,6 +387,19 @@ class Fleet:
                 if found is not None:
                     seen.body = json.loads(found[0])
 
+    def _bell(self, etag: str | None, now: float) -> None:
+        """Note a new ring of the doorbell (one GET, only when its ETag changed)."""
+        if etag is None or etag == self.bell_etag:
+            return
+        found = self.store.get_etag(BELL_KEY)
+        try:
+            ring = int(json.loads(found[0]).get("ring") or 0) if found else 0
+        except (ValueError, TypeError, AttributeError):
+            ring = 0
+        if self.ring is not None and ring != self.ring:
+            self.rang_at = now
+        self.bell_etag, self.ring = etag, ring
+
     def _alive(self, mid: str, now: float) -> bool:
         seen = self.members.get(mid)
         if seen is None:
@@ -383,7 +409,11 @@ class Fleet:
             return False
         if owner and is_local(owner) and owner_is_dead(owner):
             return False  # its process on this host is gone: no need to wait a lease
-        return now - seen.since < self.patience(seen.body)
+        patience = self.patience(seen.body)
+        if self.rang_at is not None and seen.since < self.rang_at and patience > self.lease:
+            # Asleep when the bell rang: alive, it woke on the ring and renewed within a lease.
+            patience = min(patience, self.rang_at - seen.since + self.lease)
+        return now - seen.since < patience
 
     def _live(self, now: float) -> list[str]:
         """Members that count for the fair share: the live ones, me included."""

@@ -4,7 +4,11 @@ table of medians, write bench/results.json and bench/results.png. Sizes: see SIZ
 `python -m bench fleet` (`make bench-fleet`): the fleet case alone (bench/fleet.py), on a
 SeaweedFS of its own; its figures replace the "fleet" entry of bench/results.json.
 `python -m bench idle` (`make bench-idle`): idle as deployed and pickup after idle alone
-(bench/idle.py); its figures replace the "idle_deployed" entry."""
+(bench/idle.py); its figures replace the "idle_deployed" entry.
+
+`python -m bench only CASE[,CASE...]`: only those cases of a round (names in CASES), BENCH_RUNS
+rounds, each round's figures printed as JSON; results.json and the chart are left alone. For
+example `python -m bench only drain_c1,drain_c4,huey,huey_c4` compares drains in one run."""
 
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ SIZES = {
     "ceiling_threads": knob("BENCH_CEILING_THREADS", 8),
 }
 PEERS = ("huey", "rq", "celery")
+# The cases of a round, in the order they run; `python -m bench only` picks some of them.
+CASES = ("ceiling", "latency", "cold", "bulk", "drain_c1", "drain_c4", "drain_single",
+         "huey", "huey_c4", "rq", "celery", "steady")
 T0 = time.monotonic()
 
 
@@ -61,31 +68,44 @@ def clean_environment(seaweed, redis: Redis | None, tmp: Path) -> None:
     os.environ["QLITE_LOG_LEVEL"] = "WARNING"
 
 
-def one_round(r: int, tmp: Path, rate: float | None) -> dict:
+def one_round(r: int, tmp: Path, rate: float | None,
+              cases: tuple[str, ...] = CASES) -> dict:
     n = SIZES["drain_jobs"]
     out: dict = {}
-    say(f"round {r}: S3 ceiling ({SIZES['ceiling_threads']} threads)")
-    out["ceiling"] = s3cases.ceiling(SIZES["ceiling_seconds"], SIZES["ceiling_threads"])
-    say(f"round {r}: enqueue latency ({SIZES['latency_puts']} puts each)")
-    out["latency"] = s3cases.enqueue_latency(SIZES["latency_puts"])
-    say(f"round {r}: cold producer ({SIZES['cold_runs']} runs each)")
-    out["cold"] = s3cases.cold_producer(SIZES["cold_runs"])
-    say(f"round {r}: put_many of {SIZES['bulk_jobs']:,} jobs")
-    out["bulk"] = s3cases.put_many(f"bulk-{r}", SIZES["bulk_jobs"])
+    if "ceiling" in cases:
+        say(f"round {r}: S3 ceiling ({SIZES['ceiling_threads']} threads)")
+        out["ceiling"] = s3cases.ceiling(SIZES["ceiling_seconds"], SIZES["ceiling_threads"])
+    if "latency" in cases:
+        say(f"round {r}: enqueue latency ({SIZES['latency_puts']} puts each)")
+        out["latency"] = s3cases.enqueue_latency(SIZES["latency_puts"])
+    if "cold" in cases:
+        say(f"round {r}: cold producer ({SIZES['cold_runs']} runs each)")
+        out["cold"] = s3cases.cold_producer(SIZES["cold_runs"])
+    if "bulk" in cases:
+        say(f"round {r}: put_many of {SIZES['bulk_jobs']:,} jobs")
+        out["bulk"] = s3cases.put_many(f"bulk-{r}", SIZES["bulk_jobs"])
     for c in (1, 4):
-        say(f"round {r}: drain of {n:,} packed jobs, concurrency {c}")
-        out[f"drain_c{c}"] = s3cases.drain(n, c, tmp)
+        if f"drain_c{c}" in cases:
+            say(f"round {r}: drain of {n:,} packed jobs, concurrency {c}")
+            out[f"drain_c{c}"] = s3cases.drain(n, c, tmp)
     single = SIZES["single_jobs"]
-    say(f"round {r}: drain of {single:,} jobs put one object each, concurrency 4")
-    out["drain_single"] = s3cases.drain(single, 4, tmp, pack=False)
+    if "drain_single" in cases:
+        say(f"round {r}: drain of {single:,} jobs put one object each, concurrency 4")
+        out["drain_single"] = s3cases.drain(single, 4, tmp, pack=False)
     for peer in PEERS:
-        say(f"round {r}: {peer}: enqueue and drain of {n:,} jobs")
-        out[peer] = run_child("bench.peers", peer, str(n), timeout=900)
-    if rate is None:  # a rate the worker can sustain: at most half its measured drain
-        rate = max(1.0, min(SIZES["rate_max"], round(out["drain_single"]["jobs_s"] / 2)))
-    say(f"round {r}: steady {rate:g} jobs/s for {SIZES['rate_seconds']} s")
-    out["steady"] = s3cases.steady(rate, SIZES["rate_seconds"], tmp)
-    out["steady"]["rate_asked"] = rate
+        if peer in cases:
+            say(f"round {r}: {peer}: enqueue and drain of {n:,} jobs")
+            out[peer] = run_child("bench.peers", peer, str(n), timeout=900)
+    if "huey_c4" in cases:
+        say(f"round {r}: huey, 4 worker threads: enqueue and drain of {n:,} jobs")
+        out["huey_c4"] = run_child("bench.peers", "huey", str(n), "4", timeout=900)
+    if "steady" in cases:
+        if rate is None:  # a rate the worker can sustain: at most half its measured drain
+            single_rate = out["drain_single"]["jobs_s"] if "drain_single" in out else 200
+            rate = max(1.0, min(SIZES["rate_max"], round(single_rate / 2)))
+        say(f"round {r}: steady {rate:g} jobs/s for {SIZES['rate_seconds']} s")
+        out["steady"] = s3cases.steady(rate, SIZES["rate_seconds"], tmp)
+        out["steady"]["rate_asked"] = rate
     return out
 
 
@@ -189,11 +209,41 @@ def idle_main() -> int:
     return 0
 
 
+def only_main(cases: tuple[str, ...]) -> int:
+    """Some cases of a round, BENCH_RUNS rounds, on servers of their own; prints each round's
+    figures (and the ratios that have both sides) as JSON lines, writes no results file."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="qlite-bench-only-"))
+    with contextlib.ExitStack() as stack:
+        say(f"starting SeaweedFS and redis-server (data in {tmp})")
+        seaweed = start_seaweedfs(tmp / "seaweedfs")
+        stack.callback(seaweed.stop)
+        redis = Redis(tmp / "redis")
+        stack.callback(redis.stop)
+        redis.start()
+        clean_environment(seaweed, redis, tmp)
+        rate = None
+        for r in range(1, SIZES["runs"] + 1):
+            out = one_round(r, tmp, rate, cases)
+            rate = out.get("steady", {}).get("rate_asked")
+            print(json.dumps({"round": r, **report.partial(out)}), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+USAGE = f"usage: python -m bench [fleet | idle | only CASE[,CASE...]] (cases: {', '.join(CASES)})"
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["fleet"]:
         sys.exit(fleet_main())
     if sys.argv[1:] == ["idle"]:
         sys.exit(idle_main())
+    if len(sys.argv) == 3 and sys.argv[1] == "only":
+        picked = tuple(c.strip() for c in sys.argv[2].split(",") if c.strip())
+        unknown = [c for c in picked if c not in CASES]
+        if unknown or not picked:
+            sys.exit(f"python -m bench only: unknown case(s) {', '.join(unknown)!r}. {USAGE}")
+        sys.exit(only_main(picked))
     if sys.argv[1:]:
-        sys.exit(f"usage: python -m bench [fleet|idle] (got {' '.join(sys.argv[1:])!r})")
+        sys.exit(f"{USAGE} (got {' '.join(sys.argv[1:])!r})")
     sys.exit(main())

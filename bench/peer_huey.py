@@ -1,4 +1,4 @@
-"""Huey 3 with SqliteHuey: thread consumer, one worker, in this process."""
+"""Huey 3 with SqliteHuey: thread consumer, one worker thread (or ``workers``), in this process."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def mark(which):
         finished.set()
 
 
-def run(n: int) -> dict:
+def run(n: int, workers: int = 1) -> dict:
     logging.getLogger("huey").setLevel(logging.WARNING)
     huey.flush()
     t0 = time.perf_counter()
@@ -35,7 +35,7 @@ def run(n: int) -> dict:
         noop(i)
     mark("last")
     enqueue = time.perf_counter() - t0
-    consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False)
+    consumer = huey.create_consumer(workers=workers, worker_type="thread", periodic=False)
     consumer.start()
     try:
         if not finished.wait(600):

@@ -34,11 +34,12 @@ from qlite.testing.devserver import SeaweedFS
 from qlite.worker.replica import find_litestream
 
 
-def write_forever(db: str, seed: int) -> None:
-    """Commit like the worker's index: insert a batch, update earlier rows, delete a few."""
+def write_forever(db: str, seed: int, autocheckpoint: int) -> None:
+    """Commit like the worker's index: insert a batch of rows, update earlier ones."""
     rng = random.Random(seed)
     conn = sqlite3.connect(db, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, state TEXT, "
                  "attempts INT, payload TEXT, result TEXT)")
@@ -76,6 +77,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=["overlap", "locked", "restore"], default="overlap")
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--autocheckpoint", type=int, default=1000,
+                        help="the writer's PRAGMA wal_autocheckpoint (SQLite's default: 1000 "
+                        "pages; 0: only Litestream checkpoints)")
     args = parser.parse_args()
     binary = find_litestream()
     if binary is None:
@@ -94,8 +98,8 @@ def main() -> int:
         f"      endpoint: {server.endpoint}\n      force-path-style: true\n")
     env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}, **server.env()}
     logs = open(work / "litestream.log", "ab")  # noqa: SIM115
-    writer = multiprocessing.Process(target=write_forever, args=(str(db), args.seed),
-                                     daemon=True)
+    writer = multiprocessing.Process(
+        target=write_forever, args=(str(db), args.seed, args.autocheckpoint), daemon=True)
     writer.start()
     while not db.exists():
         time.sleep(0.05)

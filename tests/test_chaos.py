@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 import uuid
 
@@ -21,7 +22,6 @@ import pytest
 
 import qlite
 from conftest import TASKS_DIR, _clean_env, start_worker
-from conftest import qlite as run_qlite
 from qlite.index.db import Index
 from qlite.testing.devserver import SeaweedFS
 from qlite.worker.faults import POINTS
@@ -31,6 +31,10 @@ RANDOM_KILLS = int(os.environ.get("QLITE_CHAOS_KILLS", "6"))
 SEED = int(os.environ.get("QLITE_CHAOS_SEED", "20261125"))
 # The fast tier (make test) runs on SeaweedFS, the server it also restarts; make chaos adds moto.
 SERVERS = os.environ.get("QLITE_CHAOS_SERVERS", "seaweedfs").split(",")
+# How long the drain after the last fault may take: a timeout for a loaded 2-core machine
+# (make chaos drains some 4,000 jobs there; the figure printed is the measure).
+DRAIN_TIMEOUT = 600
+CONCURRENCY = 4  # QLITE_CONCURRENCY of the workers: the jobs one kill can leave half done
 
 
 @pytest.fixture(params=SERVERS)
@@ -50,7 +54,7 @@ def chaos(request, tmp_path, monkeypatch):
            "QLITE_DB": str(tmp_path / "disk" / "index.db"), "PYTHONPATH": str(TASKS_DIR),
            "QLITE_REPLICATE": "on",
            "QLITE_POLL_MIN": "0.1", "QLITE_POLL_MAX": "0.5", "QLITE_LEASE": "10",
-           "QLITE_CONCURRENCY": "4"}
+           "QLITE_CONCURRENCY": str(CONCURRENCY)}
     for k, v in env.items():
         if k.startswith(("AWS_", "QLITE_")):
             monkeypatch.setenv(k, v)
@@ -65,14 +69,35 @@ def _duplicates_since(ledger, seen: tuple[int, set]) -> tuple[tuple[int, set], i
     read, ids = seen
     if not ledger.exists():
         return seen, 0
-    lines = ledger.read_text().splitlines()
-    complete = lines[:-1] if lines and not ledger.read_text().endswith("\n") else lines
+    complete = _ledger_lines(ledger)
     again = 0
     for line in complete[read:]:
         job_id = line.split()[0]
         again += job_id in ids
         ids.add(job_id)
     return (len(complete), ids), again
+
+
+def _ledger_lines(ledger) -> list[str]:
+    """The ledger's complete lines (a killed handler may have left half of one)."""
+    text = ledger.read_text() if ledger.exists() else ""
+    lines = text.splitlines()
+    return lines[:-1] if lines and not text.endswith("\n") else lines
+
+
+def _rerun_kinds(lines: list[str]) -> dict[str, int]:
+    """Re-runs by kind: a new attempt (the claim was committed, the outcome was not: what a
+    kill costs) or the same attempt again (the index forgot the claim: a lost disk)."""
+    seen: set[tuple[str, str]] = set()
+    ran: set[str] = set()
+    kinds = {"new_attempt": 0, "same_attempt": 0}
+    for line in lines:
+        job_id, attempt = line.split()[:2]
+        if job_id in ran:
+            kinds["same_attempt" if (job_id, attempt) in seen else "new_attempt"] += 1
+        ran.add(job_id)
+        seen.add((job_id, attempt))
+    return kinds
 
 
 def answered(read, timeout: float = 60.0):
@@ -122,18 +147,26 @@ def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_
     seen: tuple[int, set] = (0, set())  # ledger lines read, job ids run
 
     def results() -> int:
-        return answered(read_results)
+        """Terminal records (a job recorded twice counts twice)."""
+        return len(answered(read_records))
 
-    def read_results() -> int:
-        """Jobs with a terminal record: one object each, or in their pack's record."""
+    def read_records() -> list[str]:
+        """The ids of jobs with a terminal record: one object each, or in their pack's."""
         client = server.client()
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                                    Prefix="c/results/")
         keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
         packed = [k for k in keys if k.startswith("c/results/packs/")]
-        return len(keys) - len(packed) + sum(
-            len(json.loads(client.get_object(Bucket=bucket, Key=k)["Body"].read())["jobs"])
-            for k in packed)
+        recorded = [k.removeprefix("c/results/").removesuffix(".json") for k in keys
+                    if k not in packed]
+        for k in packed:
+            body = client.get_object(Bucket=bucket, Key=k)["Body"].read()
+            recorded.extend(json.loads(body)["jobs"])
+        return recorded
+
+    # Jobs that had run but had no record in the bucket when the disk was lost: the only
+    # ones a lost disk may run again with the same attempt (the replica may not hold them).
+    at_risk: set[str] = set()
 
     for step, (fault, point) in enumerate(plan):
         if results() >= JOBS:
@@ -185,6 +218,8 @@ def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_
             if lockfile.exists():
                 with open(lockfile, "a") as held:
                     fcntl.flock(held, fcntl.LOCK_EX)
+            ran = {line.split()[0] for line in _ledger_lines(ledger)}
+            at_risk |= ran - set(answered(read_records))
             shutil.rmtree(tmp_path / "disk")
             figures["index_losses"] += 1
         seen, by_step = _duplicates_since(ledger, seen)
@@ -192,9 +227,20 @@ def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_
             figures["duplicates_by_step"][f"{step:02d}-{point or fault}"] = by_step
     last_fault = time.monotonic()
 
-    for _ in range(20):
-        final = run_qlite("worker", "--app", "testapp:app", "--burst", env=env, timeout=120)
-        assert final.returncode == 0, final.stderr[-3000:]
+    figures["drain_workers"] = []
+    for n in range(20):
+        log = logs / f"drain-{n:02d}.log"
+        started = time.monotonic()
+        final = start_worker("--app", "testapp:app", "--burst", env=env, log=log)
+        try:
+            code = final.wait(DRAIN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            final.kill()
+            final.wait()
+            pytest.fail(f"a --burst worker did not finish within {DRAIN_TIMEOUT}s: "
+                        f"{figures}\n{log.read_text()[-6000:]}")
+        figures["drain_workers"].append(round(time.monotonic() - started, 1))
+        assert code == 0, log.read_text()[-3000:]
         if results() >= JOBS and count(server, bucket, "c/inbox/") == 0:
             break
     drained = time.monotonic() - last_fault
@@ -209,11 +255,26 @@ def test_nothing_is_lost_through_kills_crash_points_a_server_restart_and_a_lost_
     assert count(server, bucket, "c/inbox/") == 0
     assert count(server, bucket, "c/quarantine/") == 0
     # Every effect present; duplicates (at-least-once) bounded and reported.
-    runs = [line.split()[0] for line in ledger.read_text().splitlines()]
+    lines = ledger.read_text().splitlines()
+    runs = [line.split()[0] for line in lines]
     assert set(runs) == ids
     duplicates = len(runs) - len(set(runs))
-    assert duplicates <= figures["kills"] * 4 + JOBS // 10, duplicates
-    assert drained < 60 + 30  # drained within 60 s of the last fault (+ slack for 2 cores)
-    figures.update(server=name, duplicates=duplicates, lost=0,
-                   drain_seconds=round(drained, 1), seed=SEED)
+    kinds = _rerun_kinds(lines)
+    worker_logs = "".join(p.read_text(errors="replace") for p in sorted(logs.iterdir()))
+    restores = {"restored": worker_logs.count("index restored from"),
+                "unusable": worker_logs.count("is unusable")}
+    figures.update(server=name, duplicates=duplicates, reruns=kinds, at_risk=len(at_risk),
+                   restores=restores, lost=0, drain_seconds=round(drained, 1), seed=SEED)
     print(f"\nchaos figures: {json.dumps(figures)}")
+    # Every lost disk came back from its replica, and no replica was bad: issue 19's cause (the
+    # worker's own checkpoints while no Litestream ran) is gone, and a set-aside would hide it.
+    # (A worker killed while it restored leaves the next one to restore again.)
+    assert restores["restored"] >= figures["index_losses"], figures
+    assert restores["unusable"] == 0, figures
+    # The bound (docs/guarantees.md): a kill re-runs at most the jobs its worker had started
+    # and not recorded (its slots, QLITE_CONCURRENCY), each with a new attempt; a lost disk
+    # re-runs, with the same attempt, at most the jobs that had run without a record in the
+    # bucket (a pack's members wait up to PACK_FLUSH for their batched record).
+    assert kinds["new_attempt"] <= figures["kills"] * CONCURRENCY, figures
+    assert kinds["same_attempt"] <= len(at_risk), figures
+    assert drained < DRAIN_TIMEOUT  # a timeout, not a speed test: the figure is printed

@@ -1,15 +1,21 @@
 """Litestream replication of the index: a worker on a fresh disk restores it from the bucket."""
 
+import fcntl
+import os
+import re
 import shutil
+import signal
 import sqlite3
 
 import pytest
 
 import qlite
-from conftest import bucket_keys, eventually
+from conftest import bucket_keys, eventually, start_worker
 from conftest import qlite as run_qlite
 from qlite.index.db import Index, check_file
+from qlite.store import Store
 from qlite.worker import replica
+from qlite.worker.restore import open_index
 
 
 def test_a_fresh_disk_restores_the_index_from_the_replica_and_catches_up(s3, tmp_path):
@@ -142,3 +148,74 @@ def test_a_replica_whose_restore_fails_does_not_stop_the_worker(s3):
     assert "is unusable (litestream restore" in worker.stderr, worker.stderr
     assert "nothing was restored" in worker.stderr
     assert Index(s3.db, readonly=True).get(first.id).state == "succeeded"
+
+
+def test_a_replicated_index_leaves_its_checkpoints_to_litestream(s3, tmp_path):
+    """Issue 19's root cause: a checkpoint by the worker while no Litestream runs (a killed
+    worker's Litestream has exited, the next one has not started) makes Litestream 0.5 write
+    a replica that restores malformed (scripts/replica_race.py). So the worker's connection
+    to a replicated index never checkpoints; an index that is not replicated still does."""
+    store_settings = s3.settings(replicate="on")
+    binary = replica.find_litestream()
+    assert binary is not None
+    index = open_index(store_settings.db_path(), Store(store_settings.require_url(),
+                                                       store_settings.endpoint_url),
+                       replica.Replica(store_settings, binary))
+    assert index.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    index.close()
+
+    backfilled = {}
+    for checkpoint in (True, False):
+        path = tmp_path / f"checkpoint-{checkpoint}.db"
+        index = Index(path, checkpoint=checkpoint)
+        before = path.stat().st_size
+        index.conn.execute("CREATE TABLE filler (b BLOB)")
+        for _ in range(20):  # some 4,000 pages through the WAL, past the 1,000 of autocheckpoint
+            with index.conn:
+                index.conn.execute("INSERT INTO filler VALUES (randomblob(800000))")
+        backfilled[checkpoint] = path.stat().st_size > before  # pages copied into the file
+        index.close()
+    assert backfilled == {True: True, False: False}
+
+
+def test_a_killed_workers_litestream_keeps_the_replica_until_it_exits(s3, tmp_path):
+    """kill -9 of a worker leaves its Litestream alive for its shutdown sync (SIGTERM by
+    PR_SET_PDEATHSIG, up to 30 s): the next worker must not start a second Litestream on the
+    replica path before that one has exited (issue 19). The Litestream child holds the
+    replica lock itself; the test then holds the lock as such a survivor would."""
+    env = {**s3.env, "QLITE_REPLICATE": "on"}
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    lockfile = s3.db.with_name(s3.db.name + ".replica.lock")
+    first = start_worker("--app", "testapp:app", env=env, log=first_log)
+    try:
+        line = eventually(lambda: re.search(r"with litestream \(pid (\d+)\)",
+                                            first_log.read_text()), what="litestream started")
+        fds = [os.readlink(f"/proc/{line.group(1)}/fd/{f}")
+               for f in os.listdir(f"/proc/{line.group(1)}/fd")]
+        assert str(lockfile) in fds  # the lock outlives a SIGKILLed worker with its child
+    finally:
+        first.kill()
+        first.wait()
+
+    with open(lockfile, "a") as survivor:  # the killed worker's Litestream, still uploading
+        eventually(lambda: _locked(survivor), what="the first litestream's exit")
+        second = start_worker("--app", "testapp:app", env=env, log=second_log)
+        try:
+            job = qlite.Client().put("math.add", [1, 2])
+            eventually(lambda: job.status()["state"] == "succeeded", what="a job run meanwhile")
+            assert "replicating the index" not in second_log.read_text()
+            fcntl.flock(survivor, fcntl.LOCK_UN)  # the survivor exits
+            eventually(lambda: "replicating the index" in second_log.read_text(),
+                       what="the new worker's litestream")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(60)
+    assert second.returncode == 0, second_log.read_text()[-3000:]
+
+
+def _locked(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False

@@ -84,7 +84,11 @@ def _pack_shard(key: str, shards: int) -> int:
 
 
 class Index:
-    def __init__(self, path: str | Path, *, readonly: bool = False):
+    def __init__(self, path: str | Path, *, readonly: bool = False, checkpoint: bool = True):
+        """``checkpoint=False`` for an index Litestream replicates: only Litestream
+        checkpoints its WAL. A checkpoint by this process while no Litestream runs (between
+        a killed worker's Litestream and the next one) makes Litestream 0.5 write a replica
+        that restores malformed (issue 19; docs/troubleshooting.md)."""
         self.path = Path(path)
         self._batch = False  # inside batch(): calls use savepoints, batch() commits
         self.lifo: frozenset[str] = frozenset()  # queues claimed newest first (set_lifo)
@@ -101,6 +105,12 @@ class Index:
             self.conn.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
                 self.db.enable_wal()
+                if not checkpoint:
+                    self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+                    no_close_checkpoint = getattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE",
+                                                  None)  # Python 3.12+
+                    if no_close_checkpoint is not None:
+                        self.conn.setconfig(no_close_checkpoint, True)  # type: ignore[attr-defined]
                 # NORMAL in WAL mode survives a process crash; a power loss may undo the last
                 # commits, which only re-runs jobs: inbox objects outlive their rows.
                 self.conn.execute("PRAGMA synchronous = NORMAL")

@@ -486,6 +486,10 @@ class Worker:
 
     def _maintain(self) -> None:
         now = self.clock()
+        if self.replica is not None and self.replica.proc is None:
+            # A killed worker's Litestream has just exited: replicate at once, not a third of
+            # a lease later (the index is not checkpointed while nobody replicates it).
+            self.replica.check()
         if now < self.next_beat:
             return
         if self.running:  # a failed beat is tried again next step, not a third lease later

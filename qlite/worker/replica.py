@@ -8,13 +8,15 @@ restarted if it exits. Recovery point: ``sync-interval`` (1 s) of index changes;
 jobs still in ``inbox/`` or already in ``results/``, so nothing is lost, but a job that was
 running may get its attempt count back by one.
 
-One writer per replica path, also across restarts of one worker: Litestream 0.5 does not fence
-a second writer, and a SIGTERM'd Litestream keeps uploading for up to its shutdown-sync-timeout
-(30 s) after the worker died. Two processes then write LTX files with the same TXIDs from
-different states, and a restore applies pages of both: "database disk image is malformed"
-(issue 19). So the replica lock (``index.db.replica.lock``) is inherited by the Litestream child
-and held until the child itself has exited; a new worker restores or replicates only once it
-holds that lock.
+One writer per replica path, also across restarts of one worker, and no checkpoint but
+Litestream's (issue 19, reproduced by scripts/replica_race.py): Litestream 0.5 does not fence a
+second writer, and a SIGTERM'd Litestream keeps uploading for up to its shutdown-sync-timeout
+(30 s) after the worker died; and a checkpoint by the worker while no Litestream runs makes
+the next one write a replica that restores malformed. So the replica lock
+(``index.db.replica.lock``) is inherited by the Litestream child and held until the child itself
+has exited; a new worker restores or replicates only once it holds that lock (and tries for
+it every half second); and the worker's connection to a replicated index does not checkpoint
+(restore.open_index).
 
 In a fleet, a worker that takes the shards of a dead worker restores that worker's replica
 into a scratch file (restore_peer) for the shards' history (worker/carry.py): a read, so the
@@ -88,6 +90,7 @@ class Replica:
         self.lock: Any = None  # held while this worker is the index's replicator
         self.restarts = 0
         self.next_start = 0.0
+        self.next_try = 0.0  # when to try the replica lock again (check)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Replica | None:
@@ -166,6 +169,9 @@ class Replica:
         lock held by the replicating worker and its litestream child); restart it if it
         exited, with back-off."""
         if self.proc is None:
+            if time.monotonic() < self.next_try:
+                return
+            self.next_try = time.monotonic() + 0.5
             if self.acquire():  # else: another worker, or a dead one's litestream, holds it
                 self.start()
             return

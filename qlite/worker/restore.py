@@ -35,7 +35,8 @@ def open_index(path: Path, store: Store, replica: Replica | None) -> Index:
         fcntl.flock(lock, fcntl.LOCK_EX)  # workers sharing the index build it once
         if not path.exists():
             _build(path, store, replica)
-    return Index(path)
+    # A replicated index is checkpointed by Litestream only (Index's docstring).
+    return Index(path, checkpoint=replica is None)
 
 
 def _build(path: Path, store: Store, replica: Replica | None) -> None:

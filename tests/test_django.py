@@ -203,6 +203,9 @@ def test_a_worker_killed_mid_task_leaves_the_job_to_the_next_worker(queue, tmp_p
             assert proc.poll() is None and time.monotonic() < deadline, (
                 (tmp_path / "worker.log").read_text())
             time.sleep(0.05)
+        # The running record is written beside the handler's start (one PUT on the I/O pool).
+        eventually(lambda: tasks.slow.get_result(result.id).status == TaskResultStatus.RUNNING,
+                   what="the running record")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import fleet, idle, report, s3cases
@@ -169,44 +170,36 @@ def main() -> int:
     return 0
 
 
-def fleet_main() -> int:
-    """The fleet case alone: SeaweedFS only (no peers, no redis-server)."""
+def alone(name: str, run: Callable[[Path], dict], table: Callable[[dict], str]) -> int:
+    """One case on a SeaweedFS of its own (no peers, no redis-server); its figures replace the
+    ``name`` entry of bench/results.json."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="qlite-bench-fleet-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"qlite-bench-{name}-"))
     with contextlib.ExitStack() as stack:
         say(f"starting SeaweedFS (data in {tmp})")
         seaweed = start_seaweedfs(tmp / "seaweedfs")
         stack.callback(seaweed.stop)
         clean_environment(seaweed, None, tmp)
-        result = fleet.run(tmp, say)
+        result = run(tmp)
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results["fleet"] = {"machine": machine(), **result}
+    results[name] = {"machine": machine(), **result}
     path.write_text(json.dumps(results, indent=2) + "\n")
-    print(fleet.table(result))
-    say(f"wrote the fleet entry of {path}")
+    print(table(result))
+    say(f"wrote the {name} entry of {path}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def fleet_main() -> int:
+    """The fleet case alone."""
+    return alone("fleet", lambda tmp: fleet.run(tmp, say), fleet.table)
 
 
 def idle_main() -> int:
-    """Idle as deployed and pickup after idle alone: SeaweedFS only."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="qlite-bench-idle-"))
-    with contextlib.ExitStack() as stack:
-        say(f"starting SeaweedFS (data in {tmp})")
-        seaweed = start_seaweedfs(tmp / "seaweedfs")
-        stack.callback(seaweed.stop)
-        clean_environment(seaweed, None, tmp)
-        result = idle.run(tmp, say, SIZES["idle_cost_seconds"], SIZES["pickups"])
-    path = HERE / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results["idle_deployed"] = {"machine": machine(), **result}
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(idle.table(result))
-    say(f"wrote the idle_deployed entry of {path}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    """Idle as deployed and pickup after idle alone."""
+    return alone("idle_deployed", lambda tmp: idle.run(tmp, say, SIZES["idle_cost_seconds"],
+                                                        SIZES["pickups"]), idle.table)
 
 
 def only_main(cases: tuple[str, ...]) -> int:

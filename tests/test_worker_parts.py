@@ -1,17 +1,20 @@
 """The worker loop's named parts, each on its own: a real SQLite index on disk, an injected
-clock, no S3 and no worker process (the loop itself is tested in test_worker.py)."""
+clock, no S3 (the Pacer's doorbell object is kept in memory) and no worker process (the loop
+itself is tested in test_worker.py)."""
 
 import json
 import random
 
 import pytest
 
-from qlite import envelope
+from qlite import doorbell, envelope
 from qlite.index.db import Index
+from qlite.settings import Settings
 from qlite.worker.cancels import Cancels
 from qlite.worker.counters import Counters
 from qlite.worker.execute import Claim, Outcome
 from qlite.worker.expiry import Expiry
+from qlite.worker.pacing import Pacer
 from qlite.worker.record import record
 from qlite.worker.reports import Reports
 from qlite.worker.suspects import Suspects
@@ -125,3 +128,130 @@ def test_record_writes_the_decision_fenced_by_attempt_and_owner(index):
                    owner="me", backoff=1.0, cancelled=False, now=12.0, rng=random.Random(1))
     done = index.get(job_id)
     assert ok and (done.state, done.result, done.progress) == ("succeeded", 5, {"done": 1})
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MemoryBell:
+    """The doorbell object in memory with the conditional requests qlite.doorbell makes: this
+    test is about the Pacer's timing; test_doorbell.py runs the bell on SeaweedFS."""
+
+    def __init__(self):
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.gets = 0
+
+    def get_etag(self, key):
+        self.gets += 1
+        return self.objects.get(key)
+
+    def get_if_changed(self, key, etag):
+        self.gets += 1
+        found = self.objects[key]
+        return None if found[1] == etag else found
+
+    def put(self, key, body):
+        self.objects[key] = (body, f'"{len(self.objects)}-{body!r}"')
+
+    def put_cas(self, key, body, etag):
+        current = self.objects.get(key)
+        if (current[1] if current else None) != etag:
+            return None
+        self.put(key, body)
+        return self.objects[key][1]
+
+
+def test_empty_polls_back_off_to_poll_max_and_a_poll_that_finds_jobs_resets_the_pace():
+    clock = Clock()
+    pacer = Pacer(Settings(doorbell="off"), MemoryBell(), clock)
+    assert pacer.sleeper is None and pacer.due(False, lambda: True)
+    paces = []
+    for _ in range(6):
+        pacer.polled(False, burst=False, may_sleep=lambda: True)
+        paces.append(pacer.poll_every)
+        assert not pacer.due(False, lambda: True)
+        clock.now = pacer.next_poll
+        assert pacer.due(False, lambda: True)
+    assert paces == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert not pacer.asleep  # the doorbell is off: it never sleeps
+    pacer.polled(True, burst=False, may_sleep=lambda: True)
+    assert pacer.poll_every == 0.5 and pacer.next_poll == clock.now + 0.5
+    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    assert pacer.poll_every == 1.0
+    pacer.poll_now()  # a schedule fired: take its job in at once
+    assert pacer.due(False, lambda: True)
+
+
+def test_a_quiet_pacer_sleeps_on_the_bell_lists_once_more_then_only_on_a_ring():
+    clock, store = Clock(), MemoryBell()
+    pacer = Pacer(Settings(), store, clock)
+    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    assert not pacer.asleep  # one empty LIST is not a quiet spell
+    clock.now = pacer.next_poll
+    pacer.polled(False, burst=False, may_sleep=lambda: False)
+    assert not pacer.asleep and not store.objects  # the loop is not idle: no write
+    clock.now = pacer.next_poll
+    pacer.polled(False, burst=True, may_sleep=lambda: True)
+    assert not pacer.asleep  # --burst never sleeps
+    clock.now = pacer.next_poll
+    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    assert pacer.asleep and json.loads(store.objects[doorbell.KEY][0])["asleep"] is True
+    # One more LIST once every producer's cached "awake" read is older than the write.
+    assert pacer.poll_every == doorbell.CACHE + 0.25
+    assert pacer.wait(clock.now, burst=False, beat_at=clock.now + 5,
+                      publish_at=clock.now + 5) == pytest.approx(doorbell.EVERY)  # the bell's turn
+    gets = store.gets
+    assert not pacer.due(False, lambda: True) and store.gets == gets  # not yet the bell's turn
+    clock.now += doorbell.EVERY
+    assert not pacer.due(False, lambda: True) and store.gets == gets + 1  # unchanged (304)
+    clock.now = pacer.next_poll
+    assert pacer.due(False, lambda: True)  # the closing LIST
+    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    assert pacer.asleep and pacer.poll_every == pacer.safety == doorbell.SAFETY
+    # Asleep, the bell is asked at a fixed rate, and the loop never waits a full second.
+    for _ in range(3):
+        clock.now = pacer.next_bell
+        assert not pacer.due(False, lambda: True)
+    assert store.gets == gets + 4
+    assert doorbell.Bell(store).ring_if_asleep()  # a producer's put rings
+    clock.now = pacer.next_bell - 0.1
+    assert not pacer.due(False, lambda: True)  # rung, but heard only at the bell's next turn
+    clock.now = pacer.next_bell
+    assert pacer.due(False, lambda: True) and not pacer.asleep
+    assert pacer.poll_every == 0.5 and pacer.quiet_polls == 0
+
+
+def test_a_job_found_or_started_wakes_a_sleeping_pacer():
+    clock = Clock()
+    pacer = Pacer(Settings(), MemoryBell(), clock)
+    for _ in range(2):
+        pacer.polled(False, burst=False, may_sleep=lambda: True)
+    assert pacer.asleep
+    pacer.wake()  # the loop started a scheduled job
+    assert not pacer.asleep and pacer.due(False, lambda: True)
+    for _ in range(2):
+        pacer.polled(False, burst=False, may_sleep=lambda: True)
+    assert pacer.asleep
+    pacer.polled(True, burst=False, may_sleep=lambda: True)  # the safety LIST found jobs
+    assert not pacer.asleep and pacer.poll_every == 0.5
+
+
+def test_the_loop_waits_for_the_first_thing_due_and_never_a_full_second():
+    pacer = Pacer(Settings(doorbell="off"), MemoryBell(), Clock(0.0))
+    pacer.next_poll = 5.0
+
+    def wait(**kw):
+        return pacer.wait(0.0, **{"burst": False, "beat_at": 9.0, "publish_at": 9.0, **kw})
+
+    assert wait() == 1.0  # a signal is noticed within a second
+    assert wait(due=(None, 0.3)) == 0.3  # a job runnable, or a schedule firing
+    assert wait(due=(-2.0,)) == 0.01  # overdue: a short breath, not a busy spin
+    assert wait(due=(0.3,), outage=0.6) == 0.6  # after a failed step: its back-off
+    assert wait(beat_at=0.2) == 0.2 and wait(publish_at=0.1) == 0.1
+    assert wait(burst=True) == 0.05
+    assert wait(beat_at=-1.0) == 0.0

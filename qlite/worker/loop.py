@@ -4,7 +4,8 @@ One loop on the main thread owns SQLite; handlers run on a thread pool and S3 re
 second, small one. Signal handlers only set flags; the loop acts on them (graceful stop: no new
 claims, running jobs get ``grace`` seconds, outcomes are published, exit 0).
 
-The parts, each in its own module: ingest.py (inbox -> index), dispatch.py, execute.py and
+The parts, each in its own module: ingest.py (inbox -> index), pacing.py (when to LIST the
+inbox, how long to wait, sleeping on the doorbell when idle), dispatch.py, execute.py and
 isolate.py (run a handler in a thread or a child process), outcome.py (what a finished attempt
 leads to), record.py (writing it in the index), publish.py (index -> results/, the outbox),
 periodic.py (schedules), liveness.py (who is alive, reaping), suspects.py (a suspect runs
@@ -23,8 +24,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from qlite import doorbell
 from qlite.app import App
+from qlite.doorbell import Sleeper
 from qlite.index.db import Index, Limits
 from qlite.index.rows import JobRow
 from qlite.producer import Client
@@ -42,6 +43,7 @@ from qlite.worker.fleet import Fleet
 from qlite.worker.ingest import Ingest
 from qlite.worker.liveness import disk_full, owner_id, reap
 from qlite.worker.logs import install_capture, job_fields
+from qlite.worker.pacing import Pacer
 from qlite.worker.periodic import Periodic
 from qlite.worker.publish import Publisher
 from qlite.worker.record import record
@@ -73,15 +75,7 @@ class Worker:
         self.wake = threading.Event()
         self.stopping = False
         self.deadline: float | None = None
-        self.poll_every = settings.poll_min
-        self.next_poll = 0.0
-        # QLITE_DOORBELL: once idle, sleep on a GET of coord/doorbell.json (qlite/doorbell.py)
-        # (not when QLITE_POLL_MAX is shorter than the bell's interval: the LISTs are faster)
-        self.sleeper = doorbell.Sleeper(self.store) \
-            if settings.doorbell == "on" and settings.poll_max > doorbell.EVERY else None
-        self.safety = doorbell.SAFETY  # seconds between inbox LISTs while asleep
-        self.quiet_polls = 0  # empty inbox LISTs in a row
-        self.next_bell = 0.0
+        self.pacer = Pacer(settings, self.store, clock)  # inbox LISTs, the doorbell
         self.next_beat = 0.0
         self.outage = 0.0  # back-off after a failed step, seconds
         self.disk_full = False
@@ -111,6 +105,23 @@ class Worker:
             log.warning("--queue %s: no task of this app declares that queue (known: %s); "
                         "serving it anyway. Declare it with qlite.App(queues=[...]) to silence "
                         "this", queue, ", ".join(app.queues), extra={"queue": queue})
+
+    # The pacer's state under the names tests/test_doorbell.py watches a running worker by.
+    @property
+    def sleeper(self) -> Sleeper | None:
+        return self.pacer.sleeper
+
+    @property
+    def poll_every(self) -> float:
+        return self.pacer.poll_every
+
+    @property
+    def safety(self) -> float:
+        return self.pacer.safety
+
+    @safety.setter
+    def safety(self, seconds: float) -> None:
+        self.pacer.safety = seconds
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -202,21 +213,14 @@ class Worker:
 
     def _sleep(self, burst: bool) -> None:
         now = self.clock()
-        wait = self.next_poll - now if not burst else 0.05
-        if self._asleep():
-            wait = min(wait, self.next_bell - now)
         full = len(self.running) >= self.settings.concurrency  # a finished job wakes us
         at = None if full else self.index.next_run_at(self.settings.queues)
         if self.held and at is not None and at <= now:
             at = self.held_until  # runnable jobs wait for a limit: a slot frees or a token
-        if at is not None and len(self.running) < self.settings.concurrency:
-            wait = min(wait, at - now)
-        fire = self.periodic.next_at()
-        if fire is not None:
-            wait = min(wait, fire - now)
-        wait = min(max(wait, self.outage, 0.01), self.next_beat - now, 1.0,
-                   max(self.publisher.next_at - now, 0.01))
-        self.wake.wait(max(wait, 0.0))  # cleared at the start of each step: no lost wake-up
+        wait = self.pacer.wait(now, burst=burst, due=(at, self.periodic.next_at()),
+                               outage=self.outage, beat_at=self.next_beat,
+                               publish_at=self.publisher.next_at)
+        self.wake.wait(wait)  # cleared at the start of each step: no lost wake-up
 
     # -- parts ------------------------------------------------------------------------------
 
@@ -225,10 +229,7 @@ class Worker:
             return
         if not self._trusted():  # our shards may be another worker's by now
             return
-        if self._asleep() and self.clock() < self.next_poll and not burst:
-            if not self._rung():
-                return
-        if self.clock() < self.next_poll and not (burst and self._quiet()):
+        if not self.pacer.due(burst, self._quiet):
             return
         # Do not LIST while every slot is busy and more jobs wait locally: the inbox waits.
         if len(self.running) >= self.settings.concurrency and self.backlog:
@@ -236,69 +237,14 @@ class Worker:
         result = self.ingest.run()
         if result.taken:
             self.expiry.soon()  # new jobs may expire sooner
-        if result.taken or result.quarantined or self.ingest.mid_sweep():
-            if result.taken or result.quarantined:
-                log.info("ingested %d job(s), quarantined %d", result.taken,
-                         result.quarantined)
-            self.poll_every = self.settings.poll_min  # more pages to read: no back-off
-            self.quiet_polls = 0
-            self._wake()
-        else:
-            self.quiet_polls += 1
-            self.poll_every = min(self.poll_every * 2, self.settings.poll_max)
-            if self._asleep():
-                self.poll_every = self.safety
-            elif (self.sleeper is not None and not burst
-                  and self.quiet_polls >= doorbell.QUIET_POLLS and self._may_sleep()
-                  and self.sleeper.sleep()):
-                self._fell_asleep()
-                # One more LIST once every producer's cached "awake" read is older than our
-                # write: a put after that LIST reads "asleep" and rings.
-                self.poll_every = doorbell.CACHE + 0.25
-        self.next_poll = self.clock() + self.poll_every
-
-    # -- the doorbell: sleep on a GET when idle (qlite/doorbell.py, docs/costs.md) -------
-
-    def _asleep(self) -> bool:
-        return self.sleeper is not None and self.sleeper.asleep
+        if result.taken or result.quarantined:
+            log.info("ingested %d job(s), quarantined %d", result.taken, result.quarantined)
+        found = bool(result.taken or result.quarantined or self.ingest.mid_sweep())
+        self.pacer.polled(found, burst=burst, may_sleep=self._may_sleep)
 
     def _may_sleep(self) -> bool:
-        """Nothing runs, waits to be published or taken in, and the fleet is settled (a
-        sleeping member renews rarely, so it must not be in the middle of a rebalance)."""
-        return (self._idle() and not self.held
-                and (self.shards is None or self.shards.fleet.settled()))
-
-    def _fell_asleep(self) -> None:
-        log.debug("idle: sleeping on the doorbell %s", doorbell.KEY)
-        self.next_bell = self.clock() + doorbell.EVERY
-        if self.shards is not None:
-            self.shards.fleet.set_asleep(True)
-
-    def _rung(self) -> bool:
-        """Ask the bell (at most every doorbell.EVERY seconds); True when it rang: then the
-        worker is awake again and LISTs now."""
-        now = self.clock()
-        if now < self.next_bell:
-            return False
-        # A fixed rate, not "EVERY after the last answer": the cost stays what docs/costs.md says.
-        self.next_bell = max(self.next_bell + doorbell.EVERY, now)
-        assert self.sleeper is not None
-        if not self.sleeper.rung():
-            return False
-        log.debug("the doorbell rang: awake")
-        self._wake()
-        return True
-
-    def _wake(self) -> None:
-        if not self._asleep():
-            return
-        assert self.sleeper is not None
-        self.sleeper.wake()
-        self.poll_every = self.settings.poll_min
-        self.next_poll = 0.0
-        self.quiet_polls = 0
-        if self.shards is not None:
-            self.shards.fleet.set_asleep(False)
+        """Nothing runs, waits to be published or taken in (the Pacer also asks the fleet)."""
+        return self._idle() and not self.held
 
     def _claim(self) -> None:
         self._start(self._claim_rows())
@@ -336,7 +282,7 @@ class Worker:
     def _start(self, rows: list[JobRow]) -> None:
         if rows:
             crash_point("after_claim")
-            self._wake()  # a scheduled job, say: the inbox is polled again while it runs
+            self.pacer.wake()  # a scheduled job, say: the inbox is polled again while it runs
         for row in rows:
             workers: tuple[str, ...] = (self.owner,)
             if row.envelope.get("record_start") and not row.packed:
@@ -451,6 +397,7 @@ class Worker:
         fleet = Fleet(self.store, node=node_name(self.settings), owner=self.owner,
                       shards=self.settings.shards, lease=self.settings.fleet_lease)
         self.shards = Shards(fleet, self.index, self.store, self.ingest)
+        self.pacer.fleet = fleet  # told when the worker sleeps on the doorbell or wakes
         self.shards.start(lambda: self.publisher.published)
 
     def _trusted(self) -> bool:
@@ -461,7 +408,7 @@ class Worker:
 
     def _fleet_step(self) -> None:
         if self.shards is not None and self.shards.step():
-            self.next_poll = 0.0  # take in the new shards' jobs now
+            self.pacer.poll_now()  # take in the new shards' jobs now
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues in claim order: as given, or a weighted random order (a queue of weight
@@ -482,7 +429,7 @@ class Worker:
             return
         for queue in self.periodic.fire(self._owns_schedule):
             self.ingest.expect(queue)
-            self.next_poll = 0.0  # take it in now rather than after the idle back-off
+            self.pacer.poll_now()  # take it in now rather than after the idle back-off
 
     def _maintain(self) -> None:
         now = self.clock()

@@ -1,0 +1,133 @@
+"""When the worker LISTs its inbox, and how long its loop may wait: the idle back-off, and the
+doorbell (qlite/doorbell.py) it sleeps on once idle.
+
+Awake, an empty LIST doubles the interval up to QLITE_POLL_MAX; a LIST that finds jobs (or has
+more pages to read) brings it back to QLITE_POLL_MIN. After ``doorbell.QUIET_POLLS`` empty LISTs
+in a row an idle worker writes ``asleep`` to the bell, LISTs once more ``doorbell.CACHE`` + a
+margin later, then asks the bell every ``doorbell.EVERY`` seconds and LISTs only every
+``safety`` seconds. A ring, a job found, or the loop starting a job wakes it (docs/costs.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from qlite import doorbell
+from qlite.settings import Settings
+
+if TYPE_CHECKING:
+    from qlite.worker.fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+
+class Pacer:
+    """Answers the loop's questions: poll now (``due``)? how long may I wait (``wait``)? It is
+    told what a LIST found (``polled``) and when a job starts (``wake``)."""
+
+    def __init__(self, settings: Settings, store: Any, clock: Callable[[], float]):
+        self.poll_min = settings.poll_min
+        self.poll_max = settings.poll_max
+        self.clock = clock
+        self.poll_every = settings.poll_min
+        self.next_poll = 0.0
+        # QLITE_DOORBELL: once idle, sleep on a GET of coord/doorbell.json
+        # (not when QLITE_POLL_MAX is shorter than the bell's interval: the LISTs are faster)
+        self.sleeper = doorbell.Sleeper(store) \
+            if settings.doorbell == "on" and settings.poll_max > doorbell.EVERY else None
+        self.safety = doorbell.SAFETY  # seconds between inbox LISTs while asleep
+        self.quiet_polls = 0  # empty inbox LISTs in a row
+        self.next_bell = 0.0
+        self.fleet: Fleet | None = None  # told when this worker sleeps or wakes (renewals)
+
+    @property
+    def asleep(self) -> bool:
+        return self.sleeper is not None and self.sleeper.asleep
+
+    def due(self, burst: bool, quiet: Callable[[], bool]) -> bool:
+        """LIST the inbox now? Asleep, only on a ring of the bell or at the safety LIST; with
+        --burst, at once whenever nothing runs or is runnable (``quiet``)."""
+        if self.asleep and self.clock() < self.next_poll and not burst:
+            if not self.rung():
+                return False
+        return not (self.clock() < self.next_poll and not (burst and quiet()))
+
+    def poll_now(self) -> None:
+        """LIST at the next step rather than after the idle back-off (new shards, a tick)."""
+        self.next_poll = 0.0
+
+    def polled(self, found: bool, *, burst: bool, may_sleep: Callable[[], bool]) -> None:
+        """A LIST is done: ``found`` jobs or more pages to read (no back-off), or nothing (back
+        off; once quiet for long enough and ``may_sleep``, fall asleep on the bell)."""
+        if found:
+            self.poll_every = self.poll_min  # more pages to read: no back-off
+            self.quiet_polls = 0
+            self.wake()
+        else:
+            self.quiet_polls += 1
+            self.poll_every = min(self.poll_every * 2, self.poll_max)
+            if self.asleep:
+                self.poll_every = self.safety
+            elif (self.sleeper is not None and not burst
+                  and self.quiet_polls >= doorbell.QUIET_POLLS and self._may_sleep(may_sleep)
+                  and self.sleeper.sleep()):
+                self._fell_asleep()
+                # One more LIST once every producer's cached "awake" read is older than our
+                # write: a put after that LIST reads "asleep" and rings.
+                self.poll_every = doorbell.CACHE + 0.25
+        self.next_poll = self.clock() + self.poll_every
+
+    def wait(self, now: float, *, burst: bool, due: Iterable[float | None] = (),
+             outage: float = 0.0, beat_at: float, publish_at: float) -> float:
+        """Seconds the loop may wait before its next step: until the next LIST (or question to
+        the bell), the first of ``due`` (a job runnable, a schedule firing), no shorter than
+        the ``outage`` back-off, and never past the next maintenance pass, the next publish
+        or a second (signals are flags: the loop notices them within one)."""
+        wait = self.next_poll - now if not burst else 0.05
+        if self.asleep:
+            wait = min(wait, self.next_bell - now)
+        for at in due:
+            if at is not None:
+                wait = min(wait, at - now)
+        wait = min(max(wait, outage, 0.01), beat_at - now, 1.0, max(publish_at - now, 0.01))
+        return max(wait, 0.0)
+
+    def _may_sleep(self, idle: Callable[[], bool]) -> bool:
+        """The loop is idle and the fleet is settled (a sleeping member renews rarely, so it
+        must not be in the middle of a rebalance)."""
+        return idle() and (self.fleet is None or self.fleet.settled())
+
+    def _fell_asleep(self) -> None:
+        log.debug("idle: sleeping on the doorbell %s", doorbell.KEY)
+        self.next_bell = self.clock() + doorbell.EVERY
+        if self.fleet is not None:
+            self.fleet.set_asleep(True)
+
+    def rung(self) -> bool:
+        """Ask the bell (at most every doorbell.EVERY seconds); True when it rang: then the
+        worker is awake again and LISTs now."""
+        now = self.clock()
+        if now < self.next_bell:
+            return False
+        # A fixed rate, not "EVERY after the last answer": the cost stays what docs/costs.md says.
+        self.next_bell = max(self.next_bell + doorbell.EVERY, now)
+        assert self.sleeper is not None
+        if not self.sleeper.rung():
+            return False
+        log.debug("the doorbell rang: awake")
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        """Awake again (a ring, jobs found, a job started): LIST at the next step."""
+        if not self.asleep:
+            return
+        assert self.sleeper is not None
+        self.sleeper.wake()
+        self.poll_every = self.poll_min
+        self.next_poll = 0.0
+        self.quiet_polls = 0
+        if self.fleet is not None:
+            self.fleet.set_asleep(False)

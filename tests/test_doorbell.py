@@ -43,14 +43,14 @@ class Running:
     def __init__(self, target, safety: float | None = None):
         self.worker = Worker(app, target.settings())
         if safety is not None:
-            self.worker.safety = safety
+            self.worker.pacer.safety = safety
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
 
     def asleep(self) -> bool:
         """Asleep, and the closing LIST after the asleep write is done."""
         w = self.worker
-        return w.sleeper is not None and w.sleeper.asleep and w.poll_every == w.safety
+        return w.pacer.asleep and w.pacer.poll_every == w.pacer.safety
 
     def stop(self) -> None:
         self.worker.stopping = True
@@ -136,7 +136,7 @@ def test_with_the_doorbell_off_nobody_reads_or_writes_it(sleepy):
     sleepy.env["QLITE_DOORBELL"] = "off"
     running = Running(sleepy)
     try:
-        assert running.worker.sleeper is None
+        assert running.worker.pacer.sleeper is None
         job = qlite.Client(sleepy.url).put("bell.echo", [3])
         eventually(lambda: state(sleepy, job.id) == "succeeded", timeout=60)
         assert not running.worker.store.exists(doorbell.KEY)

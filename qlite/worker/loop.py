@@ -25,7 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from qlite.app import App
-from qlite.doorbell import Sleeper
 from qlite.index.db import Index, Limits
 from qlite.index.rows import JobRow
 from qlite.producer import Client
@@ -105,23 +104,6 @@ class Worker:
             log.warning("--queue %s: no task of this app declares that queue (known: %s); "
                         "serving it anyway. Declare it with qlite.App(queues=[...]) to silence "
                         "this", queue, ", ".join(app.queues), extra={"queue": queue})
-
-    # The pacer's state under the names tests/test_doorbell.py watches a running worker by.
-    @property
-    def sleeper(self) -> Sleeper | None:
-        return self.pacer.sleeper
-
-    @property
-    def poll_every(self) -> float:
-        return self.pacer.poll_every
-
-    @property
-    def safety(self) -> float:
-        return self.pacer.safety
-
-    @safety.setter
-    def safety(self, seconds: float) -> None:
-        self.pacer.safety = seconds
 
     # -- signals ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 
 from qlite import doorbell, envelope
 from qlite.index.db import Index
+from qlite.index.rows import JobRow
 from qlite.settings import Settings
 from qlite.worker.cancels import Cancels
 from qlite.worker.counters import Counters
@@ -18,6 +19,7 @@ from qlite.worker.pacing import Pacer
 from qlite.worker.record import record
 from qlite.worker.reports import Reports
 from qlite.worker.suspects import Suspects
+from qlite.worker.turns import AHEAD_MAX, RECORD_MAX, RECORD_WAIT, Turns, plain, run_in_turn
 
 ERROR = {"type": "ValueError", "message": "boom", "traceback": None}
 
@@ -255,3 +257,81 @@ def test_the_loop_waits_for_the_first_thing_due_and_never_a_full_second():
     assert wait(beat_at=0.2) == 0.2 and wait(publish_at=0.1) == 0.1
     assert wait(burst=True) == 0.05
     assert wait(beat_at=-1.0) == 0.0
+
+
+def test_quick_jobs_are_claimed_ahead_by_their_run_times_up_to_a_cap():
+    turns = Turns()
+    assert turns.ahead(1) == 0  # nothing measured yet: a job is taken to last a second
+    for _ in range(60):
+        turns.ran(0.01, 10)  # 1 ms each
+    assert turns.ahead(1) == AHEAD_MAX  # 50 ms of work is 50 jobs: capped
+    for _ in range(60):
+        turns.ran(0.2, 1)  # slow jobs: none ahead
+    assert turns.ahead(4) == 0
+
+
+def test_finished_jobs_wait_for_their_batch_at_most_record_wait_or_record_max():
+    now = [10.0]
+    turns = Turns(clock=lambda: now[0])
+    claim_ = Claim("j", "t", "q", 1, 3, {}, "")
+    assert not turns.record_due(stopping=False, blocked=False)  # nothing finished
+    turns.ready.append(JobRow("next"))
+    turns.ended(claim_, Outcome("succeeded", result="1"))
+    assert turns and turns.wait() == RECORD_WAIT
+    assert not turns.record_due(stopping=False, blocked=False)  # the next job runs first
+    assert turns.record_due(stopping=True, blocked=False)
+    assert turns.record_due(stopping=False, blocked=True)
+    now[0] += RECORD_WAIT
+    assert turns.record_due(stopping=False, blocked=False)
+    now[0] -= RECORD_WAIT
+    for _ in range(RECORD_MAX - 1):
+        turns.ended(claim_, Outcome("succeeded", result="1"))
+    assert turns.record_due(stopping=False, blocked=False)
+    turns.ready.clear()
+    turns.left([])
+    assert not turns and turns.wait() is None
+
+
+def test_jobs_run_in_turn_stop_when_the_worker_stops_and_a_crash_is_an_outcome():
+    stop = [False]
+
+    def run_one(c):
+        if c.id == "b":
+            stop[0] = True
+            raise SystemExit(3)
+        return Outcome("succeeded", result="1")
+
+    claims = [Claim(i, "t", "q", 1, 3, {}, "") for i in "abc"]
+    outcomes = run_in_turn(run_one, claims, lambda: stop[0])
+    assert [o.state for o in outcomes] == ["succeeded", "error"]  # c never started
+    assert outcomes[1].error["type"] == "SystemExit"
+    assert plain(outcomes[0], None) and not plain(outcomes[1], None)
+    assert not plain(Outcome("succeeded", result="1", logs=[{"msg": "x"}]), None)
+
+
+def test_successes_are_recorded_in_one_statement_and_a_stale_one_is_told_apart(index):
+    ids = [add_job(index) for _ in range(3)]
+    rows = index.claim(("default",), 3, "me", 60.0, 1.0)
+    assert {r.id for r in rows} == set(ids)
+    assert index.succeed_many([(r.id, r.attempts, "5") for r in rows[:2]], "me", 2.0) == {
+        rows[0].id, rows[1].id}
+    # the third was reaped and claimed again by another worker: its old attempt is stale
+    index.conn.execute("UPDATE jobs SET owner = 'other', attempts = 2 WHERE id = ?",
+                       (rows[2].id,))
+    index.conn.commit()
+    assert index.succeed_many([(rows[2].id, 1, "5")], "me", 2.0) == set()
+    assert index.get(rows[0].id).state == "succeeded"
+    assert index.get(rows[0].id).result == 5
+    assert index.get(rows[0].id).attempt_log[0].outcome == "succeeded"
+    assert index.get(rows[2].id).state == "running"
+
+
+def test_jobs_claimed_ahead_and_never_started_are_given_back_uncounted(index):
+    job_id = add_job(index)
+    [row] = index.claim(("default",), 1, "me", 60.0, 1.0)
+    assert index.unclaim([(job_id, 1)], "other") == 0  # fenced by owner
+    assert index.unclaim([(job_id, 1)], "me") == 1
+    job = index.get(job_id)
+    assert (job.state, job.attempts, job.owner, job.attempt_log) == ("queued", 0, None, [])
+    [again] = index.claim(("default",), 1, "me", 60.0, 2.0)
+    assert again.attempts == 1

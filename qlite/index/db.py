@@ -51,6 +51,10 @@ class Limits:
         return bool(self.concurrency or self.rates)
 
 
+class _Stale(Exception):
+    """Rolls back a batch in which some attempt was stale (see succeed_many)."""
+
+
 def _text(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -355,9 +359,19 @@ class Index:
         return rows
 
     def _attempts_started(self, rows: list[dict], owner: str, now_iso: str) -> None:
-        for r in rows:
-            self.conn.execute(QUERIES["insert_attempt"], {
-                "id": r["id"], "attempt": r["attempts"], "owner": owner, "now_iso": now_iso})
+        self.conn.executemany(QUERIES["insert_attempt"], [
+            {"id": r["id"], "attempt": r["attempts"], "owner": owner, "now_iso": now_iso}
+            for r in rows])
+
+    def unclaim(self, jobs: list[tuple[str, int]], owner: str) -> int:
+        """Give back the attempts of jobs claimed but never started ((id, attempt) pairs,
+        fenced like an outcome): they are queued again as if never claimed. Returns how
+        many."""
+        params = [{"id": i, "attempt": a, "owner": owner} for i, a in jobs]
+        with self._tx():
+            n = self.conn.executemany(QUERIES["unclaim"], params).rowcount
+            self.conn.executemany(QUERIES["unclaim_attempt"], params)
+        return n
 
     def drop_shards(self, shards: set[int], nshards: int) -> int:
         """Forget the unpublished rows of fleet ``shards`` (see drop_shards in queries.sql);
@@ -462,6 +476,32 @@ class Index:
                     self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
         return bool(done)
 
+    def succeed_many(self, jobs: list[tuple[str, int, str]], owner: str,
+                     now: float | None = None) -> set[str]:
+        """Record many successful attempts ((id, attempt, result JSON text)) with one
+        executemany per statement, fenced like finish(); returns the ids recorded (the
+        others are stale attempts, ignored)."""
+        if not jobs:
+            return set()
+        _, now_iso = self._now(now)
+        params = [{"id": i, "attempt": a, "result": r, "owner": owner, "now_iso": now_iso,
+                   "outcome": "succeeded", "error_type": None, "message": None,
+                   "traceback": None} for i, a, r in jobs]
+        try:
+            with self._tx():
+                n = self.conn.executemany(QUERIES["succeed_batch"], params).rowcount
+                if n != len(jobs):
+                    raise _Stale
+                self.conn.executemany(QUERIES["end_attempt"], params)
+                self.conn.execute(QUERIES["requests_done_many"],
+                                  {"ids": json.dumps([i for i, _, _ in jobs])})
+                return {i for i, _, _ in jobs}
+        except _Stale:
+            pass
+        # Some attempt is stale (rare): the batch was rolled back; one by one tells which.
+        return {i for i, a, r in jobs if self.finish(i, a, owner, "succeeded", result=r,
+                                                       now=now)}
+
     def set_progress(self, reports: list[tuple[str, int, dict]], owner: str) -> None:
         """Keep the last ctx.progress of running attempts (job id, attempt, report), fenced
         like an outcome: a stale attempt's report is dropped."""
@@ -494,6 +534,14 @@ class Index:
         return rows
 
     # -- publish ----------------------------------------------------------------------------
+
+    def unpublished_keys(self, n: int = 1000, exclude: Sequence[str] = ()) -> list[JobRow]:
+        """unpublished() without the heavy columns: id, state, pack, inbox_key, envelope."""
+        return self._jobs("unpublished_keys", n=n, exclude=json.dumps(list(exclude)))
+
+    def jobs_by_ids(self, ids: list[str]) -> list[JobRow]:
+        """Whole rows with their attempts (publish), oldest finished first."""
+        return self._with_attempts(self._jobs("jobs_by_ids", ids=json.dumps(ids)))
 
     def unpublished(self, n: int = 1000, exclude: Sequence[str] = ()) -> list[JobRow]:
         """Terminal jobs not yet acknowledged, except ``exclude`` (results already written)."""

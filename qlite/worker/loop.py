@@ -6,7 +6,8 @@ claims, running jobs get ``grace`` seconds, outcomes are published, exit 0).
 
 The parts, each in its own module: ingest.py (inbox -> index), pacing.py (when to LIST the
 inbox, how long to wait, sleeping on the doorbell when idle), dispatch.py, execute.py and
-isolate.py (run a handler in a thread or a child process), outcome.py (what a finished attempt
+isolate.py (run a handler in a thread or a child process), turns.py (quick jobs claimed
+ahead, run in turn, recorded in batches), outcome.py (what a finished attempt
 leads to), record.py (writing it in the index), publish.py (index -> results/, the outbox),
 periodic.py (schedules), liveness.py (who is alive, reaping), suspects.py (a suspect runs
 alone), cancels.py (ctx.cancelled of running jobs), expiry.py (ttl=), reports.py (ctx.progress
@@ -34,7 +35,7 @@ from qlite.store import Store
 from qlite.worker import shutdown
 from qlite.worker.cancels import Cancels
 from qlite.worker.counters import Counters
-from qlite.worker.dispatch import submit
+from qlite.worker.dispatch import in_thread, submit, submit_in_turn
 from qlite.worker.execute import Claim, Outcome
 from qlite.worker.expiry import Expiry
 from qlite.worker.faults import crash_point
@@ -45,12 +46,13 @@ from qlite.worker.logs import install_capture, job_fields
 from qlite.worker.pacing import Pacer
 from qlite.worker.periodic import Periodic
 from qlite.worker.publish import Publisher
-from qlite.worker.record import record
+from qlite.worker.record import record, recorded_success
 from qlite.worker.replica import Replica, node_name
 from qlite.worker.reports import Reports
 from qlite.worker.restore import open_index
 from qlite.worker.shards import Shards
 from qlite.worker.suspects import Suspects
+from qlite.worker.turns import Turns, crashed, plain
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,10 @@ class Worker:
         self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
                              store=self.store, signing_key=settings.signing_key,
                              encryption_key=settings.encryption_key)
-        self.running: dict[Future, Claim] = {}
+        # handler slot -> its jobs: one in a child process, or several quick ones in turn
+        self.running: dict[Future, list[Claim]] = {}
+        self.begun: dict[Future, float] = {}  # when each slot's future was started
+        self.turns = Turns()  # quick jobs claimed ahead, finished ones awaiting their batch
         self.wake = threading.Event()
         self.stopping = False
         self.deadline: float | None = None
@@ -132,7 +137,8 @@ class Worker:
         self.ingest = Ingest(self.app, self.settings, self.store, self.index, self.io,
                              self.clock)
         self.publisher = Publisher(self.store, self.index, self.io, self.client, self.clock,
-                                   self.settings.max_payload, trusted=self._trusted)
+                                   self.settings.max_payload, trusted=self._trusted,
+                                   wake=self.wake.set)
         self.periodic = Periodic(self.app, self.index, self.client, self.clock)
         self._join_fleet()
         keyring = self.settings.signing_key
@@ -187,7 +193,7 @@ class Worker:
 
     def _quiet(self) -> bool:
         """Nothing running and nothing runnable now."""
-        return not self.running and not self._runnable_now()
+        return not self.running and not self.turns and not self._runnable_now()
 
     def _runnable_now(self) -> bool:
         at = self.index.next_run_at(self.settings.queues)
@@ -202,7 +208,9 @@ class Worker:
         wait = self.pacer.wait(now, burst=burst, due=(at, self.periodic.next_at()),
                                outage=self.outage, beat_at=self.next_beat,
                                publish_at=self.publisher.next_at)
-        self.wake.wait(wait)  # cleared at the start of each step: no lost wake-up
+        record_by = self.turns.wait()  # finished jobs wait at most this for their batch
+        # The event is cleared at the start of each step: no lost wake-up.
+        self.wake.wait(wait if record_by is None else min(wait, record_by))
 
     # -- parts ------------------------------------------------------------------------------
 
@@ -214,7 +222,7 @@ class Worker:
         if not self.pacer.due(burst, self._quiet):
             return
         # Do not LIST while every slot is busy and more jobs wait locally: the inbox waits.
-        if len(self.running) >= self.settings.concurrency and self.backlog:
+        if len(self.running) >= self.settings.concurrency and (self.backlog or self.turns.ready):
             return
         result = self.ingest.run()
         if result.taken:
@@ -229,13 +237,13 @@ class Worker:
         return self._idle() and not self.held
 
     def _claim(self) -> None:
-        self._start(self._claim_rows())
+        self._collect_and_claim()
 
     def _claim_rows(self) -> list[JobRow]:
-        """Claim jobs for the free slots (counting their attempts); _start runs them once
-        that is committed."""
+        """Claim jobs for the free slots and, for quick jobs, some ahead (turns.py),
+        counting their attempts; _start_ready runs them once that is committed."""
         free = self.settings.concurrency - len(self.running)
-        if self.stopping or free <= 0 or not self._trusted():
+        if self.stopping or free <= 0 or self.turns.ready or not self._trusted():
             return []
         now = self.clock()
         self.expiry.run(self.index, now, self.metrics)
@@ -254,36 +262,81 @@ class Worker:
             if rows:
                 self.backlog, self.held, self.held_until = False, True, None
                 return rows
-        rows = self.index.claim(queues, free, self.owner, self.settings.lease,
+        # None ahead under per-task limits (their counts and rates are taken at the claim), or
+        # with --pool process (each job costs a process anyway).
+        ahead = 0 if limits or self.settings.pool == "process" else self.turns.ahead(
+            self.settings.concurrency)
+        want = free + ahead
+        rows = self.index.claim(queues, want, self.owner, self.settings.lease,
                                 now, limits, shards=shards)
-        self.backlog = len(rows) == free  # more may be runnable: no LIST while slots are full
+        self.backlog = len(rows) == want  # more may be runnable: no LIST while slots are full
         self.held = bool(limits) and len(rows) < free
         self.held_until = limits.held_until
         return rows
 
-    def _start(self, rows: list[JobRow]) -> None:
-        if rows:
-            crash_point("after_claim")
-            self.pacer.wake()  # a scheduled job, say: the inbox is polled again while it runs
-        for row in rows:
-            workers: tuple[str, ...] = (self.owner,)
-            if row.envelope.get("record_start") and not row.packed:
-                workers = self._record_start(row.id) or workers
-            claim = Claim(row.id, row.task, row.queue, row.attempts, row.max_attempts,
-                          row.envelope, row.enqueued_at or "", workers)
+    def _begin(self, row: JobRow) -> Claim:
+        """A claimed row as a Claim about to start: its log line, its ctx.cancelled, its
+        running record (record_start)."""
+        workers: tuple[str, ...] = (self.owner,)
+        if row.envelope.get("record_start") and not row.packed:
+            workers = self._record_start(row.id) or workers
+        claim = Claim(row.id, row.task, row.queue, row.attempts, row.max_attempts,
+                      row.envelope, row.enqueued_at or "", workers)
+        if log.isEnabledFor(logging.INFO):
             log.info("job started", extra=job_fields(claim))
-            cancel = self.cancels.open(claim.id)
-            if row.packed:
-                self.packed.add(claim.id)
-            # A suspect runs in a child process: if that dies, the crash is its own.
-            suspect = self.suspects.started(row, claim)
-            future = submit(self.handlers, self.app, claim, settings=self.settings,
-                            client=self.client, store_url=str(self.store.url), cancel=cancel,
-                            on_progress=self.reports.add, suspect=suspect)
-            self.running[future] = claim
-            if self.metrics is not None:
-                self.metrics.job_started(claim.id)
-            future.add_done_callback(lambda _: self.wake.set())
+        self.cancels.open(claim.id)
+        if row.packed:
+            self.packed.add(claim.id)
+        if self.metrics is not None:
+            self.metrics.job_started(claim.id)
+        return claim
+
+    def _start_ready(self) -> bool | None:
+        """Start claimed jobs in the free slots, each slot its share of them in turn; None
+        when jobs are ready but may not start here now (stopping, or a fleet worker that is
+        not sure of its shards)."""
+        concurrency, ready = self.settings.concurrency, self.turns.ready
+        if not ready or len(self.running) >= concurrency:
+            return False
+        if self.stopping or not self._trusted():
+            return None
+        share = -(-len(ready) // concurrency)
+        while ready and len(self.running) < concurrency:
+            chunk: list[Claim] = []
+            while ready and len(chunk) < share:
+                row = ready[0]
+                if self.shards is not None and not self.shards.accepts(row.id):
+                    ready.popleft()
+                    self.turns.give_back.append((row.id, row.attempts))  # its shard left us
+                    continue
+                # A suspect runs in a child process: if that dies, the crash is its own.
+                suspect = bool(row.suspect)
+                child = not in_thread(self.app, row.task, row.envelope, self.settings,
+                                      suspect=suspect)
+                if (child or suspect) and chunk:
+                    break  # a slot of its own, next
+                ready.popleft()
+                claim = self._begin(row)
+                if child or suspect:
+                    self.suspects.started(row, claim)
+                    self._submit([claim], submit(
+                        self.handlers, self.app, claim, settings=self.settings,
+                        client=self.client, store_url=str(self.store.url),
+                        cancel=self.cancels.events[claim.id], on_progress=self.reports.add,
+                        suspect=suspect))
+                    break
+                chunk.append(claim)
+            if chunk:
+                self._submit(chunk, submit_in_turn(
+                    self.handlers, self.app, [(c, self.cancels.events[c.id]) for c in chunk],
+                    settings=self.settings, client=self.client, on_progress=self.reports.add,
+                    stopping=lambda: self.stopping))
+        return True
+
+    def _submit(self, claims: list[Claim], future: Future) -> None:
+        self.running[future] = claims
+        self.begun[future] = time.monotonic()
+        future.add_done_callback(lambda _: self.wake.set())
 
     def _record_start(self, job_id: str) -> tuple[str, ...] | None:
         """The job's running record to results/ (its envelope asks for it: record_start), and
@@ -296,57 +349,120 @@ class Worker:
 
     def _collect_and_claim(self) -> None:
         """Record the finished jobs and claim the next ones in one SQLite commit: at
-        --concurrency 1 that commit is most of the cost of a job (docs/performance.md)."""
-        free = not self.stopping and len(self.running) < self.settings.concurrency
-        if not free and not any(f.done() for f in self.running):
+        --concurrency 1 that commit is most of the cost of a job (docs/performance.md). Quick
+        jobs are claimed ahead and their outcomes recorded in batches (turns.py): a freed
+        slot takes the next claimed job without touching SQLite."""
+        self._take_finished()
+        started = self._start_ready()
+        due = self.turns.record_due(stopping=self.stopping, blocked=started is None)
+        claim = (not self.stopping and not self.turns.ready and not self.publisher.behind()
+                 and len(self.running) < self.settings.concurrency)
+        if not (due or claim or self.turns.give_back):
             return
         failed = None
         rows: list[JobRow] = []
         with self.index.batch():
-            self._collect()
+            self._give_back()
+            if due:
+                self._record_finished()
             try:
-                rows = self._claim_rows()
+                rows = self._claim_rows() if claim else []
             except Exception as e:  # the outcomes recorded above still commit
                 failed = e
-        self._start(rows)  # after the commit: an attempt is counted before its handler runs
+        if rows:  # after the commit: an attempt is counted before its handler runs
+            crash_point("after_claim")
+            self.pacer.wake()  # a scheduled job, say: the inbox is polled again while it runs
+            self.turns.ready.extend(rows)
+            self._start_ready()
         if failed is not None:
             raise failed
 
-    def _collect(self) -> None:
-        for future in [f for f in self.running if f.done()]:
-            claim = self.running[future]
-            try:
-                outcome = future.result()
-            except BaseException as e:  # run() catches Exception; this is SystemExit & co.
-                import traceback
+    def _give_back(self) -> None:
+        """Unclaim the jobs claimed ahead that will not start here (see _start_ready)."""
+        if self.turns.give_back:
+            self.index.unclaim(self.turns.take_back(), self.owner)
 
-                outcome = Outcome("error", error={
-                    "type": type(e).__name__, "message": str(e),
-                    "traceback": "".join(traceback.format_exception(e))})
-            crash_point("after_handler")
+    def _take_finished(self) -> None:
+        """Move the jobs whose handlers returned from ``running`` to the turns' finished."""
+        now = time.monotonic()
+        for future in [f for f in self.running if f.done()]:
+            claims = self.running.pop(future)
+            seconds = now - self.begun.pop(future, now)
             try:
-                self._record(claim, outcome)
-            except Exception as e:
-                tries = self.record_failures[claim.id] = self.record_failures.get(claim.id, 0) + 1
-                if disk_full(e) or tries < 3:
-                    if not disk_full(e):
-                        log.warning("recording the job failed (%s: %s); trying again",
-                                    type(e).__name__, e, extra=job_fields(claim))
-                    continue  # the outcome stays in memory; the next step records it
-                # Never let one outcome block the others for good: record a plain failure.
-                log.error("recording the job failed: %s: %s", type(e).__name__, e,
-                          extra=job_fields(claim))
-                self._step_quietly(lambda c=claim, e=e: self.index.finish(
-                    c.id, c.attempt, self.owner, "failed", now=self.clock(), error={
-                        "type": "RecordError", "traceback": None,
-                        "message": f"the outcome could not be recorded: {type(e).__name__}"}))
-            crash_point("after_record")
-            self.publisher.soon(packed=claim.id in self.packed)
-            self.packed.discard(claim.id)
-            self.suspects.ended(claim.id)
-            self.record_failures.pop(claim.id, None)
-            self.cancels.close(claim.id)
-            del self.running[future]
+                result = future.result()
+                outcomes = result if isinstance(result, list) else [result]
+            except BaseException as e:  # run_in_child catches Exception; SystemExit & co.
+                outcomes = [crashed(e)]
+            self.turns.ran(seconds, len(outcomes))
+            for claim, outcome in zip(claims, outcomes, strict=False):
+                crash_point("after_handler")
+                self.turns.ended(claim, outcome)
+            for claim in claims[len(outcomes):]:  # not started: the worker stops
+                self.turns.give_back.append((claim.id, claim.attempt))
+                self._forget(claim.id)
+
+    def _collect(self) -> None:
+        """Record every finished job now, give back those that will not start (shutdown)."""
+        self._take_finished()
+        if self.turns.finished or self.turns.give_back:
+            with self.index.batch():
+                self._give_back()
+                self._record_finished()
+
+    def _record_finished(self) -> None:
+        """Record the finished jobs: plain successes in one statement, the others one by
+        one. An outcome that fails to record stays for the next step."""
+        finished = self.turns.finished
+        batch = [(c, o) for c, o in finished if plain(o, self.cancels.events.get(c.id))]
+        if batch:
+            try:
+                recorded = self.index.succeed_many([(c.id, c.attempt, o.result or "null")
+                                                    for c, o in batch],
+                                                   self.owner, self.clock())
+            except Exception as e:  # each is tried alone below, with the usual fallbacks
+                log.warning("recording %d finished job(s) failed (%s: %s); one by one now",
+                            len(batch), type(e).__name__, e)
+            else:
+                for claim, _ in batch:
+                    recorded_success(claim, claim.id in recorded, self.metrics)
+                    crash_point("after_record")
+                    self._done(claim)
+                done = {c.id for c, _ in batch}
+                finished = [(c, o) for c, o in finished if c.id not in done]
+        self.turns.left([(c, o) for c, o in finished if not self._record_one(c, o)])
+
+    def _record_one(self, claim: Claim, outcome: Outcome) -> bool:
+        """Record one outcome; False to try again next step."""
+        try:
+            self._record(claim, outcome)
+        except Exception as e:
+            tries = self.record_failures[claim.id] = self.record_failures.get(claim.id, 0) + 1
+            if disk_full(e) or tries < 3:
+                if not disk_full(e):
+                    log.warning("recording the job failed (%s: %s); trying again",
+                                type(e).__name__, e, extra=job_fields(claim))
+                return False  # the outcome stays in memory; the next step records it
+            # Never let one outcome block the others for good: record a plain failure.
+            log.error("recording the job failed: %s: %s", type(e).__name__, e,
+                      extra=job_fields(claim))
+            self._step_quietly(lambda c=claim, e=e: self.index.finish(
+                c.id, c.attempt, self.owner, "failed", now=self.clock(), error={
+                    "type": "RecordError", "traceback": None,
+                    "message": f"the outcome could not be recorded: {type(e).__name__}"}))
+        crash_point("after_record")
+        self._done(claim)
+        return True
+
+    def _done(self, claim: Claim) -> None:
+        """Forget a recorded job; its result is published soon."""
+        self.publisher.soon(packed=claim.id in self.packed)
+        self._forget(claim.id)
+
+    def _forget(self, job_id: str) -> None:
+        self.packed.discard(job_id)
+        self.suspects.ended(job_id)
+        self.record_failures.pop(job_id, None)
+        self.cancels.close(job_id)
 
     def _note_progress(self) -> None:
         """Put the latest ctx.progress of running jobs into the index (qlite ls, show)."""
@@ -371,7 +487,12 @@ class Worker:
     def _publish(self, flush: bool = False) -> None:
         if not self._trusted():  # a new owner may be running these jobs: write nothing
             return
-        self.publisher.run(self._quiet, flush=flush)
+        self.publisher.run(self._quiet, flush=flush, settled=self._settled)
+
+    def _settled(self) -> bool:
+        """Quiet, and the last LIST found nothing new: acknowledge the inbox objects now
+        rather than after a DeleteObjects per burst of a steady stream."""
+        return self._quiet() and self.ingest.all_clean()
 
     # -- the fleet ---------------------------------------------------------------------------
 
@@ -404,7 +525,8 @@ class Worker:
 
     def _check_cancels(self) -> None:
         """Raise ctx.cancelled for running jobs whose cancellation was requested."""
-        self.cancels.check(self.index, self.running.values(), self.clock())
+        self.cancels.check(self.index, (c for claims in self.running.values() for c in claims),
+                           self.clock())
 
     def _schedule(self) -> None:
         if not self.app.schedules or self.stopping or self.disk_full:
@@ -421,7 +543,7 @@ class Worker:
             self.replica.check()
         if now < self.next_beat:
             return
-        if self.running:  # a failed beat is tried again next step, not a third lease later
+        if self.running or self.turns:  # a failed beat: tried again next step
             self.index.heartbeat(self.owner, self.settings.lease, now)
         self.next_beat = now + self.settings.lease / 3
         self._reap()
@@ -442,6 +564,10 @@ class Worker:
         reap(self.index, self.owner, self.clock())
 
     def _shutdown(self) -> int:
+        ready = self.turns.ready
+        self.turns.give_back += [(r.id, r.attempts) for r in ready]
+        ready.clear()
+        self._step_quietly(self._give_back)
         if self.running:
             log.info("stopping: waiting up to %.0fs for %d running job(s)",
                      self.settings.grace, len(self.running))
@@ -451,6 +577,7 @@ class Worker:
             self.wake.clear()
             self._step_quietly(self._collect)
             self._step_quietly(self._maintain)
+        self._step_quietly(self._collect)  # and those that ended just now, or did not record
         self._step_quietly(lambda: self._publish(flush=True))
         self._step_quietly(self._flush_counters)
         if self.shards is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 PACK_FLUSH = 1.0  # seconds: how long a pack's finished jobs may wait for their batched record
 BATCH = 500  # jobs per pass, and acknowledged inbox objects per DeleteObjects
+ACK_EVERY = 2.0  # seconds: acknowledged inbox objects are deleted at least this often
+WAIT_FOR = 8  # up to this many jobs' own records are waited for (their results show sooner)
+# Records in flight at most before the worker claims more jobs: jobs that ran but are not in
+# results/ yet are re-run if the disk is lost (docs/guarantees.md), so they must not pile up.
+BEHIND = 16
 
 
 def status_of(job: JobRow) -> JobStatus:
@@ -100,7 +105,8 @@ class Publisher:
 
     def __init__(self, store: Store, index: Index, io: ThreadPoolExecutor, client: Client,
                  clock: Callable[[], float], max_payload: int,
-                 trusted: Callable[[], bool] = lambda: True):
+                 trusted: Callable[[], bool] = lambda: True,
+                 wake: Callable[[], None] = lambda: None):
         self.store = store
         self.index = index
         self.io = io
@@ -108,6 +114,15 @@ class Publisher:
         self.clock = clock
         self.max_payload = max_payload
         self.trusted = trusted  # in a fleet: this worker still owns its shards
+        self.wake = wake  # called when a record written in the background is done
+        # records being written on the I/O pool (the loop goes on meanwhile) -> what to
+        # acknowledge once written: the jobs, their markers, the packs' open counts
+        self.writing: dict[Future, tuple[list[JobRow], dict[str, list[str]],
+                                         dict[str, int]]] = {}
+        # The first pass writes every finished pack member's record at once: members a
+        # previous process finished must not wait (a worker killed again within PACK_FLUSH
+        # would leave them to pile up in the index only, at risk if its disk is lost).
+        self.first_pass = True
         # job id -> its inbox key and request markers: results/ written, delete due
         self.acked: dict[str, list[str]] = {}
         self.acked_at: float | None = None
@@ -123,56 +138,94 @@ class Publisher:
         pack's batch."""
         self.next_at = min(self.next_at, self.clock() + (0.25 if packed else 0.0))
 
-    def idle(self) -> bool:
-        return not self.acked and not self.index.unpublished(1)
+    def behind(self) -> bool:
+        """Too many records are still being written: claim nothing until some are done."""
+        return len(self.writing) >= BEHIND
 
-    def run(self, quiet: Callable[[], bool], flush: bool = False) -> None:
+    def idle(self) -> bool:
+        return not self.acked and not self.writing and not self.index.unpublished_keys(1)
+
+    def run(self, quiet: Callable[[], bool], flush: bool = False,
+            settled: Callable[[], bool] | None = None) -> None:
         """PUT results/ for terminal jobs, then acknowledge their inbox objects in batches:
-        one DeleteObjects per 500 jobs, or per second, or when the queue goes ``quiet()``.
+        one DeleteObjects per 500 jobs, or per ACK_EVERY seconds, or when the queue is
+        ``settled()`` (default ``quiet()``; the worker's: quiet and nothing new in the inbox).
         Jobs that came in a pack get one results/packs/ record per pack, written once the
         pack is done or every PACK_FLUSH seconds while it runs (results batched)."""
         now = self.clock()
-        failed = None
+        failed = self._written(wait=flush)
         if flush or now >= self.next_at or quiet():
             self.next_at = now + 1.0  # a job ending by expiry, cancel or reap shows then
-            failed = self._write(now, quiet, flush)
-        if self.acked and (flush or quiet() or len(self.acked) >= BATCH
-                           or now - (self.acked_at or 0) >= 1.0):
+            self._write(now, quiet, flush or self.first_pass)
+            self.first_pass = False
+            failed = self._written() or failed
+        if flush:
+            failed = self._written(wait=True) or failed
+        if self.acked and (flush or (settled or quiet)() or len(self.acked) >= BATCH
+                           or now - (self.acked_at or 0) >= ACK_EVERY):
             self._acknowledge()
         if failed is not None:
             raise failed
 
-    def _write(self, now: float, quiet: Callable[[], bool], flush: bool) -> Exception | None:
-        """Write the records due; returns the first failure, if any (the jobs written before
-        it are still acknowledged)."""
-        jobs = self.index.unpublished(BATCH, exclude=list(self.acked))
+    def _write(self, now: float, quiet: Callable[[], bool], flush: bool) -> None:
+        """Start writing the records due (_written acknowledges them once written). Whole
+        rows are read only for the records due: the members of a pack that is still running
+        wait for it cheaply."""
+        writing = [j.id for batch, _, _ in self.writing.values() for j in batch]
+        jobs = self.index.unpublished_keys(BATCH, exclude=[*self.acked, *writing])
         packed: dict[str, list[JobRow]] = {}
+        singles = []
         for job in jobs:
             if job.in_pack:
                 packed.setdefault(job.pack or "", []).append(job)
-        singles = [j for j in jobs if not j.in_pack]
-        markers = self.index.markers_of([j.id for j in jobs]) if jobs else {}
+            else:
+                singles.append(job.id)
         open_ = self.index.pack_open(list(packed)) if packed else {}
         due = []
         settle = bool(packed) and quiet()
+        busy = {b[0].pack for b, _, _ in self.writing.values() if b[0].in_pack}
         for key in packed:
             first = self.pack_seen.setdefault(key, now)
+            if key in busy:  # its record is being written: the members left go next time
+                self.next_at = min(self.next_at, now + 0.25)
+                continue
             if flush or not open_[key] or now - first >= PACK_FLUSH or settle:
                 due.append(key)
             else:
                 self.next_at = min(self.next_at, first + PACK_FLUSH)
-        futures: dict[Future, list[JobRow]] = {
-            self.io.submit(self._write_result, j): [j] for j in singles}
-        futures.update({self.io.submit(self._write_pack, key, self.index.pack_members(key),
-                                       not open_[key]): packed[key] for key in due})
+        if not singles and not due:
+            return
+        markers = self.index.markers_of(
+            singles + [j.id for key in due for j in packed[key]])
+        # In the background: the loop goes on claiming and ingesting while the records are
+        # written (the S3 server stays busy), and _written acknowledges them when done. A few
+        # jobs' records are waited for: the loop's own work would slow their PUTs (the GIL).
+        own = [self._background(self.io.submit(self._write_result, job), [job], markers, open_)
+               for job in (self.index.jobs_by_ids(singles) if singles else [])]
+        if len(own) <= WAIT_FOR:
+            wait(own)
+        for key in due:
+            self._background(self.io.submit(self._write_pack, key,
+                                            self.index.pack_members(key), not open_[key]),
+                             packed[key], markers, open_)
+
+    def _background(self, future: Future, batch: list[JobRow], markers: dict[str, list[str]],
+                    open_: dict[str, int]) -> Future:
+        self.writing[future] = (batch, markers, open_)
+        future.add_done_callback(lambda _: self.wake())
+        return future
+
+    def _written(self, wait: bool = False) -> Exception | None:
+        """Acknowledge the records written in the background (all of them, ``wait``);
+        returns the first failure (those jobs are written again next pass)."""
         failed = None
-        for future, batch in futures.items():
+        for future in [f for f in self.writing if wait or f.done()]:
+            batch, markers, open_ = self.writing.pop(future)
             try:
                 self._acked(future.result() or batch, batch, markers, open_)
-            except Exception as e:  # the others are still acknowledged
+            except Exception as e:
                 failed = e
-        if futures:
-            self.acked_at = self.acked_at or now
+            self.acked_at = self.acked_at or self.clock()
         return failed
 
     def _acked(self, done: list[JobRow], batch: list[JobRow], markers: dict[str, list[str]],

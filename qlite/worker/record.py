@@ -47,3 +47,15 @@ def record(index: Index, claim: Claim, outcome: Outcome, *, owner: str, backoff:
     if not ok:
         log.warning("stale attempt ignored (the job was taken over)", extra=fields)
     return d, ok
+
+
+def recorded_success(claim: Claim, ok: bool, metrics: Any) -> None:
+    """The log line (and metric) of a success recorded in a batch (Index.succeed_many);
+    ``ok`` False: a stale attempt, ignored."""
+    if not ok:
+        log.warning("stale attempt ignored (the job was taken over)", extra=job_fields(claim))
+        return
+    if log.isEnabledFor(logging.INFO):
+        log.info("job succeeded", extra=job_fields(claim))
+    if metrics is not None:
+        metrics.job_recorded(claim.task, claim.id, "succeeded")

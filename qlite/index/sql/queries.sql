@@ -163,6 +163,32 @@ UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id;
 
+-- name: succeed_batch
+-- succeed without RETURNING, for executemany over a batch of quick jobs (the worker records
+-- them in one transaction, docs/performance.md); its row count says whether all applied.
+UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
+                state = 'succeeded', result = :result, finished_at = :now_iso,
+                lease_until = NULL, owner = NULL
+WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner;
+
+-- name: requests_done_many
+UPDATE requests SET done = 1 WHERE job_id IN (SELECT value FROM json_each(:ids)) AND done = 0;
+
+-- name: unclaim
+-- Claimed ahead but never started (the worker stops, or the job's shard left this worker):
+-- the attempt is given back, as if it had not been claimed.
+UPDATE jobs SET state = 'queued', attempts = attempts - 1,
+                started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
+                lease_until = NULL, owner = NULL
+WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner;
+
+-- name: unclaim_attempt
+-- The attempt row of a job unclaim gave back (only if it did).
+DELETE FROM attempts
+WHERE job_id = :id AND attempt = :attempt
+  AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = :id AND jobs.attempts = :attempt - 1
+                AND jobs.state = 'queued' AND jobs.owner IS NULL);
+
 -- name: retry
 UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
                 state = 'scheduled', run_at = :run_at, error = :error,
@@ -266,6 +292,16 @@ RETURNING id, task, queue, state, attempts, error, crashes, lost;
 UPDATE attempts SET finished_at = :now_iso, outcome = 'lost', error_type = 'WorkerLost',
                     message = :message
 WHERE job_id = :id AND attempt = :attempt AND finished_at IS NULL;
+
+-- name: unpublished_keys
+-- unpublished, only what decides which records are due (publish.py reads whole rows then).
+SELECT id, state, pack, inbox_key, envelope FROM jobs
+WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')
+  AND id NOT IN (SELECT value FROM json_each(:exclude))
+ORDER BY finished_at LIMIT :n;
+
+-- name: jobs_by_ids
+SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) ORDER BY finished_at;
 
 -- name: unpublished
 SELECT * FROM jobs

@@ -161,3 +161,28 @@ def test_two_worker_processes_share_the_index_without_running_a_job_twice(s3, tm
     assert sorted(ran) == sorted(j.id for j in jobs)  # each job once, none skipped
     assert all(attempt == "1" for _, attempt, _ in lines)
     assert all(j.status()["state"] == "succeeded" for j in jobs)
+
+
+def test_quick_jobs_claimed_ahead_and_not_started_at_a_stop_are_given_back(s3, tmp_path):
+    """Quick jobs are claimed ahead and run in turn (turns.py); a worker stopped with SIGTERM
+    runs none of those left, and gives their attempts back: three stops in a drain, and still
+    every job ran once, with attempt 1 (a job left claimed would be reaped: attempt 2)."""
+    ledger = tmp_path / "ledger.txt"
+    jobs = qlite.Client().put_many(
+        [{"task": "test.ledger", "kwargs": {"path": str(ledger)}} for _ in range(3000)])
+
+    def ran() -> int:
+        return len(ledger.read_text().splitlines()) if ledger.exists() else 0
+
+    for stop in range(3):
+        before = ran()
+        worker = start_worker("--app", "testapp:app", "--concurrency", "1", env=s3.env,
+                              log=tmp_path / f"w{stop}.log")
+        eventually(lambda b=before: ran() >= b + 300 or None, 120, what="300 more jobs run")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, (tmp_path / f"w{stop}.log").read_text()[-3000:]
+    result = run_qlite("worker", "--app", "testapp:app", "--burst", env=s3.env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split() for line in ledger.read_text().splitlines()]
+    assert sorted(job_id for job_id, _, _ in lines) == sorted(j.id for j in jobs)
+    assert {attempt for _, attempt, _ in lines} == {"1"}

@@ -380,7 +380,8 @@ class Worker:
     def _give_back(self) -> None:
         """Unclaim the jobs claimed ahead that will not start here (see _start_ready)."""
         if self.turns.give_back:
-            self.index.unclaim(self.turns.take_back(), self.owner)
+            n = self.index.unclaim(self.turns.take_back(), self.owner)
+            log.info("gave back %d job(s) claimed ahead and not started", n)
 
     def _take_finished(self) -> None:
         """Move the jobs whose handlers returned from ``running`` to the turns' finished."""

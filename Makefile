@@ -83,7 +83,7 @@ bench-fleet: $(STAMP) ## the fleet case alone: 1, 2, 4 workers on one bucket, id
 bench-idle: $(STAMP) ## idle cost as deployed (worker + Litestream, via a counting proxy), pickup after idle (~5 min)
 	$(PY) -m bench idle
 
-profile: $(STAMP) ## py-spy on a worker draining 10,000 packed no-op jobs: the loop's top functions, jobs/s (~1 min; BENCH_PROFILE_*)
+profile: $(STAMP) ## py-spy on a worker draining 10,000 packed no-op jobs: the loop's top functions, jobs/s (~30 s; BENCH_PROFILE_*)
 	bash bench/ensure.sh $(PY) --profile
 	$(PY) -m bench.profile
 

@@ -116,6 +116,7 @@ def drain(n: int, concurrency: int, tmp: Path, env: dict[str, str],
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"jobs_s": n / out["elapsed"], "elapsed": out["elapsed"],
             "cpu_s": cpu if profile is None else None,
+            "requests_per_job": sum(out["requests"].values()) / n,
             "py_spy": sampled[-1].split("Samples:", 1)[-1].strip() if sampled else ""}
 
 
@@ -141,17 +142,30 @@ def loop_stacks(raw: str) -> tuple[Counter[tuple[str, ...]], int]:
 
 def shares(stacks: Counter[tuple[str, ...]]) -> tuple[list[tuple[str, float]],
                                                         list[tuple[str, float]], list[str], int]:
-    """Inclusive and self shares of the loop's samples, by function; the inclusive list leaves
-    out the frames in (nearly) every sample (Worker._step)."""
+    """Inclusive and self shares of the loop's samples, by function. The inclusive list leaves
+    out the frames in (nearly) every sample (Worker._step) and shows a chain of calls that are
+    always on the stack together (``Worker._poll > ... > Ingest._queue``) as one row."""
     total = sum(stacks.values())
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    seen_in: dict[str, set[tuple[str, ...]]] = {}
     for frames, count in stacks.items():
         for frame in set(frames):
             inclusive[frame] += count
+            seen_in.setdefault(frame, set()).add(frames)
         own[frames[-1] if frames else LOOP] += count
     everywhere = [f for f, c in inclusive.items() if c >= 0.99 * total]
-    inc = [(f, c / total) for f, c in inclusive.most_common() if f not in everywhere]
+    chains: dict[frozenset, list[str]] = {}
+    for frame, _ in inclusive.most_common():
+        if frame not in everywhere:
+            chains.setdefault(frozenset(seen_in[frame]), []).append(frame)
+    inc = []
+    for members in chains.values():
+        order = next(iter(seen_in[members[0]]))
+        members.sort(key=order.index)
+        label = members[0] if len(members) == 1 else (
+            f"{members[0].split(' (')[0]} > {'... > ' if len(members) > 2 else ''}{members[-1]}")
+        inc.append((label, inclusive[members[0]] / total))
     return inc, [(f, c / total) for f, c in own.most_common()], everywhere, total
 
 
@@ -228,7 +242,8 @@ def main() -> int:
                     "no profiler")
                 out = drain(n, concurrency, tmp, env, None)
                 print(f"run {r}, {rev}, c={concurrency}, no profiler: {out['jobs_s']:,.0f} "
-                      f"jobs/s ({out['elapsed']:.2f} s, worker CPU {out['cpu_s']:.2f} s)",
+                      f"jobs/s ({out['elapsed']:.2f} s, worker CPU {out['cpu_s']:.2f} s, "
+                      f"S3 requests per job {out['requests_per_job']:.4f})",
                       flush=True)
             path = OUT / f"drain-c{concurrency}-{rev}-{time.strftime('%H%M%S')}.txt"
             say(f"run {r}: drain of {n:,} packed jobs, concurrency {concurrency}, "

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_WORKERS ?= auto
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: help install run demo-web test test-all check lint clean bench bench-fleet bench-idle chaos test-endpoint browser test-django6
+.PHONY: help install run demo-web test test-all check lint clean bench bench-fleet bench-idle profile chaos test-endpoint browser test-django6
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -82,6 +82,10 @@ bench-fleet: $(STAMP) ## the fleet case alone: 1, 2, 4 workers on one bucket, id
 
 bench-idle: $(STAMP) ## idle cost as deployed (worker + Litestream, via a counting proxy), pickup after idle (~5 min)
 	$(PY) -m bench idle
+
+profile: $(STAMP) ## py-spy on a worker draining 10,000 packed no-op jobs: the loop's top functions, jobs/s (~30 s; BENCH_PROFILE_*)
+	bash bench/ensure.sh $(PY) --profile
+	$(PY) -m bench.profile
 
 clean: ## remove the venv and local data
 	rm -rf $(VENV) $(DJ6) .qlite-dev .pytest_cache

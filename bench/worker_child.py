@@ -12,8 +12,10 @@ producer nor inherits its memory. Prints one JSON object on stdout when done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
+import sqlite3
 import sys
 import threading
 import time
@@ -54,8 +56,17 @@ def drain(args: argparse.Namespace) -> dict:
     worker.run(burst=True)
     elapsed = time.perf_counter() - start
     counts = Index(args.db).counts()
-    return {"elapsed": elapsed, "requests": dict(worker.store.requests), "counts": counts,
-            "peak_rss_mb": peak_rss_mb()}
+    return {"elapsed": elapsed, "span": span(args.db), "requests": dict(worker.store.requests),
+            "counts": counts, "peak_rss_mb": peak_rss_mb()}
+
+
+def span(db: str) -> float:
+    """Seconds from the first job's start (its claim) to the last job's end, by the index:
+    the drain without the worker's own start and stop, as the peers are timed (their clock
+    starts when the first job runs and stops when the last one does)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        first, last = conn.execute("SELECT min(started_at), max(finished_at) FROM jobs").fetchone()
+    return envelope.parse_time(last) - envelope.parse_time(first)
 
 
 def serve(args: argparse.Namespace) -> dict:

@@ -335,3 +335,15 @@ def test_jobs_claimed_ahead_and_never_started_are_given_back_uncounted(index):
     assert (job.state, job.attempts, job.owner, job.attempt_log) == ("queued", 0, None, [])
     [again] = index.claim(("default",), 1, "me", 60.0, 2.0)
     assert again.attempts == 1
+
+
+def test_quick_jobs_go_to_as_few_handler_threads_as_keep_each_busy():
+    turns = Turns()
+    turns.ready.extend(JobRow(str(i)) for i in range(36))
+    assert turns.share(4) == 9  # run times unknown: spread over the slots
+    for _ in range(60):
+        turns.ran(0.0001, 1)  # 0.1 ms each: 36 of them are one thread's work
+    assert turns.share(4) >= 36
+    for _ in range(60):
+        turns.ran(0.002, 1)  # 2 ms each: a few per thread, over every slot
+    assert turns.share(4) == 9

@@ -300,7 +300,7 @@ class Worker:
             return False
         if self.stopping or not self._trusted():
             return None
-        share = -(-len(ready) // concurrency)
+        share = self.turns.share(concurrency)
         while ready and len(self.running) < concurrency:
             chunk: list[Claim] = []
             while ready and len(chunk) < share:

@@ -15,6 +15,7 @@ stops, or a fleet shard left it) are given back (``Index.unclaim``), their attem
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -30,6 +31,9 @@ AHEAD_SECONDS = 0.05  # claim at most this much work ahead per slot (by the jobs
 AHEAD_MAX = 32
 RECORD_MAX = 64  # finished jobs recorded in one commit at most
 RECORD_WAIT = 0.05  # seconds a finished job may wait for its batch to be recorded
+# A handler thread's share of quick jobs is at least this much work (by recent run times):
+# spreading less over more threads costs more in hops and GIL hand-offs than it gains.
+CHUNK_SECONDS = 0.005
 
 
 def crashed(e: BaseException) -> Outcome:
@@ -81,6 +85,12 @@ class Turns:
         for a suspect, or with --pool process)."""
         per_slot = int(AHEAD_SECONDS / max(self.job_seconds, 1e-4))
         return min(AHEAD_MAX, per_slot * concurrency)
+
+    def share(self, slots: int) -> int:
+        """How many of the ready jobs go to one handler thread: spread over ``slots``, but
+        no fewer than CHUNK_SECONDS of work each."""
+        spread = -(-len(self.ready) // max(slots, 1))
+        return max(spread, math.ceil(CHUNK_SECONDS / max(self.job_seconds, 1e-6)), 1)
 
     def ran(self, seconds: float, jobs: int) -> None:
         """A slot's jobs took ``seconds`` in all: the moving average of run times."""

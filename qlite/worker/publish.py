@@ -123,6 +123,10 @@ class Publisher:
         # previous process finished must not wait (a worker killed again within PACK_FLUSH
         # would leave them to pile up in the index only, at risk if its disk is lost).
         self.first_pass = True
+        # The last records written all failed (S3 down, or refusing writes): the worker claims
+        # nothing until one lands, so jobs do not run by the thousand with no record in the
+        # bucket (only the local disk would know they ran).
+        self.failing = False
         # job id -> its inbox key and request markers: results/ written, delete due
         self.acked: dict[str, list[str]] = {}
         self.acked_at: float | None = None
@@ -139,8 +143,9 @@ class Publisher:
         self.next_at = min(self.next_at, self.clock() + (0.25 if packed else 0.0))
 
     def behind(self) -> bool:
-        """Too many records are still being written: claim nothing until some are done."""
-        return len(self.writing) >= BEHIND
+        """Too many records are still being written, or the last ones failed: claim nothing
+        until some are done."""
+        return self.failing or len(self.writing) >= BEHIND
 
     def idle(self) -> bool:
         return not self.acked and not self.writing and not self.index.unpublished_keys(1)
@@ -219,13 +224,22 @@ class Publisher:
         """Acknowledge the records written in the background (all of them, ``wait``);
         returns the first failure (those jobs are written again next pass)."""
         failed = None
+        landed = False
         for future in [f for f in self.writing if wait or f.done()]:
             batch, markers, open_ = self.writing.pop(future)
             try:
                 self._acked(future.result() or batch, batch, markers, open_)
+                landed = True
             except Exception as e:
                 failed = e
             self.acked_at = self.acked_at or self.clock()
+        if landed or failed is not None:
+            if self.failing != (not landed):
+                log.log(logging.INFO if landed else logging.WARNING,
+                        "results written again: claiming resumes" if landed else
+                        "results cannot be written (%s: %s): claiming no more jobs until they "
+                        "can", *(() if landed else (type(failed).__name__, failed)))
+            self.failing = not landed
         return failed
 
     def _acked(self, done: list[JobRow], batch: list[JobRow], markers: dict[str, list[str]],

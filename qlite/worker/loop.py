@@ -30,13 +30,12 @@ from qlite.index.db import Index, Limits
 from qlite.index.rows import JobRow
 from qlite.producer import Client
 from qlite.settings import Settings
-from qlite.states import WAITING
 from qlite.store import Store
 from qlite.worker import shutdown
 from qlite.worker.cancels import Cancels
 from qlite.worker.counters import Counters
 from qlite.worker.dispatch import in_thread, submit, submit_in_turn
-from qlite.worker.execute import Claim, Outcome
+from qlite.worker.execute import Claim
 from qlite.worker.expiry import Expiry
 from qlite.worker.faults import crash_point
 from qlite.worker.fleet import Fleet
@@ -46,13 +45,13 @@ from qlite.worker.logs import install_capture, job_fields
 from qlite.worker.pacing import Pacer
 from qlite.worker.periodic import Periodic
 from qlite.worker.publish import Publisher
-from qlite.worker.record import record, recorded_success
+from qlite.worker.record import Recorder
 from qlite.worker.replica import Replica, node_name
 from qlite.worker.reports import Reports
 from qlite.worker.restore import open_index
 from qlite.worker.shards import Shards
 from qlite.worker.suspects import Suspects
-from qlite.worker.turns import Turns, crashed, plain
+from qlite.worker.turns import Turns, crashed
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,6 @@ class Worker:
         self.disk_full = False
         self.packed: set[str] = set()  # running jobs that came in a pack
         self.suspects = Suspects()  # running suspects: nothing starts beside them
-        self.record_failures: dict[str, int] = {}
         self.cancels = Cancels()  # running job id -> its ctx.cancelled
         self.expiry = Expiry()
         self.held = False  # the last claim left runnable jobs behind, held back by limits
@@ -140,6 +138,10 @@ class Worker:
                                    self.settings.max_payload, trusted=self._trusted,
                                    wake=self.wake.set)
         self.periodic = Periodic(self.app, self.index, self.client, self.clock)
+        self.recorder = Recorder(self.index, self.app, self.publisher, self.cancels,
+                                 owner=self.owner, clock=self.clock, rng=self.rng,
+                                 done=self._done)
+        self.recorder.metrics = self.metrics
         self._join_fleet()
         keyring = self.settings.signing_key
         log.info("worker started owner=%s queues=%s concurrency=%d index=%s url=%s signing=%s",
@@ -411,48 +413,9 @@ class Worker:
                 self._record_finished()
 
     def _record_finished(self) -> None:
-        """Record the finished jobs: plain successes in one statement, the others one by
-        one. An outcome that fails to record stays for the next step."""
-        finished = self.turns.finished
-        batch = [(c, o) for c, o in finished if plain(o, self.cancels.events.get(c.id))]
-        if batch:
-            try:
-                recorded = self.index.succeed_many([(c.id, c.attempt, o.result or "null")
-                                                    for c, o in batch],
-                                                   self.owner, self.clock())
-            except Exception as e:  # each is tried alone below, with the usual fallbacks
-                log.warning("recording %d finished job(s) failed (%s: %s); one by one now",
-                            len(batch), type(e).__name__, e)
-            else:
-                for claim, _ in batch:
-                    recorded_success(claim, claim.id in recorded, self.metrics)
-                    crash_point("after_record")
-                    self._done(claim)
-                done = {c.id for c, _ in batch}
-                finished = [(c, o) for c, o in finished if c.id not in done]
-        self.turns.left([(c, o) for c, o in finished if not self._record_one(c, o)])
-
-    def _record_one(self, claim: Claim, outcome: Outcome) -> bool:
-        """Record one outcome; False to try again next step."""
-        try:
-            self._record(claim, outcome)
-        except Exception as e:
-            tries = self.record_failures[claim.id] = self.record_failures.get(claim.id, 0) + 1
-            if disk_full(e) or tries < 3:
-                if not disk_full(e):
-                    log.warning("recording the job failed (%s: %s); trying again",
-                                type(e).__name__, e, extra=job_fields(claim))
-                return False  # the outcome stays in memory; the next step records it
-            # Never let one outcome block the others for good: record a plain failure.
-            log.error("recording the job failed: %s: %s", type(e).__name__, e,
-                      extra=job_fields(claim))
-            self._step_quietly(lambda c=claim, e=e: self.index.finish(
-                c.id, c.attempt, self.owner, "failed", now=self.clock(), error={
-                    "type": "RecordError", "traceback": None,
-                    "message": f"the outcome could not be recorded: {type(e).__name__}"}))
-        crash_point("after_record")
-        self._done(claim)
-        return True
+        """Record the finished jobs (record.Recorder); an outcome that fails to record stays
+        for the next step."""
+        self.turns.left(self.recorder.run(self.turns.finished, self.packed))
 
     def _done(self, claim: Claim) -> None:
         """Forget a recorded job; its result is published soon."""
@@ -462,28 +425,11 @@ class Worker:
     def _forget(self, job_id: str) -> None:
         self.packed.discard(job_id)
         self.suspects.ended(job_id)
-        self.record_failures.pop(job_id, None)
         self.cancels.close(job_id)
 
     def _note_progress(self) -> None:
         """Put the latest ctx.progress of running jobs into the index (qlite ls, show)."""
         self.reports.flush(self.index, self.owner, self.clock())
-
-    def _record(self, claim: Claim, outcome: Outcome) -> None:
-        if outcome.checkpointed and outcome.state == "succeeded":
-            self.publisher.checkpoints.add(claim.id)  # deleted with its inbox object
-        task = self.app.tasks.get(claim.task)
-        d, ok = record(self.index, claim, outcome, owner=self.owner,
-                       backoff=task.backoff if task else 1.0,
-                       cancelled=self.cancels.requested(claim.id), now=self.clock(),
-                       rng=self.rng)
-        if ok and d.state in ("retry", "snooze") and claim.envelope.get("record_start") and (
-                claim.id not in self.packed):
-            job = self.index.get(claim.id)  # its record says it waits for the next attempt
-            if job is not None and job.state in WAITING:
-                self.publisher.interim(job)
-        if ok and self.metrics is not None:
-            self.metrics.job_recorded(claim.task, claim.id, d.label)
 
     def _publish(self, flush: bool = False) -> None:
         if not self._trusted():  # a new owner may be running these jobs: write nothing

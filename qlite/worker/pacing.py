@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # While jobs keep arriving, LIST about once per PER_LIST new inbox objects (a single job, or a
 # pack), at least every QLITE_POLL_MIN and at most every POLL_FAST seconds: at 50 jobs/s every
-# 0.32 s, at 80 jobs/s every 0.2 s. A LIST per 16 single puts is 0.06 requests per job, which
-# with the DeleteObjects and the producer's bell reads keeps a job within 3.1 requests.
+# 0.32 s, at 100 jobs/s every 0.16 s. A LIST per 16 single puts is 0.06 requests per job; with
+# a DeleteObjects and a read of the bell by the producer once a second, a single put costs
+# about 3.1 requests at 50 jobs/s (docs/costs.md). Sooner would cost more than 3.1.
 PER_LIST = 16
 POLL_FAST = 0.1
 ARRIVALS_TAU = 1.0  # seconds: the time constant of the arrival rate's moving average

@@ -66,8 +66,16 @@ def run(tmp: Path, say: Callable[[str], None], seconds: float = 180,
             f"{seconds:.0f} s of requests (worker and Litestream) through a proxy")
         time.sleep(doorbell.CACHE + 1)  # its closing LIST
         before, start = proxy.snapshot(), time.monotonic()
-        time.sleep(seconds)
-        after, elapsed = proxy.snapshot(), time.monotonic() - start
+        # When in the window each request came, by minute: a timer's rate, or a one-off
+        minutes: list[dict[str, dict[str, int]]] = []
+        last = before
+        while (left := start + seconds - time.monotonic()) > 0:
+            time.sleep(min(60.0, left))
+            now = proxy.snapshot()
+            minutes.append({"worker": _by_op(now - last, name, False),
+                            "litestream": _by_op(now - last, name, True)})
+            last = now
+        after, elapsed = last, time.monotonic() - start
         window = after - before
         still = _bell(direct, name).get("asleep") is True
         say(f"idle: pickup after idle, {pickups} jobs, each put while the worker sleeps")
@@ -93,6 +101,7 @@ def run(tmp: Path, say: Callable[[str], None], seconds: float = 180,
         "dollars_month": dollars_per_month(dict(total), elapsed),
         "dollars_month_worker": dollars_per_month(ops_worker, elapsed),
         "dollars_month_litestream": dollars_per_month(ops_litestream, elapsed),
+        "requests_by_minute": minutes,
         "pickup_ms": [x * 1e3 for x in latencies],
         "pickup_p50_ms": percentile([x * 1e3 for x in latencies], 50),
         "pickup_p95_ms": percentile([x * 1e3 for x in latencies], 95),
@@ -103,12 +112,16 @@ def run(tmp: Path, say: Callable[[str], None], seconds: float = 180,
 
 def table(r: dict) -> str:
     per_min = ", ".join(f"{op} {n:.1f}" for op, n in r["per_minute"].items())
+    # The minutes in which Litestream sent anything (its timers, or a one-off after start)
+    busy = [f"{i + 1}: " + ", ".join(f"{op} {n}" for op, n in m["litestream"].items())
+            for i, m in enumerate(r.get("requests_by_minute", ())) if m["litestream"]]
     return "\n".join([
         "idle as deployed (worker + Litestream, counted by a proxy):",
         f"  {r['seconds']:.0f} s asleep: {per_min} per minute",
         f"  ${r['dollars_month']:.2f}/month at AWS list prices (worker "
         f"${r['dollars_month_worker']:.2f}, Litestream ${r['dollars_month_litestream']:.2f}); "
         "target <= $1.50",
+        f"  Litestream's requests by minute of the window: {'; '.join(busy) or 'none'}",
         f"  pickup after idle: p50 {r['pickup_p50_ms']:.0f} ms, p95 {r['pickup_p95_ms']:.0f} ms, "
         f"max {r['pickup_max_ms']:.0f} ms over {len(r['pickup_ms'])} jobs; target p95 <= 1000 ms",
     ])

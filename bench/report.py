@@ -103,7 +103,9 @@ def partial(rnd: dict) -> dict:
         f.update({"steady_rate": round(st["rate"], 1), "steady_p50_ms": round(st["p50_ms"]),
                   "steady_p99_ms": round(st["p99_ms"]), "steady_visible": st["visible"],
                   "steady_jobs": st["jobs"],
-                  "steady_requests": round(sum(st["requests"].values()), 3)})
+                  "steady_requests": round(sum(st["requests"].values()), 3),
+                  "steady_requests_by_op": {k: round(v, 4) for k, v in st["requests"].items()},
+                  "steady_split_ms": st.get("split_ms")})
     return f
 
 

@@ -217,6 +217,7 @@ def steady(rate: float, seconds: float, tmp: Path) -> dict:
                                    args=(name, put_at, seen_at, lock, producing))
         watcher.start()
         n_target = int(rate * seconds)
+        wall = time.time() - time.perf_counter()  # perf_counter -> Unix time (index times)
         start = time.perf_counter()
         for i in range(n_target):
             delay = start + i / rate - time.perf_counter()
@@ -244,7 +245,35 @@ def steady(rate: float, seconds: float, tmp: Path) -> dict:
     for op, count in client.store.requests.items():  # its PUTs, and its doorbell reads
         requests[op] = requests.get(op, 0) + count / n
     return {"rate": achieved, "jobs": n, "visible": len(lat), "p50_ms": percentile(lat, 50),
-            "p99_ms": percentile(lat, 99), "requests": requests}
+            "p99_ms": percentile(lat, 99), "requests": requests,
+            "split_ms": _split(worker.db, put_at, seen_at, wall)}
+
+
+# The stages of put -> visible result, from the worker's index (times in ms, 1 ms resolution)
+STAGES = ("taken_in", "started", "finished", "visible")
+
+
+def _split(db: Path, put_at: dict, seen_at: dict, wall: float) -> dict:
+    """Where put -> visible result went, per job, p50 and p99 of each stage: put call -> row
+    in the index (the LIST's wait, the GET, the insert), -> claimed (started_at), -> handler
+    done and recorded (finished_at), -> seen in results/ by the watcher (the record's PUT, the
+    watcher's 50 ms LIST). Same host, so the worker's clock is the bench's."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT id, ingested_at, started_at, finished_at FROM jobs").fetchall()
+    finally:
+        con.close()
+    spans: dict[str, list[float]] = {s: [] for s in STAGES}
+    for job_id, *times in rows:
+        if job_id not in put_at or job_id not in seen_at or None in times:
+            continue
+        marks = [put_at[job_id] + wall, *(envelope.parse_time(t) for t in times),
+                 seen_at[job_id] + wall]
+        for stage, a, b in zip(STAGES, marks, marks[1:], strict=False):
+            spans[stage].append((b - a) * 1e3)
+    return {f"{s}_p{p}": round(percentile(v, p), 1) for s, v in spans.items() for p in (50, 99)}
 
 
 def _watch_results(name: str, put_at: dict, seen_at: dict, lock: threading.Lock,

@@ -99,7 +99,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace", "QLITE_GRACE", "--grace", 30.0, "float",
             "Seconds running jobs get to finish after SIGTERM/SIGINT before the worker exits."),
     Setting("poll_min", "QLITE_POLL_MIN", "--poll-min", 0.5, "float",
-            "Seconds between inbox LISTs while jobs keep arriving."),
+            "Most seconds between inbox LISTs while jobs keep arriving (sooner when they "
+            "come fast: about one LIST per 16 new jobs, at most 10 a second)."),
     Setting("poll_max", "QLITE_POLL_MAX", "--poll-max", 10.0, "float",
             "Cap in seconds of the idle back-off between inbox LISTs (one LIST per queue per "
             "poll): the worst-case pickup delay after a quiet spell when the doorbell is off "

@@ -11,6 +11,7 @@ from qlite import doorbell, envelope
 from qlite.index.db import Index
 from qlite.index.rows import JobRow
 from qlite.settings import Settings
+from qlite.worker import pacing
 from qlite.worker.cancels import Cancels
 from qlite.worker.counters import Counters
 from qlite.worker.execute import Claim, Outcome
@@ -174,34 +175,99 @@ def test_empty_polls_back_off_to_poll_max_and_a_poll_that_finds_jobs_resets_the_
     assert pacer.sleeper is None and pacer.due(False, lambda: True)
     paces = []
     for _ in range(6):
-        pacer.polled(False, burst=False, may_sleep=lambda: True)
+        pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
         paces.append(pacer.poll_every)
         assert not pacer.due(False, lambda: True)
         clock.now = pacer.next_poll
         assert pacer.due(False, lambda: True)
     assert paces == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert not pacer.asleep  # the doorbell is off: it never sleeps
-    pacer.polled(True, burst=False, may_sleep=lambda: True)
+    pacer.polled(1, more=False, burst=False, may_sleep=lambda: True)
     assert pacer.poll_every == 0.5 and pacer.next_poll == clock.now + 0.5
-    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
     assert pacer.poll_every == 1.0
     pacer.poll_now()  # a schedule fired: take its job in at once
     assert pacer.due(False, lambda: True)
 
 
+def arrive(pacer, clock, rate, seconds):
+    """Jobs arriving at ``rate`` a second for ``seconds``, each LIST taking in what came since
+    the last one (fractions carried over); the LIST intervals the pacer chose."""
+    paces, owed, end = [], 0.0, clock.now + seconds
+    while clock.now < end:
+        step = pacer.next_poll - clock.now
+        clock.now = pacer.next_poll
+        owed += rate * step
+        pacer.polled(int(owed), more=False, burst=False, may_sleep=lambda: True)
+        owed -= int(owed)
+        paces.append(pacer.poll_every)
+    return paces
+
+
+def test_while_jobs_arrive_the_pacer_lists_about_once_per_per_list_jobs_within_its_bounds():
+    clock = Clock()
+    pacer = Pacer(Settings(), MemoryBell(), clock)
+    pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
+    # 50 jobs/s: after a few seconds the LIST comes every PER_LIST / 50 s, not every 0.5 s.
+    paces = arrive(pacer, clock, 50, 6)
+    assert paces[0] == 0.5  # the first LIST that finds jobs: the rate is not known yet
+    assert paces[-1] == pytest.approx(pacing.PER_LIST / 50, rel=0.1)
+    assert pacer.arrivals == pytest.approx(50, rel=0.1)
+    lists = len(arrive(pacer, clock, 50, 10))
+    assert lists / (50 * 10) == pytest.approx(1 / pacing.PER_LIST, rel=0.15)
+    # Faster: never more often than POLL_FAST; slower: never less often than QLITE_POLL_MIN.
+    assert arrive(pacer, clock, 400, 5)[-1] == pacing.POLL_FAST
+    assert arrive(pacer, clock, 5, 5)[-1] == 0.5
+    assert not pacer.asleep
+
+
+def test_a_busy_pacer_backs_off_from_its_pace_and_sleeps_only_after_a_quiet_spell():
+    clock, store = Clock(), MemoryBell()
+    pacer = Pacer(Settings(), store, clock)
+    arrive(pacer, clock, 200, 5)
+    assert pacer.poll_every == pacing.POLL_FAST
+    found_at, paces = clock.now, []
+    while not pacer.asleep:  # the jobs stop
+        clock.now = pacer.next_poll
+        pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
+        paces.append(pacer.poll_every)
+    # Two empty LISTs 0.1 s apart are no quiet spell: it sleeps once 1.5 s passed without a
+    # job, as after the 0.5 s and 1 s steps of the back-off from QLITE_POLL_MIN.
+    assert paces[:3] == [0.2, 0.4, 0.8] and clock.now - found_at == pytest.approx(1.5)
+    assert json.loads(store.objects[doorbell.KEY][0])["asleep"] is True
+
+
+def test_more_pages_to_read_are_listed_at_poll_min_and_an_empty_page_ends_the_rate():
+    clock = Clock()
+    pacer = Pacer(Settings(poll_min=0.3), MemoryBell(), clock)
+    pacer.polled(0, more=False, burst=False, may_sleep=lambda: False)
+    clock.now = pacer.next_poll
+    pacer.polled(1000, more=True, burst=False, may_sleep=lambda: True)  # a backlog, page 1
+    assert pacer.poll_every == 0.3 and pacer.next_poll == clock.now + 0.3
+    clock.now = pacer.next_poll
+    pacer.polled(0, more=True, burst=False, may_sleep=lambda: True)  # known jobs, page 2
+    assert pacer.poll_every == 0.3 and pacer.quiet_polls == 0
+    rate = pacer.arrivals
+    assert rate > 100
+    for _ in range(5):
+        clock.now = pacer.next_poll
+        pacer.polled(0, more=False, burst=False, may_sleep=lambda: False)
+    assert pacer.arrivals < rate / 100  # the backlog is no arrival rate for long
+
+
 def test_a_quiet_pacer_sleeps_on_the_bell_lists_once_more_then_only_on_a_ring():
     clock, store = Clock(), MemoryBell()
     pacer = Pacer(Settings(), store, clock)
-    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
     assert not pacer.asleep  # one empty LIST is not a quiet spell
     clock.now = pacer.next_poll
-    pacer.polled(False, burst=False, may_sleep=lambda: False)
+    pacer.polled(0, more=False, burst=False, may_sleep=lambda: False)
     assert not pacer.asleep and not store.objects  # the loop is not idle: no write
     clock.now = pacer.next_poll
-    pacer.polled(False, burst=True, may_sleep=lambda: True)
+    pacer.polled(0, more=False, burst=True, may_sleep=lambda: True)
     assert not pacer.asleep  # --burst never sleeps
     clock.now = pacer.next_poll
-    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
     assert pacer.asleep and json.loads(store.objects[doorbell.KEY][0])["asleep"] is True
     # One more LIST once every producer's cached "awake" read is older than the write.
     assert pacer.poll_every == doorbell.CACHE + 0.25
@@ -213,7 +279,7 @@ def test_a_quiet_pacer_sleeps_on_the_bell_lists_once_more_then_only_on_a_ring():
     assert not pacer.due(False, lambda: True) and store.gets == gets + 1  # unchanged (304)
     clock.now = pacer.next_poll
     assert pacer.due(False, lambda: True)  # the closing LIST
-    pacer.polled(False, burst=False, may_sleep=lambda: True)
+    pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
     assert pacer.asleep and pacer.poll_every == pacer.safety == doorbell.SAFETY
     # Asleep, the bell is asked at a fixed rate, and the loop never waits a full second.
     for _ in range(3):
@@ -232,14 +298,14 @@ def test_a_job_found_or_started_wakes_a_sleeping_pacer():
     clock = Clock()
     pacer = Pacer(Settings(), MemoryBell(), clock)
     for _ in range(2):
-        pacer.polled(False, burst=False, may_sleep=lambda: True)
+        pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
     assert pacer.asleep
     pacer.wake()  # the loop started a scheduled job
     assert not pacer.asleep and pacer.due(False, lambda: True)
     for _ in range(2):
-        pacer.polled(False, burst=False, may_sleep=lambda: True)
+        pacer.polled(0, more=False, burst=False, may_sleep=lambda: True)
     assert pacer.asleep
-    pacer.polled(True, burst=False, may_sleep=lambda: True)  # the safety LIST found jobs
+    pacer.polled(1, more=False, burst=False, may_sleep=lambda: True)  # the safety LIST found jobs
     assert not pacer.asleep and pacer.poll_every == 0.5
 
 

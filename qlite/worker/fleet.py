@@ -302,9 +302,13 @@ class Fleet:
     # -- one tick: observe, renew, rebalance ---------------------------------------------
 
     def tick(self) -> None:
+        # Renew first: a worker woken by the doorbell starts nothing until its renewal lands
+        # (set_asleep), so that must not wait for the LIST. Observing after it is as safe:
+        # ``now`` is taken closer to the LIST, and a member's ETag first seen later is
+        # declared dead later.
+        self._renew()
         now = self.clock()
         listing = self.store.list_etags("coord/")
-        self._renew()
         self._observe(listing, now)
         self._bell(listing.get(BELL_KEY), now)
         if listing.get(TABLE) != self.table_etag or self.table_etag is None:

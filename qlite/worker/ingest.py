@@ -45,6 +45,7 @@ class Sweep:
 class Pass:
     taken: int = 0
     quarantined: int = 0
+    objects: int = 0  # new inbox objects read: a job's, a pack's, or one quarantined
     deleted: list[str] = field(default_factory=list)
 
 
@@ -162,6 +163,7 @@ class Ingest:
         for outcome in self.io.map(self._take_in_safely, fetch):
             if outcome is None:
                 continue
+            result.objects += 1
             if outcome[0] == "job":
                 rows.append(outcome[1])
             elif outcome[0] == "pack":

@@ -231,8 +231,8 @@ class Worker:
             self.expiry.soon()  # new jobs may expire sooner
         if result.taken or result.quarantined:
             log.info("ingested %d job(s), quarantined %d", result.taken, result.quarantined)
-        found = bool(result.taken or result.quarantined or self.ingest.mid_sweep())
-        self.pacer.polled(found, burst=burst, may_sleep=self._may_sleep)
+        self.pacer.polled(result.objects, more=self.ingest.mid_sweep(), burst=burst,
+                          may_sleep=self._may_sleep)
 
     def _may_sleep(self) -> bool:
         """Nothing runs, waits to be published or taken in (the Pacer also asks the fleet)."""

@@ -1,16 +1,20 @@
 """When the worker LISTs its inbox, and how long its loop may wait: the idle back-off, and the
 doorbell (qlite/doorbell.py) it sleeps on once idle.
 
-Awake, an empty LIST doubles the interval up to QLITE_POLL_MAX; a LIST that finds jobs (or has
-more pages to read) brings it back to QLITE_POLL_MIN. After ``doorbell.QUIET_POLLS`` empty LISTs
-in a row an idle worker writes ``asleep`` to the bell, LISTs once more ``doorbell.CACHE`` + a
-margin later, then asks the bell every ``doorbell.EVERY`` seconds and LISTs only every
-``safety`` seconds. A ring, a job found, or the loop starting a job wakes it (docs/costs.md).
+Awake, while jobs arrive, the next LIST comes after about ``PER_LIST`` new inbox objects at the
+rate they have been arriving (a moving average), between ``POLL_FAST`` and QLITE_POLL_MIN: the
+faster they come, the sooner each is seen, at one LIST per ``PER_LIST`` jobs or fewer. An empty
+LIST doubles the interval up to QLITE_POLL_MAX. After ``doorbell.QUIET_POLLS`` empty LISTs in a
+row, and as long without a new job as those take backing off from QLITE_POLL_MIN (1.5 s), an
+idle worker writes ``asleep`` to the bell, LISTs once more ``doorbell.CACHE`` + a margin later,
+then asks the bell every ``doorbell.EVERY`` seconds and LISTs only every ``safety`` seconds. A
+ring, a job found, or the loop starting a job wakes it (docs/costs.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +25,15 @@ if TYPE_CHECKING:
     from qlite.worker.fleet import Fleet
 
 log = logging.getLogger(__name__)
+
+# While jobs keep arriving, LIST about once per PER_LIST new inbox objects (a single job, or a
+# pack), at least every QLITE_POLL_MIN and at most every POLL_FAST seconds: at 50 jobs/s every
+# 0.32 s, at 100 jobs/s every 0.16 s. A LIST per 16 single puts is 0.06 requests per job; with
+# a DeleteObjects and a read of the bell by the producer once a second, a single put costs
+# about 3.1 requests at 50 jobs/s (docs/costs.md). Sooner would cost more than 3.1.
+PER_LIST = 16
+POLL_FAST = 0.1
+ARRIVALS_TAU = 1.0  # seconds: the time constant of the arrival rate's moving average
 
 
 class Pacer:
@@ -33,6 +46,12 @@ class Pacer:
         self.clock = clock
         self.poll_every = settings.poll_min
         self.next_poll = 0.0
+        self.arrivals = 0.0  # new inbox objects per second, a moving average over the LISTs
+        self.listed_at: float | None = None
+        self.found_at = float("-inf")  # the last LIST that found something
+        # Quiet means as long without a new job as two empty LISTs take when backing off from
+        # QLITE_POLL_MIN (0.5 s + 1 s), however fast the LISTs came while jobs arrived.
+        self.quiet_for = 3 * settings.poll_min
         # QLITE_DOORBELL: once idle, sleep on a GET of coord/doorbell.json
         # (not when QLITE_POLL_MAX is shorter than the bell's interval: the LISTs are faster)
         self.sleeper = doorbell.Sleeper(store) \
@@ -58,12 +77,17 @@ class Pacer:
         """LIST at the next step rather than after the idle back-off (new shards, a tick)."""
         self.next_poll = 0.0
 
-    def polled(self, found: bool, *, burst: bool, may_sleep: Callable[[], bool]) -> None:
-        """A LIST is done: ``found`` jobs or more pages to read (no back-off), or nothing (back
-        off; once quiet for long enough and ``may_sleep``, fall asleep on the bell)."""
-        if found:
-            self.poll_every = self.poll_min  # more pages to read: no back-off
+    def polled(self, taken: int, *, more: bool, burst: bool,
+               may_sleep: Callable[[], bool]) -> None:
+        """A LIST is done: it found ``taken`` new inbox objects (jobs, packs, objects to
+        quarantine) and there are ``more`` pages to read (no back-off: at the arrival rate,
+        or QLITE_POLL_MIN mid-sweep), or nothing (back off; once quiet for long enough and
+        ``may_sleep``, fall asleep on the bell)."""
+        self._note_arrivals(taken)
+        if taken or more:
+            self.poll_every = self.poll_min if more else self._busy_every()
             self.quiet_polls = 0
+            self.found_at = self.clock()
             self.wake()
         else:
             self.quiet_polls += 1
@@ -71,13 +95,29 @@ class Pacer:
             if self.asleep:
                 self.poll_every = self.safety
             elif (self.sleeper is not None and not burst
-                  and self.quiet_polls >= doorbell.QUIET_POLLS and self._may_sleep(may_sleep)
-                  and self.sleeper.sleep()):
+                  and self.quiet_polls >= doorbell.QUIET_POLLS
+                  and self.clock() - self.found_at >= self.quiet_for
+                  and self._may_sleep(may_sleep) and self.sleeper.sleep()):
                 self._fell_asleep()
                 # One more LIST once every producer's cached "awake" read is older than our
                 # write: a put after that LIST reads "asleep" and rings.
                 self.poll_every = doorbell.CACHE + 0.25
         self.next_poll = self.clock() + self.poll_every
+
+    def _note_arrivals(self, taken: int) -> None:
+        """Fold this LIST's new objects into the arrival rate: a moving average whose weight
+        is the time since the last LIST (``ARRIVALS_TAU``), however often the LISTs come."""
+        now = self.clock()
+        if self.listed_at is not None:
+            elapsed = max(now - self.listed_at, 0.01)
+            weight = 1.0 - math.exp(-elapsed / ARRIVALS_TAU)
+            self.arrivals += (taken / elapsed - self.arrivals) * weight
+        self.listed_at = now
+
+    def _busy_every(self) -> float:
+        """The next LIST while jobs arrive: after about PER_LIST more at the current rate."""
+        every = PER_LIST / max(self.arrivals, 1e-3)
+        return min(self.poll_min, max(POLL_FAST, every))
 
     def wait(self, now: float, *, burst: bool, due: Iterable[float | None] = (),
              outage: float = 0.0, beat_at: float, publish_at: float) -> float:

@@ -133,8 +133,8 @@ def main() -> int:
         redis.start()
         clean_environment(seaweed, redis, tmp)
 
-        idle = s3cases.idle_start(tmp)  # idles through the whole run, in its own queue
-        stack.callback(idle.kill)
+        idler = s3cases.idle_start(tmp)  # idles through the whole run, in its own queue
+        stack.callback(idler.kill)
         idle_started = time.monotonic()
 
         rounds, rate = [], None
@@ -152,7 +152,7 @@ def main() -> int:
         if left > 0:
             say(f"idle: waiting {left:.0f} s more")
             time.sleep(left)
-        idle_result = s3cases.idle_finish(idle)
+        idle_result = s3cases.idle_finish(idler)
 
         deployed = idle.run(tmp, say, SIZES["idle_cost_seconds"], SIZES["pickups"])
         fleet_result = fleet.run(tmp, say)

@@ -1,7 +1,8 @@
 """Idle as deployed: one worker with Litestream on, behind a request-counting proxy
 (bench/countproxy.py), so the worker's and Litestream's requests are counted together. Once the
 worker sleeps on the doorbell (its idlest state: what an hour of silence leads to, reached in
-under a minute), the proxy counts every request for ``seconds``, priced at AWS list prices; then
+under a minute) and Litestream's one-off requests after its start are over (a minute without
+any), the proxy counts every request for ``seconds``, priced at AWS list prices; then
 jobs are put one at a time, each after the worker fell asleep again, and their pickup (put call
 to handler start) is timed. ``python -m bench idle`` runs it alone (docs/costs.md)."""
 
@@ -51,6 +52,20 @@ def _by_op(counts: Counter, name: str, litestream: bool) -> dict[str, int]:
     return dict(ops)
 
 
+def _quiet(proxy: CountingProxy, name: str, quiet: float, timeout: float) -> dict[str, int]:
+    """Wait until Litestream has sent nothing for ``quiet`` seconds (at most ``timeout``);
+    returns the requests it sent meanwhile."""
+    first = last = proxy.snapshot()
+    start = since = time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        now = proxy.snapshot()
+        if _by_op(now - last, name, True):
+            since = time.monotonic()
+        last = now
+    return _by_op(last - first, name, True)
+
+
 def run(tmp: Path, say: Callable[[str], None], seconds: float = 180,
         pickups: int = 20) -> dict:
     """The whole case, against the SeaweedFS whose env is in os.environ."""
@@ -65,6 +80,12 @@ def run(tmp: Path, say: Callable[[str], None], seconds: float = 180,
         say(f"idle: the worker fell asleep {slept:.0f} s after it started; counting "
             f"{seconds:.0f} s of requests (worker and Litestream) through a proxy")
         time.sleep(doorbell.CACHE + 1)  # its closing LIST
+        # Litestream sends a few requests once, a minute or two after it starts (L1/L2 of
+        # the new replica), then nothing while the index is unchanged: a month of idle is
+        # that quiet state, so the window opens once Litestream has been quiet for a minute.
+        startup = _quiet(proxy, name, 60, 300)
+        say(f"idle: Litestream quiet for 60 s (its start-up requests: {startup}); counting "
+            f"{seconds:.0f} s")
         before, start = proxy.snapshot(), time.monotonic()
         # When in the window each request came, by minute: a timer's rate, or a one-off
         minutes: list[dict[str, dict[str, int]]] = []
@@ -96,6 +117,7 @@ def run(tmp: Path, say: Callable[[str], None], seconds: float = 180,
     total = Counter(ops_worker) + Counter(ops_litestream)
     return {
         "seconds": elapsed, "asleep_after_s": slept, "asleep_throughout": still,
+        "litestream_startup_requests": startup,
         "requests_worker": ops_worker, "requests_litestream": ops_litestream,
         "per_minute": {op: n * 60 / elapsed for op, n in sorted(total.items())},
         "dollars_month": dollars_per_month(dict(total), elapsed),

@@ -173,7 +173,7 @@ def worker(
         "fleet_lease", "seconds a worker's shard lease lasts (the first worker on the bucket "
         "fixes it)")] = None,
     poll_min: Annotated[float | None, _setting(
-        "poll_min", "seconds between LISTs while busy")] = None,
+        "poll_min", "most seconds between LISTs while busy")] = None,
     poll_max: Annotated[float | None, _setting(
         "poll_max", "idle LIST back-off cap in seconds")] = None,
     doorbell: Annotated[str | None, _setting(

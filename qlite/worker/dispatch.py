@@ -22,14 +22,14 @@ def submit(pool: ThreadPoolExecutor, app: App, claim: Claim, *, settings: Settin
            client: Client, store_url: str, cancel: threading.Event,
            on_progress: Callable[[str, int, dict], None], suspect: bool) -> Future:
     """Start the job's handler on ``pool`` (a child process is watched from a thread)."""
-    task = app.tasks.get(claim.task)
-    timeout = claim.envelope.get("timeout") or (task.timeout if task else None)
-    if not in_thread(app, claim.task, claim.envelope, settings, suspect=suspect):
-        return pool.submit(run_in_child, app, claim, timeout, store_url, settings.endpoint_url,
-                           cancel, (settings.log_level, settings.log_format),
-                           settings.signing_key, settings.progress_every, on_progress,
-                           settings.encryption_key)
-    return pool.submit(run, app, claim, client, cancel, settings.progress_every, on_progress)
+    if in_thread(app, claim.task, claim.envelope, settings, suspect=suspect):
+        return pool.submit(run, app, claim, client, cancel, settings.progress_every,
+                           on_progress)
+    timeout = claim.envelope.get("timeout") or app.tasks[claim.task].timeout
+    return pool.submit(run_in_child, app, claim, timeout, store_url, settings.endpoint_url,
+                       cancel, (settings.log_level, settings.log_format),
+                       settings.signing_key, settings.progress_every, on_progress,
+                       settings.encryption_key)
 
 
 def in_thread(app: App, name: str, envelope: dict, settings: Settings, *,

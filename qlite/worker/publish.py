@@ -233,12 +233,12 @@ class Publisher:
             except Exception as e:
                 failed = e
             self.acked_at = self.acked_at or self.clock()
+        if landed and self.failing:
+            log.info("results written again: claiming resumes")
+        elif failed is not None and not landed and not self.failing:
+            log.warning("results cannot be written (%s: %s): claiming no more jobs until "
+                        "they can", type(failed).__name__, failed)
         if landed or failed is not None:
-            if self.failing != (not landed):
-                log.log(logging.INFO if landed else logging.WARNING,
-                        "results written again: claiming resumes" if landed else
-                        "results cannot be written (%s: %s): claiming no more jobs until they "
-                        "can", *(() if landed else (type(failed).__name__, failed)))
             self.failing = not landed
         return failed
 

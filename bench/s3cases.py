@@ -156,10 +156,10 @@ def drain(n: int, concurrency: int, tmp: Path, pack: bool = True) -> dict:
     done = out["counts"].get("succeeded", 0)
     if done != n:
         raise RuntimeError(f"drain: {done} of {n} jobs succeeded: {out['counts']}")
-    # Packed drains are timed as the peers are (first job started to last job ended, so the
-    # worker's own start and stop are left out; wall_jobs_s keeps them). A single-put drain is
-    # S3-bound, its GETs come before its first job: timed whole.
-    jobs_s = (n - 1) / out["span"] if pack else n / out["elapsed"]
+    # Drains are timed as the peers are: first job started to last job ended, so the worker's
+    # own start and stop are left out (wall_jobs_s keeps them). A single-put drain's jobs come
+    # with inline keys: its LIST is its only read before the first job.
+    jobs_s = (n - 1) / out["span"]
     return {"jobs_s": jobs_s, "wall_jobs_s": n / out["elapsed"], "elapsed": out["elapsed"],
             "worker_requests": {k: v / n for k, v in out["requests"].items()},
             "peak_rss_mb": out["peak_rss_mb"], "put_many_jobs_s": bulk["jobs_s"],

@@ -7,6 +7,7 @@ other languages. Standard library only: this module is on the producer's import 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -390,14 +391,53 @@ def parse_marker(relative_key: str) -> tuple[str, str, str] | None:
 
 
 def parse_inbox_key(relative_key: str) -> tuple[str, str] | None:
-    """``inbox/{queue}/{id}.json`` to (queue, id), or None if the key has another shape."""
+    """``inbox/{queue}/{id}.json`` (or an inline key, ``{id}.{text}.json``) to (queue, id),
+    or None if the key has another shape."""
     parts = relative_key.split("/")
     if len(parts) != 3 or parts[0] != "inbox" or not parts[2].endswith(".json"):
         return None
-    job_id = parts[2][: -len(".json")]
-    if not QUEUE_RE.match(parts[1]) or not ID_RE.match(job_id):
+    job_id, _, text = parts[2][: -len(".json")].partition(".")
+    if not QUEUE_RE.match(parts[1]) or not ID_RE.match(job_id) or (
+            text and not INLINE_RE.match(text)):
         return None
     return parts[1], job_id
+
+
+# Inline keys: a small job travels in its object's key too, inbox/{queue}/{id}.{text}.json,
+# where text is the envelope without its id and queue (the key names both) as unpadded
+# base64url JSON. The worker's LIST then returns the job itself: no GET (two requests per job
+# instead of three, one round trip sooner). The object's body is the same envelope, so a GET
+# still reads it. Not for keyed, signed, sealed or claim-checked jobs (docs/envelope.md).
+NAME_MAX = 255  # bytes of one key segment: SeaweedFS (and file-backed servers) refuse longer
+INLINE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def inline_key(env: dict) -> str | None:
+    """The inline key of a valid envelope, or None when it does not fit in NAME_MAX."""
+    rest = {k: v for k, v in env.items() if k not in ("id", "queue")}
+    text = base64.urlsafe_b64encode(_ENCODER.encode(rest).encode("utf-8")).rstrip(b"=")
+    name = f"{env['id']}.{text.decode('ascii')}.json"
+    return f"inbox/{env['queue']}/{name}" if len(name) <= NAME_MAX else None
+
+
+def inline_envelope(relative_key: str) -> bytes | None:
+    """The envelope bytes an inline key carries (its id and queue from the key), or None if
+    the key is not inline. Raises EnvelopeError if its text is no envelope (the caller reads
+    the object's body instead)."""
+    parsed = parse_inbox_key(relative_key)
+    if parsed is None:
+        return None
+    text = relative_key.rsplit("/", 1)[1][: -len(".json")].partition(".")[2]
+    if not text:
+        return None
+    try:
+        rest = loads_strict(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)),
+                            "inline key")
+    except ValueError as e:  # binascii.Error is a ValueError
+        raise EnvelopeError(f"inline key text is not base64url JSON: {e}") from None
+    if not isinstance(rest, dict) or "id" in rest or "queue" in rest:
+        raise EnvelopeError("inline key text is not an envelope without its id and queue")
+    return encode({"v": rest.get("v"), "id": parsed[1], **rest, "queue": parsed[0]})
 
 
 # Packs: put_many writes many envelopes as one object, inbox/{queue}/{pack_id}.pack.jsonl, one

@@ -20,6 +20,7 @@ from qlite.errors import (
     AccessDenied,
     AlreadyExists,
     ConfigError,
+    EnvelopeError,
     JobFailed,
     JobNotFound,
     JobStateError,
@@ -38,9 +39,10 @@ class Client:
     def __init__(self, url: str | None = None, *, endpoint_url: str | None = None,
                  max_payload: int | None = None, store: Store | None = None,
                  signing_key: str | signing.Keyring | None = None,
-                 encryption_key: str | crypto.Cipher | None = None):
+                 encryption_key: str | crypto.Cipher | None = None, inline: str | None = None):
         self.settings = Settings.load(url=url, endpoint_url=endpoint_url, max_payload=max_payload,
-                                      signing_key=signing_key, encryption_key=encryption_key)
+                                      signing_key=signing_key, encryption_key=encryption_key,
+                                      inline=inline)
         self.store = store or Store(self.settings.require_url(), self.settings.endpoint_url)
         self.keyring = self.settings.signing_key  # QLITE_SIGNING_KEY: sign what we write
         self.cipher = self.settings.encryption_key  # QLITE_ENCRYPTION_KEY: seal and open
@@ -244,11 +246,7 @@ class Client:
             return record if record.state in TERMINAL else self._with_progress(record)
         queues = [queue] if queue else self.store.list_dirs("inbox/")
         for q in queues:
-            key = envelope.inbox_key(q, job_id)
-            try:
-                raw = self.store.get_or_none(key)
-            except AccessDenied:
-                raw = b"{}" if self._listed(key) else None
+            raw = self.pending_envelope(q, job_id)
             if raw is not None:
                 return self._with_progress(JobStatus.pending(job_id, q, _envelope_of(raw)))
         # A packed job (put_many): its record is in its pack's results, or the pack is pending.
@@ -294,6 +292,32 @@ class Client:
             progress["message"] = "encrypted" if self.cipher is None else crypto.open_sealed(
                 self.cipher, job_id, "progress", report["sealed_message"])
         return progress
+
+    def pending_envelope(self, queue: str, job_id: str) -> bytes | None:
+        """The envelope bytes of a job still in ``inbox/{queue}/``, or None: a GET of its
+        object, else a LIST for its inline key (QLITE_INLINE), whose text is the envelope.
+        ``b"{}"`` when the job is there but a reader may not GET inbox objects."""
+        key = envelope.inbox_key(queue, job_id)
+        try:
+            raw = self.store.get_or_none(key)
+        except AccessDenied:
+            raw = None
+        if raw is not None:
+            return raw
+        try:
+            page, _ = self.store.list_page(f"inbox/{queue}/{job_id}.")
+        except AccessDenied:
+            return None  # allowed to GET inbox objects, not to LIST them: not found
+        for listed, _ in page:
+            if listed == key:
+                return b"{}"
+            try:
+                inline = envelope.inline_envelope(listed)
+            except EnvelopeError:
+                inline = b"{}"  # an inline key that is not an envelope: pending all the same
+            if inline is not None:
+                return inline
+        return None
 
     def _listed(self, key: str) -> bool:
         """Whether ``key`` exists, by a LIST: a reader allowed results/ only
@@ -367,7 +391,7 @@ class Client:
             return slim, envelope.encode(slim, self.settings.max_payload), payload
 
     def _write(self, env: dict, raw: bytes, payload: bytes | None = None) -> Job:
-        key = envelope.inbox_key(env["queue"], env["id"])
+        key = self._inline_key(env, raw, payload) or envelope.inbox_key(env["queue"], env["id"])
         if payload is not None:  # first, so the worker never sees a job without its payload
             try:
                 self.put_object(env["payload_ref"], payload)
@@ -382,6 +406,16 @@ class Client:
             if "key" not in env and self.store.get_or_none(key) != raw:
                 raise
         return Job(self, env["id"], env["queue"])
+
+    def _inline_key(self, env: dict, raw: bytes, payload: bytes | None) -> str | None:
+        """QLITE_INLINE: a small job's key carries its envelope, so the worker's LIST reads it
+        without a GET. Not with an idempotency key (its key must follow from the id alone),
+        a signing or encryption key, or a claim-checked payload; nor when it does not fit."""
+        if (self.settings.inline != "on" or "key" in env or payload is not None
+                or self.keyring is not None or self.cipher is not None
+                or len(raw) > envelope.NAME_MAX):
+            return None
+        return envelope.inline_key(env)
 
     def _write_pack(self, pack: _Pack) -> bool:
         """PUT a pack; False when a keyed pack was enqueued before (and is skipped)."""

@@ -111,6 +111,13 @@ SETTINGS: tuple[Setting, ...] = (
             "put when it says a worker sleeps (docs/costs.md). off: idle polls back off to "
             "QLITE_POLL_MAX and producers never read it. A worker with QLITE_POLL_MAX under "
             "0.8 s never sleeps (its LISTs are as fast)."),
+    Setting("inline", "QLITE_INLINE", "--inline", "on", "str",
+            "on: producers write a small job (no key=, no signing or encryption key, its "
+            "envelope under about 160 bytes) with its envelope in the object key too, so the "
+            "worker's LIST reads it without a GET: two requests per job instead of three, and "
+            "sooner. Whoever may LIST inbox/ then sees those jobs' arguments (docs/costs.md). "
+            "off: keys name the job id only. Producers (qlite put, Client(inline=...)) read "
+            "it; so does the worker for the jobs its handlers put."),
     Setting("max_payload", "QLITE_MAX_PAYLOAD", "--max-payload", 262144, "int",
             "Largest inline envelope in bytes. Producers move larger arguments to their own "
             "object (claim check, up to 64 MiB), the worker does the same for results; the "
@@ -218,7 +225,7 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
         if raw not in ("auto", "on", "off"):
             raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
         return raw
-    if setting.name == "doorbell":
+    if setting.name in ("doorbell", "inline"):
         if raw not in ("on", "off"):
             raise ConfigError(f"{source}: expected on or off (got {raw!r})")
         return raw
@@ -259,6 +266,7 @@ class Settings:
     poll_min: float = 0.5
     poll_max: float = 10.0
     doorbell: str = "on"
+    inline: str = "on"
     max_payload: int = 262144
     log_level: str = "INFO"
     dashboard_token: str | None = None

@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
@@ -442,6 +443,21 @@ def _seconds(when: Any) -> float:
     return when.timestamp() if when is not None else 0.0
 
 
+def _timestamp(value: str) -> datetime:
+    """botocore's timestamp parser, fast for the forms S3 sends (ISO 8601 in XML bodies, RFC
+    1123 in headers); anything else goes to botocore's own."""
+    try:
+        if value.endswith("Z"):
+            return datetime.fromisoformat(value)
+        if value.endswith("GMT"):
+            return parsedate_to_datetime(value)
+    except (ValueError, TypeError):
+        pass
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)
+
+
 _loader: Any = None  # botocore's data loader, shared by the clients of this process
 _loader_lock = threading.Lock()
 
@@ -480,6 +496,9 @@ def _make_client(endpoint_url: str | None, **credentials: str) -> Any:
         if _loader is None:
             _loader = session.get_component("data_loader")
     session.register_component("data_loader", _loader)
+    # botocore parses every LastModified of a LIST with dateutil: 15% of a busy worker's time.
+    session.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=_timestamp)
     # What a boto3 session adds to its S3 clients: upload_fileobj, copy (managed transfers).
     session.register("creating-client-class.s3", inject_s3_transfer_methods)
     return session.create_client("s3", config=Config(**options), **{**kwargs, **credentials})

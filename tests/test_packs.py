@@ -80,8 +80,8 @@ def test_keyed_and_oversized_jobs_are_put_one_object_each(s3):
 
 def test_put_many_without_packing_writes_one_object_per_job(s3):
     jobs = qlite.Client().put_many([("p.echo", [i]) for i in range(5)], pack=False)
-    assert sorted(bucket_keys(s3, "inbox/")) == sorted(f"inbox/default/{j.id}.json"
-                                                       for j in jobs)
+    assert sorted(envelope.parse_inbox_key(k) for k in bucket_keys(s3, "inbox/")) == sorted(
+        ("default", j.id) for j in jobs)
 
 
 def test_a_pack_with_one_bad_line_is_quarantined_whole(s3):

@@ -72,7 +72,9 @@ def meta(s3, key: str) -> dict:
 
 
 def quarantine_reason(s3, job_id: str) -> str:
-    return meta(s3, f"quarantine/default/{job_id}.json")["qlite-reason"]
+    [key] = [k for k in bucket_keys(s3, f"quarantine/default/{job_id}.")
+             if envelope.parse_inbox_key("inbox/" + k.removeprefix("quarantine/"))]
+    return meta(s3, key)["qlite-reason"]
 
 
 # -- sign and verify, pure -------------------------------------------------------------------

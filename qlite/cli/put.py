@@ -64,6 +64,7 @@ OPTIONS = (
     _setting("url", "URL", "s3://bucket[/prefix]"),
     _setting("endpoint_url", "URL", "S3 endpoint of an S3-compatible server"),
     _setting("max_payload", "BYTES", "largest inline envelope"),
+    _setting("inline", "on|off", "a small job's envelope in its object key too"),
 )
 
 
@@ -91,7 +92,8 @@ def put(task: str, payload: str | None = None, **options: Any) -> str:
 
     args, kwargs = parse_payload(payload)
     client = Client(options.pop("url", None), endpoint_url=options.pop("endpoint_url", None),
-                    max_payload=options.pop("max_payload", None))
+                    max_payload=options.pop("max_payload", None),
+                    inline=options.pop("inline", None))
     return client.put(task, args, kwargs, **options).id
 
 

@@ -147,7 +147,7 @@ class QliteBackend(BaseTaskBackend):
     def _arguments(self, status: JobStatus) -> tuple[list, dict]:
         if isinstance(status.args, list):  # the result record repeats them
             return status.args, status.kwargs or {}
-        raw = self.client.store.get_or_none(envelope.inbox_key(status.queue or "", status.id))
+        raw = self.client.pending_envelope(status.queue or "", status.id)
         try:
             env = json.loads(raw) if raw is not None else {}
             return list(env.get("args", [])), dict(env.get("kwargs", {}))

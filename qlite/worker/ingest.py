@@ -46,6 +46,7 @@ class Pass:
     taken: int = 0
     quarantined: int = 0
     objects: int = 0  # new inbox objects read: a job's, a pack's, or one quarantined
+    inline: int = 0  # of those, jobs read from their key alone (no GET)
     deleted: list[str] = field(default_factory=list)
 
 
@@ -166,6 +167,7 @@ class Ingest:
             result.objects += 1
             if outcome[0] == "job":
                 rows.append(outcome[1])
+                result.inline += outcome[2]
             elif outcome[0] == "pack":
                 if self._pack_done(outcome[2]):
                     # Every member already has its record (an index rebuilt from results/
@@ -257,7 +259,7 @@ class Ingest:
         if isinstance(job_id, tuple):
             return self._take_in_pack(queue, job_id[1], key, size)
         limit = self.settings.max_payload
-        meta: dict[str, str] = {}
+        meta: dict[str, str] | None = None  # the object's metadata, once read
         try:
             if job_id is None:
                 raise EnvelopeError(
@@ -265,20 +267,37 @@ class Ingest:
             if size > limit:
                 raise EnvelopeError(f"object is {size} bytes, over the {limit}-byte limit "
                                     "(QLITE_MAX_PAYLOAD)")
-            try:
-                raw, meta = self.store.get_with_metadata(key)
-            except ObjectNotFound:
-                return None  # deleted since the LIST (another worker took it)
-            self._verify(raw, meta)  # before parsing: unsigned bytes are never interpreted
+            raw = self._inline(key)
+            if raw is None:
+                try:
+                    raw, meta = self.store.get_with_metadata(key)
+                except ObjectNotFound:
+                    return None  # deleted since the LIST (another worker took it)
+                self._verify(raw, meta)  # before parsing: unsigned bytes are never interpreted
             env = envelope.decode(raw, limit)
             self._fresh(env)
             if env["id"] != job_id or env["queue"] != queue:
                 raise EnvelopeError(f"envelope id/queue ({env['id']}, {env['queue']}) do not "
                                     f"match its object key {key!r}")
         except (EnvelopeError, SignatureError) as e:
-            self._quarantine(key, job_id, str(e), meta.get(signing.METADATA))
+            self._quarantine(key, job_id, str(e), (meta or {}).get(signing.METADATA))
             return ("quarantine", key, str(e), size)
-        return ("job", self._row(env, raw, key))
+        return ("job", self._row(env, raw, key), meta is None)
+
+    def _inline(self, key: str) -> bytes | None:
+        """The envelope an inline key carries (QLITE_INLINE), so no GET is needed; None to
+        read the object: a plain key, an inline text that is no envelope (the body decides),
+        or QLITE_SIGNING_KEY set (only the body's signed bytes are trusted)."""
+        if self.settings.signing_key is not None:
+            return None
+        try:
+            raw = envelope.inline_envelope(key)
+            if raw is not None:
+                envelope.decode(raw, self.settings.max_payload)
+            return raw
+        except EnvelopeError as e:
+            log.info("inline key of %s not used (%s): reading the object", key, e)
+            return None
 
     def _take_in_pack(self, queue: str, pack_id: str, key: str, size: int) -> tuple | None:
         """GET and validate a pack: all its jobs, or (one bad line) quarantine for all."""

@@ -70,7 +70,7 @@ class Worker:
         self.io = ThreadPoolExecutor(8, thread_name_prefix="qlite-io")
         self.client = Client(str(self.store.url), endpoint_url=settings.endpoint_url,
                              store=self.store, signing_key=settings.signing_key,
-                             encryption_key=settings.encryption_key)
+                             encryption_key=settings.encryption_key, inline=settings.inline)
         # handler slot -> its jobs: one in a child process, or several quick ones in turn
         self.running: dict[Future, list[Claim]] = {}
         self.begun: dict[Future, float] = {}  # when each slot's future was started
@@ -232,7 +232,7 @@ class Worker:
         if result.taken or result.quarantined:
             log.info("ingested %d job(s), quarantined %d", result.taken, result.quarantined)
         self.pacer.polled(result.objects, more=self.ingest.mid_sweep(), burst=burst,
-                          may_sleep=self._may_sleep)
+                          may_sleep=self._may_sleep, inline=result.inline)
 
     def _may_sleep(self) -> bool:
         """Nothing runs, waits to be published or taken in (the Pacer also asks the fleet)."""

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 # a DeleteObjects and a read of the bell by the producer once a second, a single put costs
 # about 3.1 requests at 50 jobs/s (docs/costs.md). Sooner would cost more than 3.1.
 PER_LIST = 16
+# A job read from its inline key (QLITE_INLINE) needs no GET: its two requests (the put, the
+# result) leave room for a LIST per 4 of them, at most every POLL_FAST: at 50 jobs/s 0.2 LISTs
+# a job, priced like the GET it saves at 40 jobs/s (docs/costs.md).
+PER_LIST_INLINE = 4
 POLL_FAST = 0.1
 ARRIVALS_TAU = 1.0  # seconds: the time constant of the arrival rate's moving average
 
@@ -47,6 +51,7 @@ class Pacer:
         self.poll_every = settings.poll_min
         self.next_poll = 0.0
         self.arrivals = 0.0  # new inbox objects per second, a moving average over the LISTs
+        self.inline = 0.0  # of those, jobs read from their inline key alone (no GET)
         self.listed_at: float | None = None
         self.found_at = float("-inf")  # the last LIST that found something
         # Quiet means as long without a new job as two empty LISTs take when backing off from
@@ -78,12 +83,12 @@ class Pacer:
         self.next_poll = 0.0
 
     def polled(self, taken: int, *, more: bool, burst: bool,
-               may_sleep: Callable[[], bool]) -> None:
+               may_sleep: Callable[[], bool], inline: int = 0) -> None:
         """A LIST is done: it found ``taken`` new inbox objects (jobs, packs, objects to
-        quarantine) and there are ``more`` pages to read (no back-off: at the arrival rate,
-        or QLITE_POLL_MIN mid-sweep), or nothing (back off; once quiet for long enough and
-        ``may_sleep``, fall asleep on the bell)."""
-        self._note_arrivals(taken)
+        quarantine; ``inline`` of them read from their key) and there are ``more`` pages to
+        read (no back-off: at the arrival rate, or QLITE_POLL_MIN mid-sweep), or nothing (back
+        off; once quiet for long enough and ``may_sleep``, fall asleep on the bell)."""
+        self._note_arrivals(taken, inline)
         if taken or more:
             self.poll_every = self.poll_min if more else self._busy_every()
             self.quiet_polls = 0
@@ -104,7 +109,7 @@ class Pacer:
                 self.poll_every = doorbell.CACHE + 0.25
         self.next_poll = self.clock() + self.poll_every
 
-    def _note_arrivals(self, taken: int) -> None:
+    def _note_arrivals(self, taken: int, inline: int = 0) -> None:
         """Fold this LIST's new objects into the arrival rate: a moving average whose weight
         is the time since the last LIST (``ARRIVALS_TAU``), however often the LISTs come."""
         now = self.clock()
@@ -112,11 +117,15 @@ class Pacer:
             elapsed = max(now - self.listed_at, 0.01)
             weight = 1.0 - math.exp(-elapsed / ARRIVALS_TAU)
             self.arrivals += (taken / elapsed - self.arrivals) * weight
+            self.inline += (inline / elapsed - self.inline) * weight
         self.listed_at = now
 
     def _busy_every(self) -> float:
-        """The next LIST while jobs arrive: after about PER_LIST more at the current rate."""
-        every = PER_LIST / max(self.arrivals, 1e-3)
+        """The next LIST while jobs arrive: after about PER_LIST more at the current rate
+        (PER_LIST_INLINE when they come with inline keys, in proportion)."""
+        arrivals = max(self.arrivals, 1e-3)
+        share = min(self.inline / arrivals, 1.0)
+        every = (PER_LIST - (PER_LIST - PER_LIST_INLINE) * share) / arrivals
         return min(self.poll_min, max(POLL_FAST, every))
 
     def wait(self, now: float, *, burst: bool, due: Iterable[float | None] = (),

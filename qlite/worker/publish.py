@@ -204,10 +204,11 @@ class Publisher:
             singles + [j.id for key in due for j in packed[key]])
         # In the background: the loop goes on claiming and ingesting while the records are
         # written (the S3 server stays busy), and _written acknowledges them when done. A few
-        # jobs' records are waited for: the loop's own work would slow their PUTs (the GIL).
+        # jobs' records are waited for when nothing else can run: the loop's own work would
+        # slow their PUTs (the GIL). With more to run, waiting would leave the server idle.
         own = [self._background(self.io.submit(self._write_result, job), [job], markers, open_)
                for job in (self.index.jobs_by_ids(singles) if singles else [])]
-        if len(own) <= WAIT_FOR:
+        if own and len(own) <= WAIT_FOR and quiet():
             wait(own)
         for key in due:
             self._background(self.io.submit(self._write_pack, key,

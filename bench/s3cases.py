@@ -182,6 +182,14 @@ class ServeWorker:
             self.kill()
             raise RuntimeError(f"worker child did not start: {line}{self.proc.stderr.read()}")
 
+    def running(self, timeout: float = 60) -> None:
+        """Return once the worker's loop has LISTed its inbox (its start is over)."""
+        deadline = time.monotonic() + timeout
+        while not self.requests().get("list"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker child made no LIST within {timeout} s")
+            time.sleep(0.05)
+
     def requests(self) -> dict:
         """The worker's S3 requests so far, by operation (asked over its stdin)."""
         self.proc.stdin.write("requests\n")
@@ -201,12 +209,18 @@ class ServeWorker:
             self.proc.wait()
 
 
+WARMUP = 2.0  # seconds of steady puts before the timed ones
+
+
 def steady(rate: float, seconds: float, tmp: Path) -> dict:
     """Put ``rate`` jobs/s for ``seconds`` with Client.put while a worker runs; a watcher LISTs
-    results/ every 50 ms and notes when each job's result becomes visible."""
+    results/ every 50 ms and notes when each job's result becomes visible. Steady state: the
+    puts start once the worker runs (its first LIST made), and the first WARMUP seconds of them
+    (while the worker learns the arrival rate) are put but not timed."""
     name = f"steady-{uuid.uuid4().hex[:8]}"
     worker = ServeWorker(name, tmp)
     try:
+        worker.running()  # steady state: no job waits for the worker's own start
         client = qlite.Client(url(name))
         put_at: dict[str, float] = {}
         seen_at: dict[str, float] = {}
@@ -217,17 +231,21 @@ def steady(rate: float, seconds: float, tmp: Path) -> dict:
                                    args=(name, put_at, seen_at, lock, producing))
         watcher.start()
         n_target = int(rate * seconds)
+        n_warm = int(rate * WARMUP)
         wall = time.time() - time.perf_counter()  # perf_counter -> Unix time (index times)
         start = time.perf_counter()
-        for i in range(n_target):
+        for i in range(n_warm + n_target):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            if i == n_warm:
+                timed = time.perf_counter()
             t = time.perf_counter()
             job = client.put("bench.noop", [i])
-            with lock:
-                put_at[job.id] = t
-        achieved = n_target / (time.perf_counter() - start)
+            if i >= n_warm:
+                with lock:
+                    put_at[job.id] = t
+        achieved = n_target / (time.perf_counter() - timed)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with lock:
@@ -241,9 +259,10 @@ def steady(rate: float, seconds: float, tmp: Path) -> dict:
         worker.kill()
     lat = [(seen_at[j] - put_at[j]) * 1e3 for j in put_at if j in seen_at]
     n = len(put_at)
-    requests = {**{k: v / n for k, v in stats["requests"].items()}}
+    every = n + n_warm  # requests are shared by every job put, timed or not
+    requests = {**{k: v / every for k, v in stats["requests"].items()}}
     for op, count in client.store.requests.items():  # its PUTs, and its doorbell reads
-        requests[op] = requests.get(op, 0) + count / n
+        requests[op] = requests.get(op, 0) + count / every
     return {"rate": achieved, "jobs": n, "visible": len(lat), "p50_ms": percentile(lat, 50),
             "p99_ms": percentile(lat, 99), "requests": requests,
             "split_ms": _split(worker.db, put_at, seen_at, wall)}

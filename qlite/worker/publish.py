@@ -130,6 +130,8 @@ class Publisher:
         # job id -> its inbox key and request markers: results/ written, delete due
         self.acked: dict[str, list[str]] = {}
         self.acked_at: float | None = None
+        # The DeleteObjects in flight, and the jobs whose objects it deletes
+        self.deleting: tuple[Future, dict[str, list[str]]] | None = None
         self.next_at = 0.0  # when to look for terminal jobs again (sooner: see soon())
         self.pack_seen: dict[str, float] = {}  # pack key -> when a member was first seen done
         self.published = 0  # jobs acknowledged by this process, for qlite stats
@@ -148,7 +150,8 @@ class Publisher:
         return self.failing or len(self.writing) >= BEHIND
 
     def idle(self) -> bool:
-        return not self.acked and not self.writing and not self.index.unpublished_keys(1)
+        return (not self.acked and not self.writing and self.deleting is None
+                and not self.index.unpublished_keys(1))
 
     def run(self, quiet: Callable[[], bool], flush: bool = False,
             settled: Callable[[], bool] | None = None) -> None:
@@ -166,9 +169,12 @@ class Publisher:
             failed = self._written() or failed
         if flush:
             failed = self._written(wait=True) or failed
-        if self.acked and (flush or (settled or quiet)() or len(self.acked) >= BATCH
-                           or now - (self.acked_at or 0) >= ACK_EVERY):
+        failed = self._deleted(wait=flush) or failed
+        if self.acked and self.deleting is None and (
+                flush or (settled or quiet)() or len(self.acked) >= BATCH
+                or now - (self.acked_at or 0) >= ACK_EVERY):
             self._acknowledge()
+            failed = self._deleted(wait=flush) or failed
         if failed is not None:
             raise failed
 
@@ -177,7 +183,8 @@ class Publisher:
         rows are read only for the records due: the members of a pack that is still running
         wait for it cheaply."""
         writing = [j.id for batch, _, _ in self.writing.values() for j in batch]
-        jobs = self.index.unpublished_keys(BATCH, exclude=[*self.acked, *writing])
+        deleting = self.deleting[1] if self.deleting else {}
+        jobs = self.index.unpublished_keys(BATCH, exclude=[*self.acked, *writing, *deleting])
         packed: dict[str, list[JobRow]] = {}
         singles = []
         for job in jobs:
@@ -265,14 +272,34 @@ class Publisher:
             self.acked[first.id].append(first.inbox_key or "")
 
     def _acknowledge(self) -> None:
+        """Delete the acknowledged jobs' inbox objects on the I/O pool: a DeleteObjects of a
+        few hundred keys can take a server a quarter of a second, which the loop would spend
+        not LISTing nor claiming. _deleted marks the jobs published once it is done."""
         crash_point("after_result_put")
-        self.store.delete_many([k for keys in self.acked.values() for k in keys])
+        batch, self.acked, self.acked_at = self.acked, {}, None
+        future = self.io.submit(self.store.delete_many,
+                                [k for keys in batch.values() for k in keys])
+        future.add_done_callback(lambda _: self.wake())
+        self.deleting = (future, batch)
+
+    def _deleted(self, wait: bool = False) -> Exception | None:
+        """Mark published the jobs whose objects the DeleteObjects in flight deleted (once it
+        is done, or waiting for it); when it failed, they are deleted again next time."""
+        if self.deleting is None or not (wait or self.deleting[0].done()):
+            return None
+        (future, batch), self.deleting = self.deleting, None
+        try:
+            future.result()
+        except Exception as e:
+            for job_id, keys in batch.items():
+                self.acked.setdefault(job_id, keys)
+            self.acked_at = self.acked_at or self.clock()
+            return e
         crash_point("after_inbox_delete")
-        self.index.mark_published(list(self.acked))
-        self.checkpoints.difference_update(self.acked)
-        self.published += len(self.acked)
-        self.acked.clear()
-        self.acked_at = None
+        self.index.mark_published(list(batch))
+        self.checkpoints.difference_update(batch)
+        self.published += len(batch)
+        return None
 
     def _record_of(self, job: JobRow, pack: str | None = None) -> dict:
         """The job's public status record; a result too large to inline is written to its

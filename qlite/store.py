@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
+from xml.etree import ElementTree
 
 from qlite.errors import (
     AccessDenied,
@@ -458,6 +459,40 @@ def _timestamp(value: str) -> datetime:
     return parse_timestamp(value)
 
 
+_CONTENTS: dict[str, Callable[[str], Any]] = {
+    "Key": str, "Size": int, "LastModified": _timestamp, "ETag": str, "StorageClass": str}
+
+
+def _fast_list(response_dict: dict, customized_response_dict: dict, **_: Any) -> None:
+    """botocore's before-parse hook for ListObjectsV2: the listed objects (``Contents``) parsed
+    with ElementTree, which is C, instead of botocore's generic parser (about 30 ms of a busy
+    worker's loop per 1,000 keys). The rest of the body, now without them, is left to botocore,
+    whose after-call handler still URL-decodes the keys."""
+    body = response_dict.get("body")
+    if response_dict.get("status_code") != 200 or not isinstance(body, bytes) \
+            or b"<Contents>" not in body:
+        return
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return  # botocore's parser reports it
+    ns = root.tag[: -len("ListBucketResult")]
+    if root.tag != ns + "ListBucketResult":
+        return
+    contents = []
+    for node in root.findall(ns + "Contents"):
+        item = {}
+        for child in node:
+            field = child.tag[len(ns):]
+            convert = _CONTENTS.get(field)
+            if convert is not None and child.text is not None:
+                item[field] = convert(child.text)
+        contents.append(item)
+        root.remove(node)
+    customized_response_dict["Contents"] = contents
+    response_dict["body"] = ElementTree.tostring(root)
+
+
 _loader: Any = None  # botocore's data loader, shared by the clients of this process
 _loader_lock = threading.Lock()
 
@@ -501,4 +536,6 @@ def _make_client(endpoint_url: str | None, **credentials: str) -> Any:
         timestamp_parser=_timestamp)
     # What a boto3 session adds to its S3 clients: upload_fileobj, copy (managed transfers).
     session.register("creating-client-class.s3", inject_s3_transfer_methods)
-    return session.create_client("s3", config=Config(**options), **{**kwargs, **credentials})
+    client = session.create_client("s3", config=Config(**options), **{**kwargs, **credentials})
+    client.meta.events.register("before-parse.s3.ListObjectsV2", _fast_list)
+    return client

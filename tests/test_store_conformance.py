@@ -122,6 +122,23 @@ def test_listing_pages_in_key_order_from_any_start(any_s3):
     assert (page, truncated) == (expected[4:], False)
 
 
+def test_a_listing_reads_every_key_as_the_servers_own_client_does(any_s3, store):
+    """Store's LIST parses the listed objects itself (ElementTree, not botocore's parser):
+    keys XML would escape or a URL would encode come back as written, with size, time, ETag."""
+    names = ["a b.json", "plus+sign", "per%25cent", "amp&lt<gt>", "quote\"'", "caf\u00e9-\u65e5",
+             "tab\tkey", "~tilde*!()"]
+    for i, name in enumerate(names):
+        store.put(f"odd/{name}", b"x" * i)
+    ours = {o.key: o for o in store.objects("odd/")}
+    resp = raw(any_s3).list_objects_v2(Bucket=any_s3.bucket, Prefix=any_s3.prefix + "odd/")
+    theirs = {o["Key"].removeprefix(any_s3.prefix): o for o in resp["Contents"]}
+    assert sorted(ours) == sorted(theirs) == sorted(f"odd/{n}" for n in names)
+    for key, o in ours.items():
+        assert (o.size, o.etag) == (theirs[key]["Size"], theirs[key]["ETag"])
+        assert o.modified == theirs[key]["LastModified"].timestamp()
+    assert store.list_page("odd/")[0] == sorted((k, o.size) for k, o in ours.items())
+
+
 def test_list_dirs_names_what_is_directly_under_a_prefix(store):
     for key in ("inbox/high/1.json", "inbox/high/2.json", "inbox/low/1.json", "inbox/x.json"):
         store.put(key, b"")

@@ -390,6 +390,15 @@ def test_successes_are_recorded_in_one_statement_and_a_stale_one_is_told_apart(i
     assert index.get(rows[0].id).result == 5
     assert index.get(rows[0].id).attempt_log[0].outcome == "succeeded"
     assert index.get(rows[2].id).state == "running"
+    # no attempts row for a success recorded in a batch: its job row (owner kept) is the record
+    assert index.conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
+    done = index.get(rows[0].id)
+    assert [(a.attempt, a.owner, a.started_at, a.finished_at, a.outcome)
+            for a in done.attempt_log] == [(1, "me", done.started_at, done.finished_at,
+                                            "succeeded")]
+    assert len(index.read("stats_run_times", since=envelope.now_rfc3339(0.0))) == 2
+    # first attempts: the two successes (the third job is on its second attempt)
+    assert len(index.read("stats_wait_times", since=envelope.now_rfc3339(0.0))) == 2
 
 
 def test_jobs_claimed_ahead_and_never_started_are_given_back_uncounted(index):

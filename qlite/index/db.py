@@ -467,8 +467,9 @@ class Index:
     def succeed_many(self, jobs: list[tuple[str, int, str]], owner: str,
                      now: float | None = None) -> set[str]:
         """Record many successful attempts ((id, attempt, result JSON text)) with one
-        executemany per statement, fenced like finish(); returns the ids recorded (the
-        others are stale attempts, ignored)."""
+        executemany, fenced like finish(); returns the ids recorded (the others are stale
+        attempts, ignored). No attempts row is written: each job's row, which keeps its
+        owner, is its last attempt's record (_with_attempts)."""
         if not jobs:
             return set()
         _, now_iso = self._now(now)
@@ -480,8 +481,6 @@ class Index:
                 n = self.conn.executemany(QUERIES["succeed_batch"], params).rowcount
                 if n != len(jobs):
                     raise _Stale
-                self.conn.execute(QUERIES["end_attempts_succeeded"],
-                                  {"ids": ids, "owner": owner, "now_iso": now_iso})
                 self.conn.execute(QUERIES["requests_done_many"], {"ids": ids})
                 return {i for i, _, _ in jobs}
         except _Stale:
@@ -538,17 +537,23 @@ class Index:
             self._jobs("unpublished", n=n, exclude=json.dumps(list(exclude))))
 
     def _with_attempts(self, jobs: list[JobRow]) -> list[JobRow]:
-        """Give ``jobs`` their attempt logs: the attempts rows, and a running job's attempt
-        from its own row (an attempt's row is written when it ends: end_attempt)."""
+        """Give ``jobs`` their attempt logs: the attempts rows, and the last attempt from the
+        job's own row when it has none (written when an attempt ends, end_attempt): a
+        running job's, and a success recorded in a batch (succeed_batch keeps the owner)."""
         if jobs:
             attempts: dict[str, list[Attempt]] = {}
             for a in self._rows("attempts_of", ids=json.dumps([j.id for j in jobs])):
                 attempts.setdefault(a["job_id"], []).append(Attempt.of(a))
             for j in jobs:
                 log = attempts.get(j.id, [])
-                if j.state == "running":  # a row of its attempt ended in a snooze: replaced
-                    log = [a for a in log if a.attempt < j.attempts]
-                    log.append(Attempt(j.id, j.attempts, j.owner, j.started_at))
+                last = None
+                if j.state == "running":
+                    last = Attempt(j.id, j.attempts, j.owner, j.started_at)
+                elif j.state == "succeeded" and j.owner:
+                    last = Attempt(j.id, j.attempts, j.owner, j.started_at, j.finished_at,
+                                   "succeeded")
+                if last is not None:  # a row of the same attempt ended in a snooze: replaced
+                    log = [a for a in log if a.attempt < j.attempts] + [last]
                 j.attempt_log = log
         return jobs
 

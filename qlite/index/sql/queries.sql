@@ -162,9 +162,11 @@ RETURNING id;
 -- name: succeed_batch
 -- succeed without RETURNING, for executemany over a batch of quick jobs (the worker records
 -- them in one transaction, docs/performance.md); its row count says whether all applied.
+-- The owner stays: the row is then the record of its last attempt (attempts, owner,
+-- started_at, finished_at), and no attempts row is written for it (Index._with_attempts).
 UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
                 state = 'succeeded', result = :result, finished_at = :now_iso,
-                lease_until = NULL, owner = NULL
+                lease_until = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner;
 
 -- name: requests_done_many
@@ -223,20 +225,15 @@ RETURNING id, CASE state WHEN 'failed' THEN 'failed' ELSE 'retry' END AS outcome
 
 -- name: end_attempt
 -- An attempt's row is written when it ends, after the outcome's statement: while it runs, it
--- is the job row's (attempts, owner, started_at), so a claim writes one row, not two. It
--- replaces a row of the same attempt (one ended by a snooze, which gave the attempt back).
+-- is the job row's (attempts, owner, started_at), so a claim writes one row, not two (and a
+-- success recorded in a batch none: succeed_batch). It replaces a row of the same attempt
+-- (one ended by a snooze, which gave the attempt back).
 -- :logs: the handler's own log lines (JSON array, bounded by the worker).
 INSERT OR REPLACE INTO attempts (job_id, attempt, owner, started_at, finished_at, outcome,
                                  error_type, message, traceback, logs)
 SELECT id, :attempt, :owner, started_at, :now_iso, :outcome, :error_type, :message,
        :traceback, :logs
 FROM jobs WHERE id = :id;
-
--- name: end_attempts_succeeded
--- end_attempt for a batch of successes just recorded by succeed_batch (:ids, JSON array).
-INSERT OR REPLACE INTO attempts (job_id, attempt, owner, started_at, finished_at, outcome)
-SELECT id, attempts, :owner, started_at, :now_iso, 'succeeded'
-FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: set_progress
 -- Not a transition: the running attempt's latest ctx.progress, fenced by (id, attempt, owner).
@@ -483,16 +480,22 @@ SELECT task, state, finished_at FROM jobs
 WHERE finished_at >= :since AND state IN ('succeeded', 'failed', 'cancelled');
 
 -- name: stats_run_times
--- One row per attempt that ended (not lost): how long its handler ran.
+-- One row per attempt that ended (not lost): how long its handler ran. A success recorded in
+-- a batch has no attempts row: its job row (owner kept) is its record.
 SELECT jobs.task, a.finished_at,
        max(0.0, (julianday(a.finished_at) - julianday(a.started_at)) * 86400) AS seconds
 FROM attempts AS a JOIN jobs ON jobs.id = a.job_id
-WHERE a.finished_at >= :since AND a.outcome IN ('succeeded', 'retry', 'failed', 'cancelled');
+WHERE a.finished_at >= :since AND a.outcome IN ('succeeded', 'retry', 'failed', 'cancelled')
+UNION ALL
+SELECT task, finished_at,
+       max(0.0, (julianday(finished_at) - julianday(started_at)) * 86400) AS seconds
+FROM jobs WHERE state = 'succeeded' AND owner IS NOT NULL AND finished_at >= :since;
 
 -- name: stats_wait_times
 -- First attempts: from when the job could run (enqueued, or its not_before) to its start,
 -- and from enqueue to ingest (pickup). Producer clocks may be ahead: never below zero.
--- A first attempt still running has no attempts row yet: the job row's start is its own.
+-- A first attempt still running, or a success recorded in a batch, has no attempts row: the
+-- job row's start is its own.
 SELECT jobs.task, s.started_at,
        max(0.0, (julianday(s.started_at) - julianday(coalesce(
            json_extract(jobs.envelope, '$.not_before'), jobs.enqueued_at))) * 86400) AS seconds,
@@ -500,7 +503,8 @@ SELECT jobs.task, s.started_at,
 FROM (SELECT job_id, started_at FROM attempts WHERE attempt = 1 AND started_at >= :since
       UNION ALL
       SELECT id, started_at FROM jobs
-      WHERE state = 'running' AND attempts = 1 AND started_at >= :since
+      WHERE (state = 'running' OR (state = 'succeeded' AND owner IS NOT NULL))
+        AND attempts = 1 AND started_at >= :since
         AND NOT EXISTS (SELECT 1 FROM attempts WHERE job_id = jobs.id AND attempt = 1)
      ) AS s JOIN jobs ON jobs.id = s.job_id;
 

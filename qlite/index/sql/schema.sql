@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_attempts INTEGER NOT NULL,             -- envelope, else task, else worker default
     run_at       REAL NOT NULL,                -- Unix seconds: runnable once run_at <= now
     lease_until  REAL,                         -- running only: renewed by heartbeat
-    owner        TEXT,                         -- running only: host:pid:start of the worker
+    owner        TEXT,                         -- running: host:pid:start of the worker; kept by a
+                                               -- success recorded in a batch (its attempt's record)
     envelope     TEXT NOT NULL,                -- the envelope as ingested
     inbox_key    TEXT NOT NULL,
     key          TEXT,                         -- idempotency key, if any

@@ -103,6 +103,16 @@ class JobRow:
         """The envelope, decoded (empty for a row read without it)."""
         return json.loads(self.envelope_json) if self.envelope_json else {}
 
+    def envelope_may_hold(self, *keys: str) -> bool:
+        """Whether the envelope may hold one of ``keys`` (at any depth). False only when its
+        raw text shows it cannot, without decoding it: a key is written ``"key"`` unless
+        escaped, and a text without a backslash escapes nothing. Publishing a pack's records
+        asks this of every member (docs/performance.md)."""
+        text = self.envelope_json
+        if text is None or "envelope" in self.__dict__:  # nothing to read, or decoded already
+            return text is not None
+        return "\\" in text or any(f'"{key}"' in text for key in keys)
+
     @cached_property
     def result(self) -> Any:
         """The handler's result, decoded (None: no result)."""

@@ -294,9 +294,11 @@ class Index:
     def _claim_params(self, queues: tuple[str, ...], owner: str, lease: float,
                       now: float | None, shards: tuple[set[int], int] | None) -> dict:
         now, now_iso = self._now(now)
+        # A fleet of one owns every shard: no filter then (it calls qlite_shard per row).
+        some = shards is not None and not set(range(shards[1])) <= shards[0]
         return {"queues": json.dumps(list(queues)), "owner": owner, "now": now,
                 "lease_until": now + lease, "now_iso": now_iso,
-                "shards": json.dumps(sorted(shards[0])) if shards else None,
+                "shards": json.dumps(sorted(shards[0])) if shards and some else None,
                 "nshards": shards[1] if shards else 1}
 
     def claim_suspect(self, queues: tuple[str, ...], owner: str, lease: float,

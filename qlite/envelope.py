@@ -193,11 +193,13 @@ def encode(env: dict, max_size: int | None = None) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise EnvelopeError(f"duplicate key {k!r} in JSON object")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a key came twice: which one
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise EnvelopeError(f"duplicate key {k!r} in JSON object")
+            seen.add(k)
     return out
 
 
@@ -214,7 +216,9 @@ def loads_strict(data: bytes, what: str = "envelope") -> Any:
     try:
         value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
         # json.loads accepts "\ud800" escapes; a lone surrogate cannot be stored or re-sent.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        # Only a \u escape can make one (UTF-8 text holds none): most texts have no escape.
+        if "\\u" in text:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except EnvelopeError:
         raise
     except RecursionError:

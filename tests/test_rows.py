@@ -99,3 +99,19 @@ def test_the_index_hands_out_job_rows_with_their_json_decoded(tmp_path):
     assert done is not None and done.result == {"sum": 5} and done.result_json == '{"sum": 5}'
     assert [r.id for r in index.jobs("succeeded")] == [row.id]
     index.close()
+
+
+@pytest.mark.parametrize(("text", "may"), [
+    ('{"v": 1, "args": [1], "kwargs": {}}', False),
+    ('{"v": 1, "webhook": "https://x"}', True),
+    ('{"v": 1, "meta": {"on_success": "t.next"}}', True),  # at any depth
+    ('{"v": 1, "args": ["webhooks", "on_success!"]}', False),
+    ('{"v": 1, "args": ["webhook"]}', True),  # a value like the key: it cannot tell
+    ('{"v": 1, "args": ["\\"webhook\\""]}', True),  # escapes: it cannot tell, so it may
+    ('{"v": 1, "\\u0077ebhook": "https://x"}', True),
+])
+def test_a_row_tells_without_decoding_which_keys_its_envelope_cannot_hold(text, may):
+    row = JobRow.of({"id": JOB_ID, "envelope": text})
+    assert row.envelope_may_hold("webhook", "on_success") is may
+    assert "envelope" not in vars(row)  # not decoded
+    assert (row.envelope and row.envelope_may_hold("webhook")) is True  # decoded: it may

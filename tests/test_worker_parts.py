@@ -8,7 +8,7 @@ import random
 import pytest
 
 from qlite import doorbell, envelope
-from qlite.index.db import Index
+from qlite.index.db import QUERIES, Index
 from qlite.index.rows import JobRow
 from qlite.settings import Settings
 from qlite.worker import pacing
@@ -390,6 +390,15 @@ def test_successes_are_recorded_in_one_statement_and_a_stale_one_is_told_apart(i
     assert index.get(rows[0].id).result == 5
     assert index.get(rows[0].id).attempt_log[0].outcome == "succeeded"
     assert index.get(rows[2].id).state == "running"
+    # no attempts row for a success recorded in a batch: its job row (owner kept) is the record
+    assert index.conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
+    done = index.get(rows[0].id)
+    assert [(a.attempt, a.owner, a.started_at, a.finished_at, a.outcome)
+            for a in done.attempt_log] == [(1, "me", done.started_at, done.finished_at,
+                                            "succeeded")]
+    assert len(index.read("stats_run_times", since=envelope.now_rfc3339(0.0))) == 2
+    # first attempts: the two successes (the third job is on its second attempt)
+    assert len(index.read("stats_wait_times", since=envelope.now_rfc3339(0.0))) == 2
 
 
 def test_jobs_claimed_ahead_and_never_started_are_given_back_uncounted(index):
@@ -401,6 +410,46 @@ def test_jobs_claimed_ahead_and_never_started_are_given_back_uncounted(index):
     assert (job.state, job.attempts, job.owner, job.attempt_log) == ("queued", 0, None, [])
     [again] = index.claim(("default",), 1, "me", 60.0, 2.0)
     assert again.attempts == 1
+
+
+def test_an_attempt_is_written_as_one_row_when_it_ends_and_read_from_its_job_while_it_runs(
+        index):
+    job_id = add_job(index)
+    claim(index, now=1.0)
+    def rows():
+        return index.conn.execute("SELECT attempt, owner, started_at, outcome FROM attempts "
+                                  "WHERE job_id = ?", (job_id,)).fetchall()
+    assert rows() == []  # the claim counted the attempt in the job's row only
+    start = envelope.now_rfc3339(1.0)
+    assert [(a.attempt, a.owner, a.started_at, a.outcome) for a in
+            index.get(job_id).attempt_log] == [(1, "me", start, None)]
+    assert index.finish(job_id, 1, "me", "snooze", run_at=1.5, now=1.2)
+    assert rows() == [(1, "me", start, "snooze")]
+    claim(index, owner="w2", now=2.0)  # the snoozed attempt given back: 1 again, running
+    assert [(a.attempt, a.owner, a.outcome) for a in index.get(job_id).attempt_log] == [
+        (1, "w2", None)]
+    index.reap(["w2"], now=3.0)
+    assert rows() == [(1, "w2", envelope.now_rfc3339(2.0), "lost")]
+    assert [(a.attempt, a.outcome) for a in index.get(job_id).attempt_log] == [(1, "lost")]
+
+
+def test_an_index_of_an_older_qlite_takes_the_leaner_indexes(tmp_path):
+    index = Index(tmp_path / "i.db")
+    index.conn.execute("CREATE INDEX jobs_pack ON jobs (pack, state) WHERE pack IS NOT NULL")
+    index.conn.execute("CREATE INDEX jobs_unpublished ON jobs (finished_at) "
+                       "WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')")
+    index.conn.commit()
+    index.close()
+    index = Index(tmp_path / "i.db")
+    names = {r[0] for r in index.conn.execute("SELECT name FROM sqlite_master "
+                                             "WHERE type = 'index'")}
+    assert {"jobs_outbox", "jobs_packed"} <= names
+    assert not {"jobs_pack", "jobs_unpublished"} & names
+    # the publisher's scan uses the outbox index (its condition repeated word for word)
+    plan = index.conn.execute("EXPLAIN QUERY PLAN " + QUERIES["unpublished_keys"],
+                              {"exclude": "[]", "n": 10}).fetchall()
+    assert any("jobs_outbox" in r[3] for r in plan), plan
+    index.close()
 
 
 def test_quick_jobs_go_to_as_few_handler_threads_as_keep_each_busy():

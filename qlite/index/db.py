@@ -144,9 +144,13 @@ class Index:
                 self.conn.execute("ALTER TABLE attempts ADD COLUMN logs TEXT")
             self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_group ON jobs (grp) "
                               "WHERE grp IS NOT NULL")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_pack ON jobs (pack, state) "
+            # A pack's members by pack only (jobs_pack held the state too, so every claim
+            # and finish of a packed job moved its entry): the few per-pack queries of the
+            # publisher read the rows.
+            self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_packed ON jobs (pack) "
                               "WHERE pack IS NOT NULL")
-            for name in ("jobs_state", "jobs_finished", "attempts_finished", "attempts_first"):
+            for name in ("jobs_state", "jobs_finished", "attempts_finished", "attempts_first",
+                         "jobs_unpublished", "jobs_pack"):  # jobs_unpublished: jobs_outbox now
                 self.conn.execute(f"DROP INDEX IF EXISTS {name}")  # see schema.sql
             self.conn.execute("CREATE INDEX IF NOT EXISTS jobs_lifo ON jobs (queue, priority "
                               "DESC, id DESC) WHERE lifo = 1 AND state IN ('queued', 'scheduled')")
@@ -223,17 +227,14 @@ class Index:
         """Insert ingested jobs (dicts with the insert_job parameters) and the packs they came
         in ((key, queue, size)) in one transaction."""
         now, now_iso = self._now(now)
-        n = 0
-        lifo = json.dumps(sorted(self.lifo))
+        lifo = self.lifo
         with self._tx():
             for key, queue, size in packs:
                 self.conn.execute(QUERIES["insert_pack"], {"key": key, "queue": queue,
                                                            "size": size, "now_iso": now_iso})
-            for job in jobs:
-                n += self.conn.execute(QUERIES["insert_job"], {
-                    "expires_at": None, "grp": None, "pack": None, **job, "now": now,
-                    "now_iso": now_iso, "lifo_queues": lifo,
-                }).rowcount
+            n = self.conn.executemany(QUERIES["insert_job"], (
+                {"expires_at": None, "grp": None, "pack": None, **job, "now": now,
+                 "now_iso": now_iso, "lifo": job["queue"] in lifo} for job in jobs)).rowcount
             # A cancel request may have arrived before its job: it applies as the job lands.
             self.conn.execute(QUERIES["apply_cancels"], {"now_iso": now_iso}).fetchall()
         return n
@@ -285,7 +286,6 @@ class Index:
                                        blocked="[]", queue=queue, **params)
                     if len(rows) >= n:
                         break
-                self._attempts_started(rows, owner, params["now_iso"])
         else:
             rows = self._claim_limited(n, queues, limits, params)
         order = {q: i for i, q in enumerate(queues)}
@@ -294,9 +294,11 @@ class Index:
     def _claim_params(self, queues: tuple[str, ...], owner: str, lease: float,
                       now: float | None, shards: tuple[set[int], int] | None) -> dict:
         now, now_iso = self._now(now)
+        # A fleet of one owns every shard: no filter then (it calls qlite_shard per row).
+        some = shards is not None and not set(range(shards[1])) <= shards[0]
         return {"queues": json.dumps(list(queues)), "owner": owner, "now": now,
                 "lease_until": now + lease, "now_iso": now_iso,
-                "shards": json.dumps(sorted(shards[0])) if shards else None,
+                "shards": json.dumps(sorted(shards[0])) if shards and some else None,
                 "nshards": shards[1] if shards else 1}
 
     def claim_suspect(self, queues: tuple[str, ...], owner: str, lease: float,
@@ -306,9 +308,7 @@ class Index:
         own process crashed), to run alone. ``solo``: it runs in this worker's own process,
         so a death of the worker is pinned on it (reap)."""
         params = self._claim_params(queues, owner, lease, now, shards)
-        with self._tx():
-            rows = self._rows("claim_suspect", solo=int(solo), **params)
-            self._attempts_started(rows, owner, params["now_iso"])
+        rows = self._write("claim_suspect", solo=int(solo), **params)
         return [JobRow.of(r) for r in rows]
 
     def suspect_waiting(self, queues: tuple[str, ...], now: float | None = None,
@@ -355,23 +355,15 @@ class Index:
                     starts[key] = [t for t in starts.get(key, []) if t > now - period][-jobs:]
                     starts[key].append(now)
                     self._rows("rate_set", key=key, starts=json.dumps(starts[key]))
-            self._attempts_started(rows, params["owner"], params["now_iso"])
         return rows
-
-    def _attempts_started(self, rows: list[dict], owner: str, now_iso: str) -> None:
-        self.conn.executemany(QUERIES["insert_attempt"], [
-            {"id": r["id"], "attempt": r["attempts"], "owner": owner, "now_iso": now_iso}
-            for r in rows])
 
     def unclaim(self, jobs: list[tuple[str, int]], owner: str) -> int:
         """Give back the attempts of jobs claimed but never started ((id, attempt) pairs,
         fenced like an outcome): they are queued again as if never claimed. Returns how
         many."""
         params = [{"id": i, "attempt": a, "owner": owner} for i, a in jobs]
-        with self._tx():
-            n = self.conn.executemany(QUERIES["unclaim"], params).rowcount
-            self.conn.executemany(QUERIES["unclaim_attempt"], params)
-        return n
+        with self._tx():  # a running attempt has no attempts row yet (end_attempt)
+            return self.conn.executemany(QUERIES["unclaim"], params).rowcount
 
     def drop_shards(self, shards: set[int], nshards: int) -> int:
         """Forget the unpublished rows of fleet ``shards`` (see drop_shards in queries.sql);
@@ -464,14 +456,12 @@ class Index:
                 outcome = done[0].get("outcome", outcome)
                 error = error or {}
                 self.conn.execute(QUERIES["end_attempt"], {
-                    "id": job_id, "attempt": attempt, "now_iso": now_iso, "outcome": outcome,
-                    "error_type": error.get("type"), "message": error.get("message"),
-                    "traceback": error.get("traceback")})
-                if logs:
-                    self.conn.execute(QUERIES["attempt_logs"], {
-                        "id": job_id, "attempt": attempt,
-                        "logs": json.dumps([{k: _text(v) for k, v in line.items()}
-                                            for line in logs], ensure_ascii=False)})
+                    "id": job_id, "attempt": attempt, "owner": owner, "now_iso": now_iso,
+                    "outcome": outcome, "error_type": error.get("type"),
+                    "message": error.get("message"), "traceback": error.get("traceback"),
+                    "logs": json.dumps([{k: _text(v) for k, v in line.items()}
+                                        for line in logs], ensure_ascii=False)
+                    if logs else None})
                 if outcome in TERMINAL:
                     self.conn.execute(QUERIES["requests_done_for"], {"id": job_id})
         return bool(done)
@@ -479,22 +469,21 @@ class Index:
     def succeed_many(self, jobs: list[tuple[str, int, str]], owner: str,
                      now: float | None = None) -> set[str]:
         """Record many successful attempts ((id, attempt, result JSON text)) with one
-        executemany per statement, fenced like finish(); returns the ids recorded (the
-        others are stale attempts, ignored)."""
+        executemany, fenced like finish(); returns the ids recorded (the others are stale
+        attempts, ignored). No attempts row is written: each job's row, which keeps its
+        owner, is its last attempt's record (_with_attempts)."""
         if not jobs:
             return set()
         _, now_iso = self._now(now)
-        params = [{"id": i, "attempt": a, "result": r, "owner": owner, "now_iso": now_iso,
-                   "outcome": "succeeded", "error_type": None, "message": None,
-                   "traceback": None} for i, a, r in jobs]
+        params = [{"id": i, "attempt": a, "result": r, "owner": owner, "now_iso": now_iso}
+                  for i, a, r in jobs]
+        ids = json.dumps([i for i, _, _ in jobs])
         try:
             with self._tx():
                 n = self.conn.executemany(QUERIES["succeed_batch"], params).rowcount
                 if n != len(jobs):
                     raise _Stale
-                self.conn.executemany(QUERIES["end_attempt"], params)
-                self.conn.execute(QUERIES["requests_done_many"],
-                                  {"ids": json.dumps([i for i, _, _ in jobs])})
+                self.conn.execute(QUERIES["requests_done_many"], {"ids": ids})
                 return {i for i, _, _ in jobs}
         except _Stale:
             pass
@@ -523,9 +512,10 @@ class Index:
         """Requeue as suspects (or fail, see the reap statement) jobs whose owner died, or
         whose lease expired unless their owner is a process on this host known to be alive."""
         now, now_iso = self._now(now)
+        dead, alive = json.dumps(dead_owners), json.dumps(list(alive_owners))
         with self._tx():
-            rows = self._jobs("reap", dead=json.dumps(dead_owners),
-                              alive=json.dumps(list(alive_owners)), now=now, now_iso=now_iso,
+            self._rows("reap_attempts", dead=dead, alive=alive, now=now)
+            rows = self._jobs("reap", dead=dead, alive=alive, now=now, now_iso=now_iso,
                               max_crashes=MAX_CRASHES, max_lost=MAX_LOST)
             for r in rows:
                 self.conn.execute(QUERIES["lost_attempt"], {
@@ -549,12 +539,24 @@ class Index:
             self._jobs("unpublished", n=n, exclude=json.dumps(list(exclude))))
 
     def _with_attempts(self, jobs: list[JobRow]) -> list[JobRow]:
+        """Give ``jobs`` their attempt logs: the attempts rows, and the last attempt from the
+        job's own row when it has none (written when an attempt ends, end_attempt): a
+        running job's, and a success recorded in a batch (succeed_batch keeps the owner)."""
         if jobs:
             attempts: dict[str, list[Attempt]] = {}
             for a in self._rows("attempts_of", ids=json.dumps([j.id for j in jobs])):
                 attempts.setdefault(a["job_id"], []).append(Attempt.of(a))
             for j in jobs:
-                j.attempt_log = attempts.get(j.id, [])
+                log = attempts.get(j.id, [])
+                last = None
+                if j.state == "running":
+                    last = Attempt(j.id, j.attempts, j.owner, j.started_at)
+                elif j.state == "succeeded" and j.owner:
+                    last = Attempt(j.id, j.attempts, j.owner, j.started_at, j.finished_at,
+                                   "succeeded")
+                if last is not None:  # a row of the same attempt ended in a snooze: replaced
+                    log = [a for a in log if a.attempt < j.attempts] + [last]
+                j.attempt_log = log
         return jobs
 
     def markers_of(self, ids: list[str]) -> dict[str, list[str]]:

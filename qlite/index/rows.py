@@ -12,7 +12,7 @@ A query returns some of the columns: the others keep their defaults (None, 0 or 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -74,26 +74,49 @@ class JobRow:
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> JobRow:
-        """The row of a query result (column name -> value)."""
-        values = dict(row)
-        if "envelope" in values:
+        """The row of a query result (column name -> value). Filled in place, without the
+        generated ``__init__`` of 30-odd arguments: a claim and a pack's record make one per
+        job (docs/performance.md)."""
+        if not row.keys() <= _COLUMNS:
+            raise TypeError(f"JobRow.of: unknown columns {sorted(row.keys() - _COLUMNS)}")
+        job = cls.__new__(cls)
+        values = job.__dict__
+        values.update(_DEFAULTS)
+        values["attempt_log"] = []
+        values.update(row)
+        if "envelope" in row:
             values["envelope_json"] = values.pop("envelope")
-        if "result" in values:
+        if "result" in row:
             values["result_json"] = values.pop("result")
         for name in ("error", "progress"):
-            if values.get(name):
-                values[name] = json.loads(values[name])
-            else:
+            if row.get(name):
+                values[name] = json.loads(row[name])
+            elif name in row:
                 values[name] = None
-        for name in ("published", "suspect", "solo", "lifo", "packed"):
-            if name in values:
-                values[name] = bool(values[name])
-        return cls(**values)
+        for name in _FLAGS:
+            if name in row:
+                values[name] = bool(row[name])
+        return job
 
     @cached_property
     def envelope(self) -> dict:
         """The envelope, decoded (empty for a row read without it)."""
         return json.loads(self.envelope_json) if self.envelope_json else {}
+
+    def envelope_may_hold(self, *keys: str) -> bool:
+        """Whether the envelope may hold one of ``keys`` (at any depth). False only when its
+        raw text shows it cannot, without decoding it: a key is written ``"key"`` unless
+        escaped, and a text without a backslash escapes nothing. Publishing a pack's records
+        asks this of every member (docs/performance.md)."""
+        text = self.envelope_json
+        if text is None or "envelope" in self.__dict__:  # nothing to read, or decoded already
+            return text is not None
+        if "\\" in text:
+            return True
+        for key in keys:  # a loop, not any(): the worker's loop asks this of every job
+            if f'"{key}"' in text:
+                return True
+        return False
 
     @cached_property
     def result(self) -> Any:
@@ -120,6 +143,11 @@ class JobRow:
         out["envelope"], out["result"] = self.envelope, self.result
         return out
 
+
+_DEFAULTS = {f.name: f.default for f in fields(JobRow) if f.default is not MISSING}
+# The columns a query may return: the fields, under the names of the JSON columns.
+_COLUMNS = frozenset(_DEFAULTS) | {"id", "envelope", "result"}
+_FLAGS = ("published", "suspect", "solo", "lifo", "packed")
 
 # The columns of Index.jobs (qlite ls, the dashboard's list), besides error and progress.
 LISTED = ("id", "task", "queue", "state", "attempts", "max_attempts", "enqueued_at",

@@ -7,6 +7,7 @@ ctx.resume: progress.py). The worker's loop turns the Outcome into one index tra
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -191,8 +192,30 @@ def run(app: App, claim: Claim, client: Any = None,
     tracker.flush()
     outcome = seal_result(outcome, claim.id, getattr(client, "cipher", None))
     lines = captured.result()
+    if not lines and tracker.latest is None and not tracker.checkpointed:
+        return outcome  # a plain outcome (most quick jobs): nothing to add
     return replace(outcome, logs=lines or None, progress=tracker.latest,
                    checkpointed=tracker.checkpointed)
+
+
+# Argument shapes (signature, number of positional arguments, keyword names) known to bind:
+# whether arguments bind to a handler depends on their shape only, not on their values. The
+# signature is kept as the value, so its id stays its own while the entry lives.
+_BOUND: dict[tuple[int, int, tuple[str, ...]], inspect.Signature] = {}
+_BOUND_MAX = 4096  # shapes remembered at most (they come from producers)
+
+
+def _bind(task: Any, args: list, kwargs: dict) -> None:
+    """Check that ``args`` and ``kwargs`` bind to the task's signature (TypeError if not)
+    before the handler runs; a shape already seen is not checked again."""
+    signature = task.signature
+    shape = (id(signature), len(args), tuple(kwargs))
+    if _BOUND.get(shape) is signature:
+        return
+    signature.bind(*args, **kwargs)
+    if len(_BOUND) >= _BOUND_MAX:
+        _BOUND.clear()
+    _BOUND[shape] = signature
 
 
 def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None,
@@ -223,7 +246,7 @@ def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None,
         else:
             kwargs["ctx"] = ctx
     try:
-        task.signature.bind(*args, **kwargs)
+        _bind(task, args, kwargs)
     except TypeError as e:
         return Outcome("failed", error=_error(
             "BadArguments", f"{claim.task} cannot take args={claim.envelope['args']!r:.200} "
@@ -240,6 +263,8 @@ def _run(app: App, claim: Claim, client: Any, cancel: threading.Event | None,
         if isinstance(e, Fail) or not retryable(e, task.retry_on, task.give_up_on):
             return Outcome("failed", error=error)
         return Outcome("error", error=error)
+    if value is None:
+        return Outcome("succeeded", result="null")
     try:
         result = json.dumps(value, ensure_ascii=False, allow_nan=False)
         result.encode("utf-8")

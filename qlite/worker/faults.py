@@ -2,7 +2,9 @@
 
 ``QLITE_CRASH_AT=NAME`` (or ``NAME:N``) makes the worker SIGKILL itself the first (or Nth) time
 it reaches the named point, so tests can prove that a crash at exactly that instruction loses
-nothing. Unset (always, in production), ``crash_point`` is one dict lookup.
+nothing. It is read when the worker's process starts (the chaos suite sets it in the
+environment of the worker it starts); unset (always, in production), ``crash_point`` is one
+test of a global: it runs a few times per job.
 
 Points, in a job's order: after_ingest_commit, after_claim, after_handler, after_record,
 after_result_put, after_inbox_delete.
@@ -16,13 +18,13 @@ import signal
 POINTS = ("after_ingest_commit", "after_claim", "after_handler", "after_record",
           "after_result_put", "after_inbox_delete")
 _hits: dict[str, int] = {}
+_SPEC = os.environ.get("QLITE_CRASH_AT")
 
 
 def crash_point(name: str) -> None:
-    spec = os.environ.get("QLITE_CRASH_AT")
-    if not spec:
+    if not _SPEC:
         return
-    target, _, nth = spec.partition(":")
+    target, _, nth = _SPEC.partition(":")
     if target != name:
         return
     _hits[name] = _hits.get(name, 0) + 1

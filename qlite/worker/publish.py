@@ -62,7 +62,7 @@ def status_of(job: JobRow) -> JobStatus:
         finished_at=job.finished_at,
         # The last ctx.progress (docs/long-jobs.md); None for a job that reported none.
         progress=_progress(job.progress), sealed_result=sealed)
-    env = job.envelope
+    env = job.envelope if job.envelope_may_hold("record_args") else {}
     if (env.get("meta") or {}).get("record_args") is True and not env.get("payload_ref"):
         # Asked for by the producer (qlite.django: Django's TaskResult holds the arguments).
         status.args, status.kwargs = env.get("args", []), env.get("kwargs", {})
@@ -427,6 +427,8 @@ class Publisher:
         from its id: repeating this after a crash repeats the PUTs, never the follow-ups."""
         if record.get("result_ref"):
             record = {**record, "result": job.result}  # for on_success
+        if not job.envelope_may_hold("webhook", "on_success", "on_failure"):
+            return
         env = job.envelope
         follow: list[tuple[str, list[Any], dict[str, Any], str]] = []
         if env.get("webhook"):
@@ -447,7 +449,7 @@ class Publisher:
         """When ``job`` is the last member of its group to finish, enqueue the group's ``then``
         (all succeeded: the results in order) or ``on_failure`` (the members' statuses). The
         key ``group:ID`` makes a repeat after a crash, or two last members, one job."""
-        group = job.envelope.get("group")
+        group = job.envelope.get("group") if job.envelope_may_hold("group") else None
         if not group:
             return
         members = self.index.group_members(group["id"])

@@ -9,7 +9,7 @@ INSERT OR IGNORE INTO jobs (id, task, queue, state, priority, max_attempts, run_
                             lifo)
 VALUES (:id, :task, :queue, CASE WHEN :run_at > :now THEN 'scheduled' ELSE 'queued' END,
         :priority, :max_attempts, :run_at, :envelope, :inbox_key, :key, :enqueued_at, :now_iso,
-        :expires_at, :grp, :pack, :queue IN (SELECT value FROM json_each(:lifo_queues)));
+        :expires_at, :grp, :pack, :lifo);
 
 -- name: insert_pack
 INSERT OR IGNORE INTO packs (key, queue, size, at) VALUES (:key, :queue, :size, :now_iso);
@@ -152,10 +152,6 @@ SELECT key, starts FROM rates WHERE key IN (SELECT value FROM json_each(:keys));
 INSERT INTO rates (key, starts) VALUES (:key, :starts)
 ON CONFLICT (key) DO UPDATE SET starts = excluded.starts;
 
--- name: insert_attempt
-INSERT OR REPLACE INTO attempts (job_id, attempt, owner, started_at)
-VALUES (:id, :attempt, :owner, :now_iso);
-
 -- name: succeed
 UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
                 state = 'succeeded', result = :result, finished_at = :now_iso,
@@ -166,9 +162,11 @@ RETURNING id;
 -- name: succeed_batch
 -- succeed without RETURNING, for executemany over a batch of quick jobs (the worker records
 -- them in one transaction, docs/performance.md); its row count says whether all applied.
+-- The owner stays: the row is then the record of its last attempt (attempts, owner,
+-- started_at, finished_at), and no attempts row is written for it (Index._with_attempts).
 UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
                 state = 'succeeded', result = :result, finished_at = :now_iso,
-                lease_until = NULL, owner = NULL
+                lease_until = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner;
 
 -- name: requests_done_many
@@ -181,13 +179,6 @@ UPDATE jobs SET state = 'queued', attempts = attempts - 1,
                 started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
                 lease_until = NULL, owner = NULL
 WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner;
-
--- name: unclaim_attempt
--- The attempt row of a job unclaim gave back (only if it did).
-DELETE FROM attempts
-WHERE job_id = :id AND attempt = :attempt
-  AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = :id AND jobs.attempts = :attempt - 1
-                AND jobs.state = 'queued' AND jobs.owner IS NULL);
 
 -- name: retry
 UPDATE jobs SET suspect = 0, crashes = 0, solo = 0,
@@ -233,13 +224,16 @@ WHERE id = :id AND state = 'running' AND attempts = :attempt AND owner = :owner
 RETURNING id, CASE state WHEN 'failed' THEN 'failed' ELSE 'retry' END AS outcome;
 
 -- name: end_attempt
-UPDATE attempts SET finished_at = :now_iso, outcome = :outcome, error_type = :error_type,
-                    message = :message, traceback = :traceback
-WHERE job_id = :id AND attempt = :attempt;
-
--- name: attempt_logs
--- The handler's own log lines of one attempt (JSON array, bounded by the worker).
-UPDATE attempts SET logs = :logs WHERE job_id = :id AND attempt = :attempt;
+-- An attempt's row is written when it ends, after the outcome's statement: while it runs, it
+-- is the job row's (attempts, owner, started_at), so a claim writes one row, not two (and a
+-- success recorded in a batch none: succeed_batch). It replaces a row of the same attempt
+-- (one ended by a snooze, which gave the attempt back).
+-- :logs: the handler's own log lines (JSON array, bounded by the worker).
+INSERT OR REPLACE INTO attempts (job_id, attempt, owner, started_at, finished_at, outcome,
+                                 error_type, message, traceback, logs)
+SELECT id, :attempt, :owner, started_at, :now_iso, :outcome, :error_type, :message,
+       :traceback, :logs
+FROM jobs WHERE id = :id;
 
 -- name: set_progress
 -- Not a transition: the running attempt's latest ctx.progress, fenced by (id, attempt, owner).
@@ -288,6 +282,16 @@ WHERE state = 'running'
        OR (lease_until < :now AND owner NOT IN (SELECT value FROM json_each(:alive))))
 RETURNING id, task, queue, state, attempts, error, crashes, lost;
 
+-- name: reap_attempts
+-- The running attempts reap is about to end (the same WHERE), as rows of their own before
+-- reap clears their owner (replacing a row of the same attempt ended by a snooze);
+-- lost_attempt then ends them.
+INSERT OR REPLACE INTO attempts (job_id, attempt, owner, started_at)
+SELECT id, attempts, owner, started_at FROM jobs
+WHERE state = 'running'
+  AND (owner IN (SELECT value FROM json_each(:dead))
+       OR (lease_until < :now AND owner NOT IN (SELECT value FROM json_each(:alive))));
+
 -- name: lost_attempt
 UPDATE attempts SET finished_at = :now_iso, outcome = 'lost', error_type = 'WorkerLost',
                     message = :message
@@ -295,8 +299,9 @@ WHERE job_id = :id AND attempt = :attempt AND finished_at IS NULL;
 
 -- name: unpublished_keys
 -- unpublished, only what decides which records are due (publish.py reads whole rows then).
+-- The condition is jobs_outbox's, word for word (schema.sql).
 SELECT id, state, pack, inbox_key, envelope FROM jobs
-WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')
+WHERE published = 0 AND (state = 'succeeded' OR state = 'failed' OR state = 'cancelled')
   AND id NOT IN (SELECT value FROM json_each(:exclude))
 ORDER BY finished_at LIMIT :n;
 
@@ -305,7 +310,7 @@ SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) ORDER BY fini
 
 -- name: unpublished
 SELECT * FROM jobs
-WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled')
+WHERE published = 0 AND (state = 'succeeded' OR state = 'failed' OR state = 'cancelled')
   AND id NOT IN (SELECT value FROM json_each(:exclude))
 ORDER BY finished_at LIMIT :n;
 
@@ -475,21 +480,33 @@ SELECT task, state, finished_at FROM jobs
 WHERE finished_at >= :since AND state IN ('succeeded', 'failed', 'cancelled');
 
 -- name: stats_run_times
--- One row per attempt that ended (not lost): how long its handler ran.
+-- One row per attempt that ended (not lost): how long its handler ran. A success recorded in
+-- a batch has no attempts row: its job row (owner kept) is its record.
 SELECT jobs.task, a.finished_at,
        max(0.0, (julianday(a.finished_at) - julianday(a.started_at)) * 86400) AS seconds
 FROM attempts AS a JOIN jobs ON jobs.id = a.job_id
-WHERE a.finished_at >= :since AND a.outcome IN ('succeeded', 'retry', 'failed', 'cancelled');
+WHERE a.finished_at >= :since AND a.outcome IN ('succeeded', 'retry', 'failed', 'cancelled')
+UNION ALL
+SELECT task, finished_at,
+       max(0.0, (julianday(finished_at) - julianday(started_at)) * 86400) AS seconds
+FROM jobs WHERE state = 'succeeded' AND owner IS NOT NULL AND finished_at >= :since;
 
 -- name: stats_wait_times
 -- First attempts: from when the job could run (enqueued, or its not_before) to its start,
 -- and from enqueue to ingest (pickup). Producer clocks may be ahead: never below zero.
-SELECT jobs.task, a.started_at,
-       max(0.0, (julianday(a.started_at) - julianday(coalesce(
+-- A first attempt still running, or a success recorded in a batch, has no attempts row: the
+-- job row's start is its own.
+SELECT jobs.task, s.started_at,
+       max(0.0, (julianday(s.started_at) - julianday(coalesce(
            json_extract(jobs.envelope, '$.not_before'), jobs.enqueued_at))) * 86400) AS seconds,
        max(0.0, (julianday(jobs.ingested_at) - julianday(jobs.enqueued_at)) * 86400) AS pickup
-FROM attempts AS a JOIN jobs ON jobs.id = a.job_id
-WHERE a.attempt = 1 AND a.started_at >= :since;
+FROM (SELECT job_id, started_at FROM attempts WHERE attempt = 1 AND started_at >= :since
+      UNION ALL
+      SELECT id, started_at FROM jobs
+      WHERE (state = 'running' OR (state = 'succeeded' AND owner IS NOT NULL))
+        AND attempts = 1 AND started_at >= :since
+        AND NOT EXISTS (SELECT 1 FROM attempts WHERE job_id = jobs.id AND attempt = 1)
+     ) AS s JOIN jobs ON jobs.id = s.job_id;
 
 -- name: stats_waiting
 -- Runnable jobs not yet started, per queue, with the oldest one's run_at (Unix seconds).
@@ -506,7 +523,7 @@ RETURNING id, pack;
 -- name: carried_jobs
 -- A shard's jobs that already spent attempts and wait for another, for its next owner
 -- (worker/carry.py); with :running, those running too (read from a dead worker's replica).
-SELECT id, state, attempts, run_at, error, lost, crashes, owner FROM jobs
+SELECT id, state, attempts, run_at, error, lost, crashes, owner, started_at FROM jobs
 WHERE qlite_shard(id, :nshards) IN (SELECT value FROM json_each(:shards))
   AND ((state IN ('queued', 'scheduled') AND attempts > 0) OR (:running AND state = 'running'));
 

@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_attempts INTEGER NOT NULL,             -- envelope, else task, else worker default
     run_at       REAL NOT NULL,                -- Unix seconds: runnable once run_at <= now
     lease_until  REAL,                         -- running only: renewed by heartbeat
-    owner        TEXT,                         -- running only: host:pid:start of the worker
+    owner        TEXT,                         -- running: host:pid:start of the worker; kept by a
+                                               -- success recorded in a batch (its attempt's record)
     envelope     TEXT NOT NULL,                -- the envelope as ingested
     inbox_key    TEXT NOT NULL,
     key          TEXT,                         -- idempotency key, if any
@@ -43,8 +44,12 @@ CREATE INDEX IF NOT EXISTS jobs_lifo ON jobs (queue, priority DESC, id DESC)
 CREATE INDEX IF NOT EXISTS jobs_next ON jobs (queue, run_at)
     WHERE state IN ('queued', 'scheduled');
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (owner, lease_until) WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs (finished_at)
-    WHERE published = 0 AND state IN ('succeeded', 'failed', 'cancelled');
+-- The publisher's outbox. Its condition is written with OR, not IN: SQLite evaluates a partial
+-- index's condition on every write of the row, and an IN list of three or more values costs
+-- an ephemeral table each time (~6 us a write, a third of a success's UPDATE). The queries
+-- that use it repeat the condition word for word (the planner matches it term by term).
+CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs (finished_at)
+    WHERE published = 0 AND (state = 'succeeded' OR state = 'failed' OR state = 'cancelled');
 
 CREATE TABLE IF NOT EXISTS attempts (
     job_id      TEXT NOT NULL,

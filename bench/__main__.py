@@ -155,14 +155,16 @@ def main() -> int:
         idle_result = s3cases.idle_finish(idler)
 
         deployed = idle.run(tmp, say, SIZES["idle_cost_seconds"], SIZES["pickups"])
+        # Written and printed before the fleet case: a failure there keeps these figures.
+        results = report.build(SIZES, machine(), rounds, mem_inbox, mem_index, idle_result,
+                               deployed)
+        (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(report.table(results))
+        print(idle.table(deployed), flush=True)
         fleet_result = fleet.run(tmp, say)
 
-    results = report.build(SIZES, machine(), rounds, mem_inbox, mem_index, idle_result,
-                           deployed)
     results["fleet"] = {"machine": machine(), **fleet_result}
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(report.table(results))
-    print(idle.table(deployed))
     print(fleet.table(fleet_result))
     report.chart(results, HERE / "results.png")
     say(f"wrote {HERE / 'results.json'} and {HERE / 'results.png'}")

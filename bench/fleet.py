@@ -90,12 +90,17 @@ def add(*counters: dict) -> dict:
     return out
 
 
-def succeeded(dbs: list[Path]) -> list[int]:
+def succeeded(dbs: list[Path], rebuilt: bool = False) -> list[int]:
+    """Per worker, the jobs that succeeded by running there; with ``rebuilt``, those it
+    restored from their records instead (a worker taking over a shard whose inbox objects
+    were still there: finished elsewhere, not run again)."""
     counts = []
     for db in dbs:
         index = Index(db, readonly=True)
         try:
-            counts.append(index.counts().get("succeeded", 0))
+            counts.append(index.conn.execute(
+                "SELECT count(*) FROM jobs WHERE state = 'succeeded' AND (json_extract("
+                "envelope, '$.meta.rebuilt_from') IS NULL) = ?", (not rebuilt,)).fetchone()[0])
         finally:
             index.close()
     return counts
@@ -173,14 +178,16 @@ def drain(n: int, tmp: Path, say: Callable[[str], None], *, job: tuple, jobs: in
         fleet.kill()
     per_worker = succeeded(fleet.dbs)
     if sum(per_worker) != jobs:
-        raise RuntimeError(f"fleet bench: {sum(per_worker)} of {jobs} jobs succeeded "
-                           f"({per_worker})")
+        raise RuntimeError(f"fleet bench: {sum(per_worker)} of {jobs} jobs ran and succeeded "
+                           f"({per_worker}; restored from records: "
+                           f"{succeeded(fleet.dbs, rebuilt=True)})")
     worker_requests = add(*(diff(f["requests"], b)
                             for f, b in zip(finals, before, strict=True)))
     ops = add(worker_requests, dict(client.store.requests))
     return {"workers": n, "kind": kind, "task": job[0], "jobs": jobs,
             "concurrency": concurrency, "elapsed": elapsed, "jobs_s": jobs / elapsed,
             "put_seconds": put_s, "jobs_per_worker": per_worker,
+            "restored_per_worker": succeeded(fleet.dbs, rebuilt=True),
             "requests_per_job": {k: v / jobs for k, v in sorted(ops.items())},
             "worker_requests": worker_requests,
             "producer_requests": dict(client.store.requests)}

@@ -73,14 +73,14 @@ check: lint test ## ruff, mypy, then the suite: what .ci/run runs
 chaos: $(STAMP) ## the long chaos tiers, both servers: 5,000 jobs, 25 SIGKILLs; a fleet of 4: 3,000 jobs, 12 SIGKILLs, a pause
 	QLITE_CHAOS_JOBS=5000 QLITE_CHAOS_KILLS=25 QLITE_CHAOS_FLEET_JOBS=3000 QLITE_CHAOS_FLEET_KILLS=12 QLITE_CHAOS_SERVERS=seaweedfs,moto $(PYTEST) -s tests/test_chaos.py tests/test_chaos_fleet.py
 
-bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery, then idle as deployed and the fleet case (~21 min; bench/results.*)
+bench: $(STAMP) ## benchmark vs raw boto3, Huey, RQ, Celery, then idle as deployed and the fleet case (~27 min; bench/results.*)
 	bash bench/ensure.sh $(PY)
 	$(PY) -m bench
 
 bench-fleet: $(STAMP) ## the fleet case alone: 1, 2, 4 workers on one bucket, idle cost (~5 min)
 	$(PY) -m bench fleet
 
-bench-idle: $(STAMP) ## idle cost as deployed (worker + Litestream, via a counting proxy), pickup after idle (~5 min)
+bench-idle: $(STAMP) ## idle cost as deployed (worker + Litestream, via a counting proxy), pickup after idle (~14 min)
 	$(PY) -m bench idle
 
 profile: $(STAMP) ## py-spy on a worker draining 10,000 packed no-op jobs: the loop's top functions, jobs/s (~30 s; BENCH_PROFILE_*)

@@ -39,7 +39,8 @@ SIZES = {
     "rate_max": knob("BENCH_RATE", 100),            # case 4: steady producer rate cap, jobs/s
     "rate_seconds": knob("BENCH_RATE_SECONDS", 20), # case 4: seconds of steady production
     "idle_seconds": knob("BENCH_IDLE_SECONDS", 60), # case 6: at least this long idle
-    "idle_cost_seconds": knob("BENCH_IDLE_COST_SECONDS", 180),  # idle as deployed: window
+    # idle as deployed: the window, a whole period of Litestream's 10-minute compaction check
+    "idle_cost_seconds": knob("BENCH_IDLE_COST_SECONDS", 600),
     "pickups": knob("BENCH_PICKUPS", 20),           # pickup after idle: jobs timed
     "memory_jobs": knob("BENCH_MEMORY_N", 100_000), # case 7: rows put straight in the index
     "memory_seconds": knob("BENCH_MEMORY_SECONDS", 10),  # case 7: worker runtime before RSS

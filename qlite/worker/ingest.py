@@ -267,14 +267,14 @@ class Ingest:
             if size > limit:
                 raise EnvelopeError(f"object is {size} bytes, over the {limit}-byte limit "
                                     "(QLITE_MAX_PAYLOAD)")
-            raw = self._inline(key)
-            if raw is None:
+            raw, env = self._inline(key)
+            if raw is None or env is None:
                 try:
                     raw, meta = self.store.get_with_metadata(key)
                 except ObjectNotFound:
                     return None  # deleted since the LIST (another worker took it)
                 self._verify(raw, meta)  # before parsing: unsigned bytes are never interpreted
-            env = envelope.decode(raw, limit)
+                env = envelope.decode(raw, limit)
             self._fresh(env)
             if env["id"] != job_id or env["queue"] != queue:
                 raise EnvelopeError(f"envelope id/queue ({env['id']}, {env['queue']}) do not "
@@ -284,20 +284,21 @@ class Ingest:
             return ("quarantine", key, str(e), size)
         return ("job", self._row(env, raw, key), meta is None)
 
-    def _inline(self, key: str) -> bytes | None:
-        """The envelope an inline key carries (QLITE_INLINE), so no GET is needed; None to
-        read the object: a plain key, an inline text that is no envelope (the body decides),
-        or QLITE_SIGNING_KEY set (only the body's signed bytes are trusted)."""
+    def _inline(self, key: str) -> tuple[bytes | None, dict | None]:
+        """The envelope an inline key carries (QLITE_INLINE), bytes and decoded, so no GET is
+        needed; (None, None) to read the object: a plain key, an inline text that is no
+        envelope (the body decides), or QLITE_SIGNING_KEY set (only the body's signed bytes
+        are trusted)."""
         if self.settings.signing_key is not None:
-            return None
+            return None, None
         try:
             raw = envelope.inline_envelope(key)
-            if raw is not None:
-                envelope.decode(raw, self.settings.max_payload)
-            return raw
+            if raw is None:
+                return None, None
+            return raw, envelope.decode(raw, self.settings.max_payload)
         except EnvelopeError as e:
             log.info("inline key of %s not used (%s): reading the object", key, e)
-            return None
+            return None, None
 
     def _take_in_pack(self, queue: str, pack_id: str, key: str, size: int) -> tuple | None:
         """GET and validate a pack: all its jobs, or (one bad line) quarantine for all."""

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 PER_LIST = 16
 # A job read from its inline key (QLITE_INLINE) needs no GET: its two requests (the put, the
 # result) leave room for a LIST per 4 of them, at most every POLL_FAST: at 50 jobs/s 0.2 LISTs
-# a job, priced like the GET it saves at 40 jobs/s (docs/costs.md).
+# a job, $0.3 per million jobs more than the GET and LIST share it replaces, at 100 jobs/s
+# $0.2 less (docs/costs.md#inline-keys).
 PER_LIST_INLINE = 4
 POLL_FAST = 0.1
 ARRIVALS_TAU = 1.0  # seconds: the time constant of the arrival rate's moving average

@@ -4,7 +4,8 @@ The producer API lives here and imports only the standard library (boto3 is impo
 first request is made). The worker, the index and the CLI live in their own modules.
 """
 
-from qlite.app import App, Task
+import typing
+
 from qlite.errors import (
     AccessDenied,
     AlreadyExists,
@@ -29,7 +30,10 @@ from qlite.errors import (
     WaitTimeout,
 )
 from qlite.producer import Client, Group, Job
-from qlite.webhook import verify_webhook
+
+if typing.TYPE_CHECKING:
+    from qlite.app import App, Task
+    from qlite.webhook import verify_webhook
 
 __version__ = "0.1.0"
 
@@ -38,6 +42,21 @@ def group(jobs: list, *, then: object = None, on_failure: object = None,
           key: str | None = None, url: str | None = None) -> Group:
     """``Client(url).group(...)``: fan out ``jobs``, then run ``then`` with their results."""
     return Client(url).group(jobs, then=then, on_failure=on_failure, key=key)
+
+_LAZY = {"App": "qlite.app", "Task": "qlite.app", "verify_webhook": "qlite.webhook"}
+
+
+def __getattr__(name: str) -> object:
+    """``qlite.App``, ``qlite.Task``, ``qlite.verify_webhook``: loaded on first use, so that
+    a producer's ``import qlite`` does not pay for the worker's side."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qlite' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AccessDenied",

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qlite import crypto, envelope, signing
+from qlite import envelope
 from qlite.doorbell import Bell
 from qlite.errors import (
     AccessDenied,
@@ -29,8 +29,11 @@ from qlite.errors import (
 )
 from qlite.settings import Settings
 from qlite.states import PENDING, QUEUED, RUNNING, SCHEDULED, TERMINAL
-from qlite.status import JobStatus
 from qlite.store import Store
+
+if TYPE_CHECKING:  # loaded when used: a cold put does not pay for them (bench cold case)
+    from qlite import crypto, signing
+    from qlite.status import JobStatus
 
 
 class Client:
@@ -237,6 +240,7 @@ class Client:
 
     def job_status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """``status``, typed: the record as a :class:`qlite.status.JobStatus`."""
+        from qlite.status import JobStatus
         if not envelope.ID_RE.match(job_id or ""):
             raise JobNotFound(f"job id {job_id!r} is not a qlite job id (a UUID like "
                               "0192f1c4-8f3e-7abc-9def-0123456789ab)")
@@ -287,6 +291,7 @@ class Client:
     def _open_progress(self, job_id: str, report: dict) -> dict:
         """The public fields of a progress report, its message opened if sealed (without the
         key it reads "encrypted")."""
+        from qlite import crypto
         progress = {k: report.get(k) for k in ("done", "total", "message", "at", "rate", "eta")}
         if report.get("sealed_message") is not None:
             progress["message"] = "encrypted" if self.cipher is None else crypto.open_sealed(
@@ -379,6 +384,7 @@ class Client:
         (claim check), up to envelope.LARGE_LIMIT: (envelope, bytes, payload bytes or None).
         With QLITE_ENCRYPTION_KEY the arguments travel sealed, in ``sealed`` (inline only)."""
         if self.cipher is not None and "sealed" not in env:
+            from qlite import crypto
             env = {**env, "args": [], "kwargs": {}, "sealed": crypto.seal(
                 self.cipher, env["id"], "args", {"args": env["args"], "kwargs": env["kwargs"]})}
             return env, envelope.encode(env, self.settings.max_payload), None
@@ -435,6 +441,7 @@ class Client:
 
     def _packed_result(self, job_id: str) -> JobStatus | None:
         """The job's record in its pack's batched results, if it is a finished pack member."""
+        from qlite.status import JobStatus
         raw = self.store.get_or_none(envelope.pack_result_key(envelope.pack_of(job_id)))
         if raw is None:
             return None
@@ -461,10 +468,14 @@ class Client:
     def put_object(self, key: str, body: bytes) -> None:
         """The one write of the producer path: PUT ``body`` to ``key`` if absent, signed when
         QLITE_SIGNING_KEY is set (docs/signing.md)."""
-        self.store.put(key, body, if_none_match=True,
-                       metadata=signing.metadata(body, self.keyring))
+        metadata = None
+        if self.keyring is not None:
+            from qlite import signing
+            metadata = signing.metadata(body, self.keyring)
+        self.store.put(key, body, if_none_match=True, metadata=metadata)
 
     def _result(self, job_id: str) -> JobStatus | None:
+        from qlite.status import JobStatus
         raw = self.store.get_or_none(envelope.result_key(job_id))
         if raw is None:
             return None
@@ -480,6 +491,7 @@ class Client:
         QLITE_ENCRYPTION_KEY; without, ``result`` stays None and ``encrypted`` says why).
         Only the value key its id implies is read: a crafted ``result_ref`` must not make
         status print another object."""
+        from qlite import crypto
         record.error = crypto.opened_error(self.cipher, record.id, record.error)
         record.errors = [crypto.opened_error(self.cipher, record.id, e) for e in record.errors]
         if isinstance(record.progress, dict):

@@ -11,19 +11,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from qlite.crypto import Cipher
-from qlite.crypto import parse as parse_cipher
 from qlite.errors import ConfigError
-from qlite.signing import Keyring
-from qlite.signing import parse as parse_keyring
+
+if TYPE_CHECKING:  # imported when a key is set: a producer without keys does not load them
+    from qlite.crypto import Cipher
+    from qlite.signing import Keyring
+
+# NamedTuples, not dataclasses: a frozen dataclass of 28 fields costs about 3 ms to define,
+# paid by every cold producer (``import qlite``); immutable all the same.
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     name: str
     env: str
     option: str
@@ -106,11 +107,11 @@ SETTINGS: tuple[Setting, ...] = (
             "poll): the worst-case pickup delay after a quiet spell when the doorbell is off "
             "(with it on, the worker sleeps after two empty LISTs)."),
     Setting("doorbell", "QLITE_DOORBELL", "--doorbell", "on", "str",
-            "on: an idle worker sleeps on a GET of coord/doorbell.json every 0.8 s (a job put "
+            "on: an idle worker sleeps on a GET of coord/doorbell.json every 0.85 s (a job put "
             "after a quiet spell starts within about a second) and producers ring it after a "
             "put when it says a worker sleeps (docs/costs.md). off: idle polls back off to "
             "QLITE_POLL_MAX and producers never read it. A worker with QLITE_POLL_MAX under "
-            "0.8 s never sleeps (its LISTs are as fast)."),
+            "0.85 s never sleeps (its LISTs are as fast)."),
     Setting("inline", "QLITE_INLINE", "--inline", "on", "str",
             "on: producers write a small job (no key=, no signing or encryption key, its "
             "envelope under about 160 bytes) with its envelope in the object key too, so the "
@@ -150,8 +151,7 @@ SETTINGS: tuple[Setting, ...] = (
 _URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\s]*))?$")
 
 
-@dataclass(frozen=True)
-class QueueURL:
+class QueueURL(NamedTuple):
     bucket: str
     prefix: str  # "" or "some/prefix/" (always ends with a slash when not empty)
 
@@ -218,9 +218,11 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
     if setting.kind == "url":
         return parse_url(raw)
     if setting.kind == "keyring":
-        return raw if isinstance(raw, Keyring) else parse_keyring(raw, source)
+        from qlite import signing
+        return raw if isinstance(raw, signing.Keyring) else signing.parse(raw, source)
     if setting.kind == "cipher":
-        return raw if isinstance(raw, Cipher) else parse_cipher(raw, source)
+        from qlite import crypto
+        return raw if isinstance(raw, crypto.Cipher) else crypto.parse(raw, source)
     if setting.name == "replicate":
         if raw not in ("auto", "on", "off"):
             raise ConfigError(f"{source}: expected auto, on or off (got {raw!r})")
@@ -245,8 +247,7 @@ def _convert(setting: Setting, raw: Any, source: str) -> Any:
     return str(raw)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     url: QueueURL | None = None
     endpoint_url: str | None = None
     db: str | None = None

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 SIZES = {
     "runs": knob("BENCH_RUNS", 3),                  # rounds of every case; medians reported
     "latency_puts": knob("BENCH_LATENCY_N", 300),   # case 1: puts per variant per round
-    "cold_runs": knob("BENCH_COLD_N", 11),          # case 2: subprocesses per variant per round
+    "cold_runs": knob("BENCH_COLD_N", 21),          # case 2: subprocesses per variant per round
     "bulk_jobs": knob("BENCH_BULK_N", 10_000),      # case 3: put_many size
     "drain_jobs": knob("BENCH_DRAIN_N", 10_000),    # cases 4 and 5: jobs drained per worker
     "single_jobs": knob("BENCH_SINGLE_N", 1_000),   # case 4/6: drain of jobs put one by one

@@ -98,6 +98,11 @@ def partial(rnd: dict) -> dict:
     if "ceiling" in rnd and "drain_single" in rnd:
         bound = rnd["ceiling"] / sum(rnd["drain_single"]["worker_requests"].values())
         f["drain_single_of_bound"] = round(rnd["drain_single"]["jobs_s"] / bound, 3)
+    if "cold" in rnd:
+        cold = rnd["cold"]
+        f.update({"cold_qlite_ms": round(cold["qlite_ms"], 1),
+                  "cold_boto3_ms": round(cold["boto3_ms"], 1),
+                  "cold_ratio": round(cold["qlite_ms"] / cold["boto3_ms"], 3)})
     if "steady" in rnd:
         st = rnd["steady"]
         f.update({"steady_rate": round(st["rate"], 1), "steady_p50_ms": round(st["p50_ms"]),

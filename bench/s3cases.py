@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import qlite
-from qlite import envelope
+from qlite import doorbell, envelope
 from qlite.store import _make_client
 
 from .servers import BUCKET
@@ -127,6 +127,10 @@ def cold_producer(n: int) -> dict:
     # has none (or stale ones after an edit) and PYTHONDONTWRITEBYTECODE, when set, keeps
     # Python from writing them: every run would compile qlite from source, about 20 ms.
     compileall.compile_dir(Path(qlite.__file__).parent, quiet=1)
+    # A queue that a worker serves has its bell (each worker start writes it), so a producer's
+    # read of it finds it. A queue no worker ever served answers 404, about 8 ms more for a
+    # cold process (docs/performance.md).
+    doorbell.ensure(qlite.Client(url("cold")).store)
     times: dict[str, list[float]] = {"qlite": [], "boto3": []}
     for _ in range(n):
         for name, code in (("qlite", COLD_QLITE), ("boto3", COLD_BOTO3)):

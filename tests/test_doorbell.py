@@ -132,6 +132,32 @@ def test_a_sleeping_worker_writes_nothing_to_its_index(sleepy):
         running.stop()
 
 
+def test_a_worker_start_writes_the_bell_awake_and_never_over_another(sleepy):
+    store = Store(sleepy.settings().require_url(), sleepy.env["AWS_ENDPOINT_URL_S3"])
+    running = Running(sleepy)
+    try:  # written before the first LIST: a producer's read finds it (no 404)
+        eventually(lambda: running.worker.pacer.listed_at is not None, timeout=60)
+        assert store.exists(doorbell.KEY)
+    finally:
+        running.stop()
+    store.delete(doorbell.KEY)
+    doorbell.ensure(store)
+    assert bell(sleepy)["asleep"] is False and bell(sleepy)["ring"] == 0
+    assert doorbell.Sleeper(store).sleep()  # a worker falls asleep, then another one starts
+    doorbell.ensure(store)
+    assert bell(sleepy)["asleep"] is True  # not overwritten: a ring would still wake it
+    assert doorbell.Bell(store).ring_if_asleep()
+    assert bell(sleepy)["ring"] == 1
+    doorbell.ensure(store)
+    assert bell(sleepy)["ring"] == 1
+    running = Running(sleepy)  # a worker's start leaves it as it is, too
+    try:
+        eventually(lambda: running.worker.pacer.listed_at is not None, timeout=60)
+        assert bell(sleepy)["ring"] == 1
+    finally:
+        running.stop()
+
+
 def test_with_the_doorbell_off_nobody_reads_or_writes_it(sleepy):
     sleepy.env["QLITE_DOORBELL"] = "off"
     running = Running(sleepy)

@@ -25,6 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from qlite import doorbell
 from qlite.app import App
 from qlite.index.db import Index, Limits
 from qlite.index.rows import JobRow
@@ -124,6 +125,8 @@ class Worker:
 
     def run(self, burst: bool = False) -> int:
         self.store.check()  # endpoint, bucket and credentials, before anything else
+        if self.settings.doorbell == "on":
+            doorbell.ensure(self.store)  # so that producers' reads of it find it
         if self.settings.metrics_port:  # first: a busy port fails before any other work
             from qlite.worker.metrics import start  # prometheus-client: loaded only when asked for
 

@@ -136,7 +136,7 @@ def cold_producer(n: int) -> dict:
         for name, code in (("qlite", COLD_QLITE), ("boto3", COLD_BOTO3)):
             times[name].append(run_timed([sys.executable, "-c", code], env) * 1e3)
     # The mean without the fastest and the slowest run: one slow start of the interpreter (a
-    # busy disk, another process) moves a median of 11 less but a plain mean a lot.
+    # busy disk, another process) moves a plain mean a lot, a trimmed one hardly.
     return {"qlite_ms": trimmed_mean(times["qlite"]), "boto3_ms": trimmed_mean(times["boto3"]),
             "qlite_p50_ms": percentile(times["qlite"], 50),
             "boto3_p50_ms": percentile(times["boto3"], 50)}

@@ -177,17 +177,17 @@ def drain(n: int, tmp: Path, say: Callable[[str], None], *, job: tuple, jobs: in
     finally:
         fleet.kill()
     per_worker = succeeded(fleet.dbs)
+    restored = succeeded(fleet.dbs, rebuilt=True)
     if sum(per_worker) != jobs:
         raise RuntimeError(f"fleet bench: {sum(per_worker)} of {jobs} jobs ran and succeeded "
-                           f"({per_worker}; restored from records: "
-                           f"{succeeded(fleet.dbs, rebuilt=True)})")
+                           f"({per_worker}; restored from records: {restored})")
     worker_requests = add(*(diff(f["requests"], b)
                             for f, b in zip(finals, before, strict=True)))
     ops = add(worker_requests, dict(client.store.requests))
     return {"workers": n, "kind": kind, "task": job[0], "jobs": jobs,
             "concurrency": concurrency, "elapsed": elapsed, "jobs_s": jobs / elapsed,
             "put_seconds": put_s, "jobs_per_worker": per_worker,
-            "restored_per_worker": succeeded(fleet.dbs, rebuilt=True),
+            "restored_per_worker": restored,
             "requests_per_job": {k: v / jobs for k, v in sorted(ops.items())},
             "worker_requests": worker_requests,
             "producer_requests": dict(client.store.requests)}

@@ -67,7 +67,8 @@ def ensure(store: Any) -> None:
 
 
 class Bell:
-    """The producer's side: ``rang()`` after a put. Thread-safe (put_many writes from a pool)."""
+    """The producer's side: ``ring_if_asleep()`` after a put. Thread-safe (put_many writes
+    from a pool)."""
 
     def __init__(self, store: Any, clock: Callable[[], float] = time.monotonic):
         self.store = store
